@@ -1,0 +1,133 @@
+"""Configuration from environment variables, with local defaults.
+
+The names of the original system are kept (PGHOST…, MAX_IMAGES_PER_SIGHT, MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING…).
+A malformed value fails at start-up with a message naming the variable and how to set it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the message says which one and how to set it."""
+
+
+def _env(name: str, default: Any, parse: Callable[[str], Any] = str, doc: str = "") -> Any:
+    return field(default=default, metadata={"env": name, "parse": parse, "doc": doc})
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _path(raw: str) -> Path:
+    return Path(raw).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Warehouse (names from the original system).
+    pghost: str = _env("PGHOST", "127.0.0.1", doc="PostgreSQL host")
+    pgport: int = _env("PGPORT", 5432, _positive_int, "PostgreSQL port")
+    pgdatabase: str = _env("PGDATABASE", "sightscan", doc="database name")
+    pguser: str = _env("PGUSER", "sightscan", doc="database user (needs REPLICATION for Debezium)")
+    pgpassword: str = _env("PGPASSWORD", "sightscan", doc="database password")
+
+    # Kafka and Kafka Connect.
+    kafka_bootstrap_servers: str = _env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", doc="Kafka brokers, host:port,…")
+    kafka_controller_port: int = _env("KAFKA_CONTROLLER_PORT", 9093, _positive_int, "local stack's KRaft port")
+    connect_url: str = _env("CONNECT_URL", "http://127.0.0.1:8083", doc="Kafka Connect REST URL")
+    topic_prefix: str = _env("TOPIC_PREFIX", "sightscan", doc="prefix of every SightScan topic")
+    topic_partitions: int = _env("TOPIC_PARTITIONS", 4, _positive_int, "partitions of topics SightScan creates")
+
+    # Local stack state.
+    home: Path = _env("SIGHTSCAN_HOME", ".sightscan", _path, "folder for the local stack's data, logs and pids")
+    cache: Path = _env("SIGHTSCAN_CACHE", "~/.cache/sightscan", _path, "folder for resolved Kafka/Debezium jars")
+    jvm_heap: str = _env("SIGHTSCAN_JVM_HEAP", "512m", doc="max heap of each local JVM (Kafka, Connect)")
+
+    # Pipeline limits and thresholds (names from the original system).
+    max_sights_per_city: int = _env("MAX_SIGHTS_PER_CITY", 20, _positive_int)
+    max_images_per_sight: int = _env("MAX_IMAGES_PER_SIGHT", 100, _positive_int)
+    max_google_vision_calls_per_new_city: int = _env("MAX_GOOGLE_VISION_CALLS_PER_NEW_CITY", 200, _positive_int)
+    min_labelled_images_needed_for_training: int = _env("MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING", 100, _positive_int)
+    min_image_number_per_label: int = _env("MIN_IMAGE_NUMBER_PER_LABEL", 20, _positive_int)
+    mts_epochs: int = _env("MTS_EPOCHS", 30, _positive_int, "training epochs")
+    retrain_growth_fraction: float = _env("RETRAIN_GROWTH_FRACTION", 0.25, _fraction,
+                                          "retrain when labelled data grew by this fraction since the last model")
+
+    # Logging.
+    log_level: str = _env("SIGHTSCAN_LOG_LEVEL", "INFO")
+    log_format: str = _env("SIGHTSCAN_LOG_FORMAT", "json", doc="json or console")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name, parse = f.metadata["env"], f.metadata["parse"]
+            raw = environ.get(name)
+            if raw is None or raw == "":
+                raw = f.default if isinstance(f.default, str) else None
+                if raw is None:
+                    values[f.name] = f.default
+                    continue
+            try:
+                values[f.name] = parse(raw)
+            except (ValueError, TypeError) as exc:
+                doc = f" ({f.metadata['doc']})" if f.metadata["doc"] else ""
+                raise ConfigError(
+                    f"{name}{doc} is malformed: {raw!r}: {exc}. Set it like {name}={f.default} or unset it "
+                    "to use the default."
+                ) from exc
+        return cls(**values)
+
+    def require(self, *env_names: str, environ: Mapping[str, str] | None = None) -> None:
+        """Fail unless each named variable is set explicitly (for settings with no safe default in production)."""
+        environ = os.environ if environ is None else environ
+        missing = [n for n in env_names if not environ.get(n)]
+        if missing:
+            raise ConfigError(
+                "missing required setting(s): " + ", ".join(missing) + ". Set them in the environment, e.g. "
+                + " ".join(f"export {n}=…" for n in missing)
+            )
+
+    # Derived values --------------------------------------------------------------------------------
+
+    @property
+    def dsn(self) -> str:
+        return (f"host={self.pghost} port={self.pgport} dbname={self.pgdatabase} "
+                f"user={self.pguser} password={self.pgpassword}")
+
+    @property
+    def kafka_port(self) -> int:
+        first = self.kafka_bootstrap_servers.split(",")[0]
+        return int(first.rsplit(":", 1)[1])
+
+    @property
+    def connect_port(self) -> int:
+        return urlparse(self.connect_url).port or 8083
+
+    def env(self) -> dict[str, str]:
+        """These settings as environment variables, for child processes."""
+        return {f.metadata["env"]: str(getattr(self, f.name)) for f in fields(self)}
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting, for the README and `sightscan config`."""
+    return [(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in fields(Settings)]
