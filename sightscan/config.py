@@ -31,7 +31,7 @@ def _positive_int(raw: str) -> int:
 
 def _fraction(raw: str) -> float:
     value = float(raw)
-    if not 0 < value:
+    if not value > 0:
         raise ValueError("must be > 0")
     return value
 

@@ -78,14 +78,17 @@ def request_city(cur: psycopg2.extensions.cursor, name: str) -> tuple[City, bool
     row = cur.fetchone()
     if row:
         return City(*row), True
-    cur.execute("SELECT id, name, status FROM cities WHERE name_key = lower(regexp_replace(btrim(%s), '\\s+', ' ', 'g'))",
-                (name,))
-    return City(*cur.fetchone()), False
+    existing = find_city(cur, name)
+    assert existing is not None  # the insert conflicted, so the row exists
+    return existing, False
+
+
+# The same normalisation as the cities.name_key column (sql/migrations/0001_warehouse.sql).
+_NAME_KEY = "lower(regexp_replace(btrim(%s), '\\s+', ' ', 'g'))"
 
 
 def find_city(cur: psycopg2.extensions.cursor, name: str) -> City | None:
-    cur.execute("SELECT id, name, status FROM cities WHERE name_key = lower(regexp_replace(btrim(%s), '\\s+', ' ', 'g'))",
-                (name,))
+    cur.execute(f"SELECT id, name, status FROM cities WHERE name_key = {_NAME_KEY}", (name,))
     row = cur.fetchone()
     return City(*row) if row else None
 

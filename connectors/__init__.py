@@ -1,0 +1,114 @@
+"""The Debezium PostgreSQL connector: its configuration and its registration with Kafka Connect.
+
+Watched tables go to topics <TOPIC_PREFIX>.public.<table>; image and model bytes are excluded; keys are primary
+keys; heartbeats keep the replication slot moving. Slot and publication are named for the project (the
+publication is created by sql/migrations/0002_cdc.sql, so the connector never needs to own tables).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from sightscan.config import Settings
+from sightscan.events import WATCHED_TABLES
+
+log = logging.getLogger(__name__)
+
+CONNECTOR_NAME = "sightscan-postgres"
+SLOT_NAME = "sightscan_slot"
+PUBLICATION_NAME = "sightscan_publication"
+EXCLUDED_COLUMNS = ("public.images.data", "public.models.onnx")
+
+
+class ConnectorError(RuntimeError):
+    pass
+
+
+def debezium_config(settings: Settings) -> dict[str, str]:
+    return {
+        "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+        "tasks.max": "1",
+        "plugin.name": "pgoutput",
+        "database.hostname": settings.pghost,
+        "database.port": str(settings.pgport),
+        "database.user": settings.pguser,
+        "database.password": settings.pgpassword,
+        "database.dbname": settings.pgdatabase,
+        "topic.prefix": settings.topic_prefix,
+        "table.include.list": ",".join(f"public.{t}" for t in WATCHED_TABLES),
+        "column.exclude.list": ",".join(EXCLUDED_COLUMNS),
+        "slot.name": SLOT_NAME,
+        "publication.name": PUBLICATION_NAME,
+        "publication.autocreate.mode": "disabled",
+        "snapshot.mode": "initial",
+        "heartbeat.interval.ms": "5000",
+        "heartbeat.action.query": "INSERT INTO debezium_heartbeat (id, ts) VALUES (1, now()) "
+                                  "ON CONFLICT (id) DO UPDATE SET ts = EXCLUDED.ts",
+        # Deletes are one event with op=d and the old row (REPLICA IDENTITY FULL); no extra null tombstone.
+        "tombstones.on.delete": "false",
+        "decimal.handling.mode": "double",
+        # Debezium sleeps this long when its queue is empty; the 500 ms default would dominate latency.
+        "poll.interval.ms": "20",
+        "topic.creation.default.replication.factor": "1",
+        "topic.creation.default.partitions": str(settings.topic_partitions),
+    }
+
+
+def _request(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 10) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        raw = resp.read()
+        return json.loads(raw) if raw else None
+
+
+def register(settings: Settings) -> None:
+    """Create or update the connector (PUT is idempotent)."""
+    url = f"{settings.connect_url}/connectors/{CONNECTOR_NAME}/config"
+    try:
+        _request("PUT", url, debezium_config(settings))
+    except urllib.error.HTTPError as exc:
+        raise ConnectorError(f"Kafka Connect refused the connector: {exc.code} {exc.read().decode()[:2000]}") from exc
+    log.info("connector registered", extra={"connector": CONNECTOR_NAME})
+
+
+def status(settings: Settings) -> dict[str, Any] | None:
+    try:
+        return _request("GET", f"{settings.connect_url}/connectors/{CONNECTOR_NAME}/status", timeout=3)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def wait_running(settings: Settings, timeout: float = 60) -> None:
+    """Wait until the connector and its task run; a FAILED task fails at once with Connect's trace."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        try:
+            last = status(settings)
+        except (urllib.error.URLError, OSError):
+            last = None
+        if last:
+            tasks = last.get("tasks") or []
+            failed = [t for t in tasks if t.get("state") == "FAILED"]
+            if failed:
+                raise ConnectorError(f"Debezium task failed: {failed[0].get('trace', '')[:3000]}")
+            if last["connector"]["state"] == "RUNNING" and tasks and all(t["state"] == "RUNNING" for t in tasks):
+                return
+        time.sleep(0.25)
+    raise ConnectorError(f"connector {CONNECTOR_NAME} not running after {timeout:.0f} s; last status: {last}")
+
+
+def delete(settings: Settings) -> None:
+    try:
+        _request("DELETE", f"{settings.connect_url}/connectors/{CONNECTOR_NAME}")
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise
