@@ -1,0 +1,110 @@
+"""Session-wide fixtures: one real local stack (PostgreSQL, Kafka, Debezium Connect) for the whole test run.
+
+SIGHTSCAN_TEST_STACK_HOME=<dir> keeps that stack between runs (fast iteration); by default each run starts a
+private stack on free ports and deletes it at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from sightscan.config import Settings
+from sightscan.stack import LocalStack
+from sightscan.stack.ephemeral import ephemeral_settings
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    kept = os.environ.get("SIGHTSCAN_TEST_STACK_HOME")
+    if kept:
+        home = Path(kept).resolve()
+        ports = home / "ports.json"
+        if ports.exists():
+            settings = Settings.from_env({**os.environ, **json.loads(ports.read_text())})
+        else:
+            settings = ephemeral_settings(home)
+            home.mkdir(parents=True, exist_ok=True)
+            ports.write_text(json.dumps({k: v for k, v in settings.env().items() if k in (
+                "SIGHTSCAN_HOME", "PGPORT", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_CONTROLLER_PORT", "CONNECT_URL")}))
+    else:
+        settings = ephemeral_settings(tmp_path_factory.mktemp("stack"))
+    st = LocalStack(settings, progress=lambda msg: print(f"[stack] {msg}", flush=True))
+    st.up()
+    yield st
+    if not kept:
+        st.down(purge=True)
+
+
+@pytest.fixture(scope="session")
+def settings(stack: LocalStack) -> Settings:
+    return stack.settings
+
+
+class TopicReader:
+    """Reads a topic from its start (or from now) with confluent-kafka, waiting for messages that match."""
+
+    def __init__(self, settings: Settings, topic: str, from_now: bool = False) -> None:
+        self.topic = topic
+        self.consumer = Consumer({
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": f"test-{uuid.uuid4()}",
+            "auto.offset.reset": "latest" if from_now else "earliest",
+            "enable.auto.commit": False,
+        })
+        self.consumer.subscribe([topic])
+        if from_now:  # wait for the assignment, so "now" is fixed before the caller acts
+            deadline = time.monotonic() + 30
+            while not self.consumer.assignment() and time.monotonic() < deadline:
+                self.consumer.poll(0.2)
+            self.consumer.assign([TopicPartition(tp.topic, tp.partition, self._end(tp)) for tp in
+                                  self.consumer.assignment()])
+
+    def _end(self, tp: TopicPartition) -> int:
+        return self.consumer.get_watermark_offsets(tp, timeout=10)[1]
+
+    def collect(self, until: Callable[[list[dict[str, Any]]], bool], timeout: float = 30) -> list[dict[str, Any]]:
+        """Messages as {"key", "value", "partition", "offset"} (JSON decoded) until `until(messages)` holds."""
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = self.consumer.poll(0.5)
+            if msg is None or msg.error():
+                if until(out):
+                    return out
+                continue
+            out.append({
+                "key": json.loads(msg.key()) if msg.key() else None,
+                "value": json.loads(msg.value()) if msg.value() else None,
+                "partition": msg.partition(), "offset": msg.offset(),
+            })
+            if until(out):
+                return out
+        raise AssertionError(f"timed out after {timeout} s on {self.topic}; got {len(out)} messages: {out[-3:]}")
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+@pytest.fixture
+def topic_reader(settings: Settings) -> Iterator[Callable[..., TopicReader]]:
+    readers: list[TopicReader] = []
+
+    def make(topic: str, from_now: bool = False) -> TopicReader:
+        reader = TopicReader(settings, topic, from_now)
+        readers.append(reader)
+        return reader
+
+    yield make
+    for reader in readers:
+        reader.close()
