@@ -4,7 +4,7 @@ small thread pool and the event loop never waits on the database."""
 from __future__ import annotations
 
 import asyncio
-import functools
+import dataclasses
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
@@ -91,7 +91,7 @@ class PgWarehouse:
     async def insert_image(self, image: db.NewImage, sight: str | None) -> int | None:
         def insert(cur: psycopg2.extensions.cursor) -> int | None:
             sight_id = db.ensure_sight(cur, image.city_id, sight, source="upload") if sight else None
-            return db.insert_image(cur, image if sight_id is None else _with_sight(image, sight_id))
+            return db.insert_image(cur, image if sight_id is None else dataclasses.replace(image, sight_id=sight_id))
 
         return await self._run(insert)
 
@@ -108,6 +108,3 @@ class PgWarehouse:
 
         return await self._run(query)
 
-
-def _with_sight(image: db.NewImage, sight_id: int) -> db.NewImage:
-    return functools.partial(db.NewImage, **{**image.__dict__, "sight_id": sight_id})()

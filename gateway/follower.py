@@ -1,0 +1,81 @@
+"""Follows model change events (Debezium, topic <prefix>.public.models) and hands them to the registry.
+
+confluent-kafka's consumer blocks, so it polls on its own thread and passes each decoded event to the event loop.
+Every gateway instance must see every model event, so each uses its own consumer group and reads the topic from
+the beginning: model events are few and small (no onnx bytes), and the registry ignores old versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, KafkaError, KafkaException
+
+from sightscan.config import Settings
+from sightscan.events import ChangeEvent, PoisonEvent, change_topic, parse_change
+
+log = logging.getLogger(__name__)
+
+
+class ModelEventFollower:
+    def __init__(self, settings: Settings, on_event: Callable[[ChangeEvent], None],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.topic = change_topic("models", settings.topic_prefix)
+        self._on_event = on_event
+        self._loop = loop
+        self._stop = threading.Event()
+        self.assigned = threading.Event()  # readiness: the group has given this consumer its partitions
+        self.error: str | None = None
+        self._consumer = Consumer({
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": f"sightscan-gateway-{uuid.uuid4().hex[:12]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,  # the group is private and thrown away: nothing to resume from
+            # The topic appears only when the first model row is written; look for it often, not every 5 min.
+            "topic.metadata.refresh.interval.ms": 2000,
+            "allow.auto.create.topics": False,
+            "session.timeout.ms": 10000,
+        })
+        self._thread = threading.Thread(target=self._run, name="model-events", daemon=True)
+
+    def start(self) -> None:
+        self._consumer.subscribe([self.topic], on_assign=self._assigned)
+        self._thread.start()
+
+    def _assigned(self, consumer: Consumer, partitions: list) -> None:
+        log.info("model events assigned", extra={"topic": self.topic, "partitions": [p.partition for p in partitions]})
+        self.assigned.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                msg = self._consumer.poll(0.5)
+            except KafkaException as exc:
+                self.error = str(exc)
+                log.warning("model event poll failed", extra={"error": str(exc)})
+                continue
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() != KafkaError.UNKNOWN_TOPIC_OR_PART:  # normal until the first model exists
+                    self.error = str(msg.error())
+                    log.warning("model event error", extra={"error": str(msg.error())})
+                continue
+            self.error = None
+            try:
+                event = parse_change("models", msg.value())
+            except PoisonEvent as exc:
+                log.warning("undecodable model event skipped", extra={"reason": str(exc), "offset": msg.offset()})
+                continue
+            if event is not None:
+                self._loop.call_soon_threadsafe(self._on_event, event)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self._consumer.close()

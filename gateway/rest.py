@@ -1,0 +1,199 @@
+"""The REST API: the original orchestration service's job (cities, uploads, models), health and metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from typing import Any, NoReturn
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.imaging import ImageRejected, validate_upload
+from gateway.state import STATE, GatewayState
+from sightscan import db
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+
+def fail(status: type[web.HTTPException], code: str, message: str, **headers: str) -> NoReturn:
+    raise status(text=json.dumps({"error": code, "message": message}), content_type="application/json",
+                 headers=headers or None)
+
+
+def require_token(request: web.Request) -> None:
+    expected = request.app[STATE].settings.api_token
+    if not expected:
+        fail(web.HTTPServiceUnavailable, "writes_disabled",
+             "this gateway has no API token configured; set SIGHTSCAN_API_TOKEN to enable writes")
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        fail(web.HTTPUnauthorized, "token_required", "writes need 'Authorization: Bearer <token>'",
+             **{"WWW-Authenticate": 'Bearer realm="sightscan"'})
+    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        fail(web.HTTPForbidden, "bad_token", "the token is not valid")
+
+
+async def _city(state: GatewayState, name: str) -> db.City:
+    city = await state.pg.find_city(name)
+    if city is None:
+        fail(web.HTTPNotFound, "unknown_city", f"no city named {name!r}; request it with POST /api/cities")
+    return city
+
+
+# Cities ---------------------------------------------------------------------------------------------------
+
+
+@routes.get("/api/cities")
+async def list_cities(request: web.Request) -> web.Response:
+    return web.json_response({"cities": await request.app[STATE].pg.city_status()})
+
+
+@routes.get("/api/cities/{city}")
+async def get_city(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    city = await _city(state, request.match_info["city"])
+    rows = await state.pg.city_status(city.id)
+    row = rows[0]
+    live = state.registry.current(city.id)
+    row["serving_version"] = live.version if live else None
+    return web.json_response(row)
+
+
+@routes.post("/api/cities")
+async def post_city(request: web.Request) -> web.Response:
+    require_token(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        fail(web.HTTPBadRequest, "bad_json", 'send a JSON body like {"name": "Lisbon"}')
+    name = body.get("name") if isinstance(body, dict) else None
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        fail(web.HTTPBadRequest, "bad_name", "name must be a non-empty string of at most 200 characters")
+    city, created = await request.app[STATE].pg.request_city(name)
+    log.info("city requested", extra={"city_id": city.id, "city": city.name, "created": created})
+    return web.json_response({"id": city.id, "name": city.name, "status": city.status, "created": created},
+                             status=201 if created else 200)
+
+
+# Uploads --------------------------------------------------------------------------------------------------
+
+
+async def _read_upload(request: web.Request, limit: int) -> tuple[bytes, str | None]:
+    if not request.content_type.startswith("multipart/"):
+        fail(web.HTTPUnsupportedMediaType, "multipart_required",
+             "send multipart/form-data with a file field 'image' (and optionally 'sight')")
+    data: bytes | None = None
+    sight: str | None = None
+    try:
+        reader = await request.multipart()
+        async for part in reader:
+            if not isinstance(part, web.BodyPartReader):
+                continue
+            if part.name == "image":
+                chunks, size = [], 0
+                while chunk := await part.read_chunk(65536):
+                    size += len(chunk)
+                    if size > limit:
+                        fail(web.HTTPRequestEntityTooLarge, "too_large", f"an image may have at most {limit} bytes")
+                    chunks.append(chunk)
+                data = b"".join(chunks)
+            elif part.name == "sight":
+                sight = (await part.text())[:200].strip() or None
+    except (ValueError, AssertionError) as exc:  # aiohttp's multipart parser on a malformed body
+        fail(web.HTTPBadRequest, "bad_multipart", f"malformed multipart body: {exc}")
+    if data is None:
+        fail(web.HTTPBadRequest, "image_required", "no file field named 'image'")
+    return data, sight
+
+
+@routes.post("/api/cities/{city}/images")
+async def upload_image(request: web.Request) -> web.Response:
+    require_token(request)
+    state = request.app[STATE]
+    city = await _city(state, request.match_info["city"])
+    data, sight = await _read_upload(request, state.settings.max_upload_bytes)
+    try:
+        checked = validate_upload(data, state.settings.max_pixels)
+    except ImageRejected as exc:
+        fail(web.HTTPRequestEntityTooLarge if exc.code == "too_large" else web.HTTPBadRequest, exc.code, str(exc))
+    image = db.NewImage(city_id=city.id, data=checked.data, mime_type=checked.mime_type, width=checked.width,
+                        height=checked.height, origin="upload")
+    image_id = await state.pg.insert_image(image, sight)
+    sha = hashlib.sha256(checked.data).hexdigest()
+    if image_id is None:
+        return web.json_response({"id": None, "duplicate": True, "sha256": sha}, status=200)
+    log.info("image uploaded", extra={"city_id": city.id, "image_id": image_id, "bytes": len(data)})
+    return web.json_response({"id": image_id, "duplicate": False, "sha256": sha, "mime_type": checked.mime_type,
+                              "width": checked.width, "height": checked.height}, status=201)
+
+
+# Models ---------------------------------------------------------------------------------------------------
+
+
+def _model_meta(model: db.StoredModel, city: db.City) -> dict[str, Any]:
+    return {"city": city.name, "city_id": city.id, "model_id": model.id, "version": model.version,
+            "classes": model.classes, "input_size": model.input_size, "metrics": model.metrics,
+            "bytes": len(model.onnx), "sha256": hashlib.sha256(model.onnx).hexdigest(),
+            "download": f"/api/cities/{city.name}/model.onnx"}
+
+
+async def _latest(request: web.Request) -> tuple[db.City, db.StoredModel]:
+    state = request.app[STATE]
+    city = await _city(state, request.match_info["city"])
+    model = await state.pg.latest_model(city.id)
+    if model is None:
+        fail(web.HTTPNotFound, "no_model", f"{city.name} has no model yet (status: {city.status})")
+    return city, model
+
+
+@routes.get("/api/cities/{city}/model")
+async def model_meta(request: web.Request) -> web.Response:
+    city, model = await _latest(request)
+    return web.json_response(_model_meta(model, city))
+
+
+@routes.get("/api/cities/{city}/model.onnx")
+async def model_download(request: web.Request) -> web.Response:
+    city, model = await _latest(request)
+    meta = _model_meta(model, city)
+    return web.Response(body=model.onnx, content_type="application/octet-stream", headers={
+        "X-Model-Version": str(model.version), "X-Model-Input-Size": str(model.input_size),
+        "X-Model-Classes": json.dumps(model.classes), "ETag": f'"{meta["sha256"]}"',
+        "Content-Disposition": f'attachment; filename="sightscan-{city.id}-v{model.version}.onnx"'})
+
+
+# Health and metrics ---------------------------------------------------------------------------------------
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when PostgreSQL answers and (if following) Kafka has assigned the model-event partitions."""
+    state = request.app[STATE]
+    checks: dict[str, Any] = {}
+    try:
+        ping = getattr(state.warehouse, "ping", None)
+        if ping is not None:
+            await ping()
+        checks["warehouse"] = "ok"
+    except Exception as exc:
+        checks["warehouse"] = f"down: {type(exc).__name__}"
+    if state.follower is not None:
+        checks["model_events"] = "ok" if state.follower.assigned.is_set() else "waiting for partitions"
+    ready = all(v == "ok" for v in checks.values())
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[STATE].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
