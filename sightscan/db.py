@@ -72,7 +72,7 @@ def request_city(cur: psycopg2.extensions.cursor, name: str) -> tuple[City, bool
     if not name or not name.strip():
         raise ValueError("a city name must not be empty")
     cur.execute(
-        "INSERT INTO cities (name) VALUES (%s) ON CONFLICT (name_key) DO NOTHING RETURNING id, name, status",
+        "INSERT INTO cities (name) VALUES (%s) ON CONFLICT ((name_key(name))) DO NOTHING RETURNING id, name, status",
         (name.strip(),),
     )
     row = cur.fetchone()
@@ -83,12 +83,9 @@ def request_city(cur: psycopg2.extensions.cursor, name: str) -> tuple[City, bool
     return existing, False
 
 
-# The same normalisation as the cities.name_key column (sql/migrations/0001_warehouse.sql).
-_NAME_KEY = "lower(regexp_replace(btrim(%s), '\\s+', ' ', 'g'))"
-
-
 def find_city(cur: psycopg2.extensions.cursor, name: str) -> City | None:
-    cur.execute(f"SELECT id, name, status FROM cities WHERE name_key = {_NAME_KEY}", (name,))
+    """Find by name, normalised as the unique index does (sql function name_key)."""
+    cur.execute("SELECT id, name, status FROM cities WHERE name_key(name) = name_key(%s)", (name,))
     row = cur.fetchone()
     return City(*row) if row else None
 
@@ -96,7 +93,7 @@ def find_city(cur: psycopg2.extensions.cursor, name: str) -> City | None:
 def ensure_sight(cur: psycopg2.extensions.cursor, city_id: int, name: str, source: str = "unknown") -> int:
     cur.execute(
         "INSERT INTO sights (city_id, name, source) VALUES (%s, %s, %s) "
-        "ON CONFLICT (city_id, name_key) DO UPDATE SET name_key = sights.name_key RETURNING id",
+        "ON CONFLICT (city_id, (name_key(name))) DO UPDATE SET source = sights.source RETURNING id",
         (city_id, name.strip(), source),
     )
     return cur.fetchone()[0]

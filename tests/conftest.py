@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from sightscan.config import Settings
 from sightscan.stack import LocalStack
@@ -44,6 +45,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     yield st
     if not kept:
         st.down(purge=True)
+        # `down` must leave no process behind.
+        left = [p.info for p in psutil.process_iter(["pid", "cmdline"])
+                if str(settings.home) in " ".join(p.info["cmdline"] or [])]
+        assert not left, f"processes left after stack down: {left}"
 
 
 @pytest.fixture(scope="session")
@@ -52,32 +57,48 @@ def settings(stack: LocalStack) -> Settings:
 
 
 class TopicReader:
-    """Reads a topic from its start (or from now) with confluent-kafka, waiting for messages that match."""
+    """Reads every partition of a topic from its start (or from now), waiting for messages that match.
+
+    Partitions are assigned explicitly (no consumer group), so "now" is the high watermark at creation time.
+    A topic that does not exist yet is read from its start once it appears.
+    """
 
     def __init__(self, settings: Settings, topic: str, from_now: bool = False) -> None:
         self.topic = topic
         self.consumer = Consumer({
             "bootstrap.servers": settings.kafka_bootstrap_servers,
             "group.id": f"test-{uuid.uuid4()}",
-            "auto.offset.reset": "latest" if from_now else "earliest",
             "enable.auto.commit": False,
         })
-        self.consumer.subscribe([topic])
-        if from_now:  # wait for the assignment, so "now" is fixed before the caller acts
-            deadline = time.monotonic() + 30
-            while not self.consumer.assignment() and time.monotonic() < deadline:
-                self.consumer.poll(0.2)
-            self.consumer.assign([TopicPartition(tp.topic, tp.partition, self._end(tp)) for tp in
-                                  self.consumer.assignment()])
+        self.assigned = False
+        self.start: dict[int, int] = {}
+        if from_now:
+            for p in self._partitions():
+                self.start[p] = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+        self._assign()
 
-    def _end(self, tp: TopicPartition) -> int:
-        return self.consumer.get_watermark_offsets(tp, timeout=10)[1]
+    def _partitions(self) -> list[int]:
+        meta = self.consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+        if meta is None or meta.error is not None:
+            return []
+        return sorted(meta.partitions)
+
+    def _assign(self) -> None:
+        parts = self._partitions()
+        if parts:
+            self.consumer.assign([TopicPartition(self.topic, p, self.start.get(p, OFFSET_BEGINNING)) for p in parts])
+            self.assigned = True
 
     def collect(self, until: Callable[[list[dict[str, Any]]], bool], timeout: float = 30) -> list[dict[str, Any]]:
         """Messages as {"key", "value", "partition", "offset"} (JSON decoded) until `until(messages)` holds."""
         out: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if not self.assigned:
+                self._assign()
+                if not self.assigned:
+                    time.sleep(0.2)
+                    continue
             msg = self.consumer.poll(0.5)
             if msg is None or msg.error():
                 if until(out):

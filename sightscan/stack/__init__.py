@@ -18,7 +18,7 @@ from sightscan import db
 from sightscan.config import Settings
 from sightscan.stack.kafka import Connect, Kafka
 from sightscan.stack.postgres import Postgres
-from sightscan.stack.proc import StackError
+from sightscan.stack.proc import StackError, require_free_port
 from sightscan.stack.tools import find_java, resolve_jars
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class LocalStack:
         self.settings.home.mkdir(parents=True, exist_ok=True)
         kafka, connect = self._java_services()
         timings["jars"] = time.monotonic() - t0
+        self._preflight()
 
         steps: list[tuple[str, Callable[[], object]]] = [
             ("postgres", self.postgres.start),
@@ -82,6 +83,20 @@ class LocalStack:
             self.progress(f"[{i}/{len(steps)}] {name} ready in {timings[name]:.1f} s")
         timings["total"] = time.monotonic() - t0
         return timings
+
+    def _preflight(self) -> None:
+        """Every port a stopped service needs must be free before anything starts: fail early and plainly."""
+        s = self.settings
+        wanted = []
+        if not self.postgres.running():
+            wanted.append((s.pgport, "PostgreSQL", "PGPORT"))
+        if not self.kafka.running():
+            wanted += [(s.kafka_port, "Kafka", "KAFKA_BOOTSTRAP_SERVERS"),
+                       (s.kafka_controller_port, "the Kafka controller", "KAFKA_CONTROLLER_PORT")]
+        if not self.connect.running():
+            wanted.append((s.connect_port, "Kafka Connect", "CONNECT_URL"))
+        for port, what, env_name in wanted:
+            require_free_port(port, what, env_name)
 
     def _register_connector(self) -> None:
         connectors.register(self.settings)
