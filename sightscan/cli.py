@@ -52,6 +52,18 @@ def _city(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _connector(args: argparse.Namespace, settings: Settings) -> int:
+    import connectors
+
+    if args.action == "register":
+        connectors.register(settings)
+        connectors.wait_running(settings, timeout=args.timeout)
+    elif args.action == "delete":
+        connectors.delete(settings)
+    print(json.dumps(connectors.status(settings)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sightscan", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("action", choices=["up", "down", "status"])
     stack.add_argument("--purge", action="store_true", help="with down: delete all state and logs")
     stack.set_defaults(func=_stack)
+
+    connector = sub.add_parser("connector", help="the Debezium connector on a running Kafka Connect (CONNECT_URL)")
+    connector.add_argument("action", choices=["register", "status", "delete"])
+    connector.add_argument("--timeout", type=float, default=120, help="seconds to wait for RUNNING")
+    connector.set_defaults(func=_connector)
 
     migrate = sub.add_parser("migrate", help="apply the warehouse migrations (idempotent)")
     migrate.set_defaults(func=_migrate)
