@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
@@ -28,7 +29,9 @@ class ModelEventFollower:
         self._on_event = on_event
         self._loop = loop
         self._stop = threading.Event()
-        self.assigned = threading.Event()  # readiness: the group has given this consumer its partitions
+        self.assigned = threading.Event()  # the group has given this consumer its partitions
+        self.topic_missing = False  # no model was ever stored: nothing to miss, it is read from its start later
+        self._checked_topic = 0.0
         self.error: str | None = None
         self._consumer = Consumer({
             "bootstrap.servers": settings.kafka_bootstrap_servers,
@@ -50,8 +53,25 @@ class ModelEventFollower:
         log.info("model events assigned", extra={"topic": self.topic, "partitions": [p.partition for p in partitions]})
         self.assigned.set()
 
+    @property
+    def ready(self) -> bool:
+        return self.assigned.is_set() or self.topic_missing
+
+    def _check_topic(self) -> None:
+        now = time.monotonic()
+        if self.assigned.is_set() or now - self._checked_topic < 1.0:
+            return
+        self._checked_topic = now
+        try:
+            topics = self._consumer.list_topics(self.topic, timeout=2).topics
+            meta = topics.get(self.topic)
+            self.topic_missing = meta is None or meta.error is not None
+        except KafkaException as exc:
+            self.error = str(exc)
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._check_topic()
             try:
                 msg = self._consumer.poll(0.5)
             except KafkaException as exc:

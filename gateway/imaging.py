@@ -40,6 +40,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=list(FORMATS))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected("too_large", f"too many pixels: {exc}") from exc
     except Exception as exc:  # Pillow raises many types (UnidentifiedImageError, SyntaxError, struct.error...)
         raise ImageRejected("not_an_image", f"not a JPEG, WebP or PNG image: {type(exc).__name__}") from exc
     width, height = img.size

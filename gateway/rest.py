@@ -8,7 +8,7 @@ import json
 import logging
 from typing import Any, NoReturn
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.imaging import ImageRejected, validate_upload
@@ -17,6 +17,12 @@ from sightscan import db
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
+
+
+class HTTPTooLarge(web.HTTPClientError):
+    """413 without aiohttp's own HTTPRequestEntityTooLarge signature (which wants both sizes)."""
+
+    status_code = 413
 
 
 def fail(status: type[web.HTTPException], code: str, message: str, **headers: str) -> NoReturn:
@@ -75,7 +81,7 @@ async def post_city(request: web.Request) -> web.Response:
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         fail(web.HTTPBadRequest, "bad_name", "name must be a non-empty string of at most 200 characters")
     city, created = await request.app[STATE].pg.request_city(name)
-    log.info("city requested", extra={"city_id": city.id, "city": city.name, "created": created})
+    log.info("city requested", extra={"city_id": city.id, "city": city.name, "new_city": created})
     return web.json_response({"id": city.id, "name": city.name, "status": city.status, "created": created},
                              status=201 if created else 200)
 
@@ -92,14 +98,14 @@ async def _read_upload(request: web.Request, limit: int) -> tuple[bytes, str | N
     try:
         reader = await request.multipart()
         async for part in reader:
-            if not isinstance(part, web.BodyPartReader):
+            if not isinstance(part, BodyPartReader):
                 continue
             if part.name == "image":
                 chunks, size = [], 0
                 while chunk := await part.read_chunk(65536):
                     size += len(chunk)
                     if size > limit:
-                        fail(web.HTTPRequestEntityTooLarge, "too_large", f"an image may have at most {limit} bytes")
+                        fail(HTTPTooLarge, "too_large", f"an image may have at most {limit} bytes")
                     chunks.append(chunk)
                 data = b"".join(chunks)
             elif part.name == "sight":
@@ -120,7 +126,7 @@ async def upload_image(request: web.Request) -> web.Response:
     try:
         checked = validate_upload(data, state.settings.max_pixels)
     except ImageRejected as exc:
-        fail(web.HTTPRequestEntityTooLarge if exc.code == "too_large" else web.HTTPBadRequest, exc.code, str(exc))
+        fail(HTTPTooLarge if exc.code == "too_large" else web.HTTPBadRequest, exc.code, str(exc))
     image = db.NewImage(city_id=city.id, data=checked.data, mime_type=checked.mime_type, width=checked.width,
                         height=checked.height, origin="upload")
     image_id = await state.pg.insert_image(image, sight)
@@ -188,7 +194,7 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         checks["warehouse"] = f"down: {type(exc).__name__}"
     if state.follower is not None:
-        checks["model_events"] = "ok" if state.follower.assigned.is_set() else "waiting for partitions"
+        checks["model_events"] = "ok" if state.follower.ready else "waiting for partitions"
     ready = all(v == "ok" for v in checks.values())
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 

@@ -81,7 +81,7 @@ class PgWarehouse:
     async def city_status(self, city_id: int | None = None) -> list[dict[str, Any]]:
         def query(cur: psycopg2.extensions.cursor) -> list[dict[str, Any]]:
             if city_id is None:
-                cur.execute(_CITY_STATUS_SQL + " ORDER BY c.name_key")
+                cur.execute(_CITY_STATUS_SQL + " ORDER BY lower(c.name), c.id")
             else:
                 cur.execute(_CITY_STATUS_SQL + " WHERE c.id = %s", (city_id,))
             return [_status_row(r) for r in cur.fetchall()]

@@ -1,0 +1,205 @@
+// SightScan webcam client: camera frames -> /ws/detect websocket -> boxes and sight names over the video.
+// Plain browser JavaScript, no build step.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const MAX_FPS = 10;          // frames sent per second at most
+const MAX_UNANSWERED = 2;    // frames on the wire before waiting for an answer (the server keeps only the newest)
+const SEND_WIDTH = 480;      // frames are downscaled before JPEG encoding: the model input is smaller anyway
+
+const state = { city: "", ws: null, stream: null, timer: null, sent: 0, answered: 0, lastSend: 0,
+                detections: [], seen: new Map(), statusTimer: null };
+
+function setText(el, text) { el.textContent = text; }
+
+// Cities and pipeline status -------------------------------------------------------------------------------
+
+async function loadCities(selected) {
+  const res = await fetch("/api/cities");
+  const body = await res.json();
+  const select = $("city");
+  const keep = selected || select.value;
+  select.replaceChildren(new Option("— pick a city —", ""));
+  for (const c of body.cities) {
+    const label = c.model ? `${c.name} (model v${c.model.version})` : `${c.name} (${c.status})`;
+    select.add(new Option(label, c.name));
+  }
+  if (keep) {
+    if (![...select.options].some((o) => o.value === keep)) select.add(new Option(keep, keep));
+    select.value = keep;
+  }
+}
+
+async function refreshStatus() {
+  if (!state.city) return;
+  try {
+    const res = await fetch(`/api/cities/${encodeURIComponent(state.city)}`);
+    const dl = $("status");
+    if (!res.ok) { dl.replaceChildren(); setText($("error"), `status: ${res.status}`); return; }
+    const c = await res.json();
+    const rows = [["City", c.name], ["Status", c.status], ["Sights", c.sights], ["Images", c.images],
+                  ["Labelled", c.labelled_images],
+                  ["Model", c.model ? `v${c.model.version}` : "none yet"],
+                  ["Serving", c.serving_version ? `v${c.serving_version}` : "—"]];
+    if (c.model && c.model.metrics) {
+      for (const [k, v] of Object.entries(c.model.metrics)) {
+        if (typeof v === "number") rows.push([k, Number.isInteger(v) ? v : v.toFixed(3)]);
+      }
+    }
+    dl.replaceChildren(...rows.flatMap(([k, v]) => {
+      const dt = document.createElement("dt"); dt.textContent = k;
+      const dd = document.createElement("dd"); dd.textContent = String(v);
+      dd.dataset.field = k.toLowerCase();
+      return [dt, dd];
+    }));
+  } catch (e) { setText($("error"), `status: ${e}`); }
+}
+
+// Websocket --------------------------------------------------------------------------------------------
+
+function connect() {
+  if (state.ws) state.ws.close();
+  if (!state.city) return;
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${proto}://${location.host}/ws/detect?city=${encodeURIComponent(state.city)}`);
+  ws.binaryType = "arraybuffer";
+  state.ws = ws; state.sent = 0; state.answered = 0;
+  ws.onopen = () => setText($("conn"), `connected to ${state.city}`);
+  ws.onclose = (ev) => {
+    if (state.ws !== ws) return;
+    setText($("conn"), `closed (${ev.code}${ev.reason ? " " + ev.reason : ""})`);
+    state.ws = null;
+    if (state.stream) setTimeout(connect, 1000);  // reconnect while the camera runs (e.g. after idle close)
+  };
+  ws.onmessage = (ev) => onMessage(JSON.parse(ev.data));
+}
+
+function onMessage(msg) {
+  if (msg.frame) state.answered = Math.max(state.answered, msg.frame);
+  if (msg.type === "hello") {
+    setText($("model-info"), msg.model ? `model v${msg.model.model_version}: ${msg.model.classes.length} sights`
+                                       : "this city has no model yet");
+  } else if (msg.type === "model") {
+    setText($("model-info"), msg.model_version ? `model updated to v${msg.model_version}` : "model withdrawn");
+    refreshStatus();
+  } else if (msg.type === "detections") {
+    state.detections = msg.detections;
+    setText($("error"), "");
+    setText($("conn"), `connected to ${state.city} · model v${msg.model_version} · ${msg.latency_ms} ms`);
+    const list = $("current");
+    list.replaceChildren(...msg.detections.map((d) => {
+      const li = document.createElement("li");
+      li.textContent = `${d.sight} (${Math.round(d.score * 100)}%)`;
+      li.dataset.sight = d.sight;
+      return li;
+    }));
+    for (const d of msg.detections) state.seen.set(d.sight, new Date());
+    $("seen").replaceChildren(...[...state.seen.entries()].sort((a, b) => b[1] - a[1]).slice(0, 10).map(([s, t]) => {
+      const li = document.createElement("li");
+      li.textContent = `${s} · ${t.toLocaleTimeString()}`;
+      li.dataset.sight = s;
+      return li;
+    }));
+    draw();
+  } else if (msg.type === "error") {
+    setText($("error"), `${msg.code}: ${msg.message}`);
+  }
+}
+
+// Camera and drawing -----------------------------------------------------------------------------------
+
+const grab = document.createElement("canvas");
+
+function sendFrame() {
+  const ws = state.ws, video = $("video");
+  if (!ws || ws.readyState !== WebSocket.OPEN || !video.videoWidth) return;
+  const now = performance.now();
+  // Flow control: do not pile frames up behind a slow server or network; after a second, send anyway.
+  if (state.sent - state.answered >= MAX_UNANSWERED && now - state.lastSend < 1000) return;
+  if (ws.bufferedAmount > 0) return;
+  const scale = Math.min(1, SEND_WIDTH / video.videoWidth);
+  grab.width = Math.round(video.videoWidth * scale);
+  grab.height = Math.round(video.videoHeight * scale);
+  grab.getContext("2d").drawImage(video, 0, 0, grab.width, grab.height);
+  state.lastSend = now;
+  grab.toBlob((blob) => {
+    if (blob && ws.readyState === WebSocket.OPEN) { ws.send(blob); state.sent += 1; }
+  }, "image/jpeg", 0.75);
+}
+
+function draw() {
+  const video = $("video"), overlay = $("overlay");
+  overlay.width = video.clientWidth; overlay.height = video.clientHeight;
+  const ctx = overlay.getContext("2d");
+  ctx.clearRect(0, 0, overlay.width, overlay.height);
+  ctx.lineWidth = 3; ctx.font = "16px system-ui, sans-serif";
+  for (const d of state.detections) {
+    const [x0, y0, x1, y1] = d.box;
+    const x = x0 * overlay.width, y = y0 * overlay.height;
+    const w = (x1 - x0) * overlay.width, h = (y1 - y0) * overlay.height;
+    ctx.strokeStyle = "#ffcc00"; ctx.strokeRect(x, y, w, h);
+    const label = `${d.sight} ${Math.round(d.score * 100)}%`;
+    ctx.fillStyle = "rgba(0,0,0,0.6)"; ctx.fillRect(x, Math.max(0, y - 22), ctx.measureText(label).width + 8, 22);
+    ctx.fillStyle = "#fff"; ctx.fillText(label, x + 4, Math.max(16, y - 6));
+  }
+}
+
+async function start() {
+  if (!state.city) { setText($("error"), "pick a city first"); return; }
+  try {
+    state.stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: false });
+  } catch (e) { setText($("error"), `camera: ${e.name}: ${e.message}`); return; }
+  const video = $("video");
+  video.srcObject = state.stream;
+  await video.play();
+  connect();
+  state.timer = setInterval(sendFrame, 1000 / MAX_FPS);
+  $("start").disabled = true; $("stop").disabled = false;
+}
+
+function stop() {
+  clearInterval(state.timer); state.timer = null;
+  if (state.stream) state.stream.getTracks().forEach((t) => t.stop());
+  state.stream = null;
+  if (state.ws) { const ws = state.ws; state.ws = null; ws.close(); }
+  state.detections = []; draw();
+  $("start").disabled = false; $("stop").disabled = true;
+  setText($("conn"), "not connected");
+}
+
+function selectCity(name) {
+  state.city = name; state.seen.clear(); state.detections = [];
+  $("current").replaceChildren(); $("seen").replaceChildren();
+  const url = new URL(location.href);
+  if (name) url.searchParams.set("city", name); else url.searchParams.delete("city");
+  history.replaceState(null, "", url);
+  refreshStatus();
+  if (state.stream) connect();
+}
+
+// Wiring -----------------------------------------------------------------------------------------------
+
+$("city").addEventListener("change", (e) => selectCity(e.target.value));
+$("start").addEventListener("click", start);
+$("stop").addEventListener("click", stop);
+$("token").value = localStorage.getItem("sightscan-token") || "";
+$("request").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const name = $("new-city").value.trim(), token = $("token").value.trim();
+  localStorage.setItem("sightscan-token", token);
+  const res = await fetch("/api/cities", { method: "POST", body: JSON.stringify({ name }),
+    headers: { "Content-Type": "application/json", "Authorization": `Bearer ${token}` } });
+  const body = await res.json();
+  if (!res.ok) { setText($("request-result"), `${body.error}: ${body.message}`); return; }
+  setText($("request-result"), body.created ? `requested ${body.name}` : `${body.name} is already known`);
+  await loadCities(body.name);
+  selectCity(body.name);
+});
+
+(async () => {
+  await loadCities(params.get("city") || "");
+  selectCity(params.get("city") || "");
+  state.statusTimer = setInterval(refreshStatus, 2000);
+  if (params.get("autostart") === "1" && state.city) start();
+})();

@@ -1,0 +1,89 @@
+"""Helpers of the gateway tests: a real gateway process, test images."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sightscan.config import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+TOKEN = "test-token-0123456789"
+COLOURS = {"Red Gate": (220, 30, 30), "Green Tower": (30, 200, 40), "Blue Hall": (30, 40, 210)}
+
+
+@dataclass
+class Gateway:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/ws/detect"
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+
+def start_gateway(settings: Settings, log: Path, **env: str) -> Gateway:
+    environ = {**os.environ, **settings.env(), "SIGHTSCAN_API_TOKEN": TOKEN, "SIGHTSCAN_LOG_FORMAT": "console",
+               "GATEWAY_IDLE_TIMEOUT_S": "4", "GATEWAY_MAX_FRAME_BYTES": "300000",
+               "GATEWAY_MAX_UPLOAD_BYTES": "400000", "GATEWAY_DECODE_THREADS": "1",
+               "GATEWAY_INFERENCE_THREADS": "1", **env}
+    out = log.open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.app", "--port", "0"], cwd=REPO, env=environ,
+                            stdout=subprocess.PIPE, stderr=out, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"listening on (http://\S+)", line)
+    if not match:
+        proc.kill()
+        raise AssertionError(f"gateway did not start: {line!r}\n{log.read_text()[-3000:]}")
+    gateway = Gateway(match.group(1), proc, log)
+    deadline = time.monotonic() + 60
+    while True:  # ready = PostgreSQL answers and the model-event partitions are assigned
+        try:
+            with urllib.request.urlopen(gateway.url + "/readyz", timeout=5) as res:
+                if res.status == 200:
+                    return gateway
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            stop_gateway(gateway)
+            raise AssertionError(f"gateway not ready in 60 s\n{log.read_text()[-3000:]}")
+        time.sleep(0.3)
+
+
+def stop_gateway(gateway: Gateway) -> None:
+    gateway.proc.terminate()
+    try:
+        gateway.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        gateway.proc.kill()
+        gateway.proc.wait(5)
+
+
+def jpeg(colour: tuple[int, int, int], size: tuple[int, int] = (160, 120), quality: int = 85) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def noise_jpeg(rng: np.random.Generator, size: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "JPEG", quality=60)
+    return buf.getvalue()
