@@ -1,0 +1,188 @@
+"""Training data: samples from the warehouse (or a COCO-style folder), filtering, the stratified split, augmentation.
+
+Boxes are kept normalised (x_min, y_min, x_max, y_max in 0..1 of the frame) end to end, as the warehouse stores
+them and as the model contract outputs them, so stretching a frame to the square input never changes a box.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sightscan.db import LabelledImage
+
+
+class NotEnoughData(ValueError):
+    """The city's labelled data cannot train a model; the message is the reason reported in the failure event."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    key: int                           # image id
+    jpeg: bytes                        # encoded bytes, decoded lazily
+    boxes: tuple[tuple[float, float, float, float], ...]
+    labels: tuple[int, ...]            # indices into the class list
+
+    @property
+    def primary(self) -> int:
+        """The sight the image is mostly of (largest box): what the split stratifies on."""
+        areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in self.boxes]
+        return self.labels[int(np.argmax(areas))]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    classes: list[str]
+    samples: list[Sample]
+    sight_ids: list[int | None]  # warehouse sight id per class (None for folder data)
+
+
+def from_warehouse(rows: Iterable[LabelledImage], min_images_per_label: int) -> Dataset:
+    """Group label rows by image, drop sights with fewer than `min_images_per_label` images, index the rest."""
+    by_image: dict[int, list[LabelledImage]] = defaultdict(list)
+    for row in rows:
+        by_image[row.image_id].append(row)
+    images_per_sight = Counter(sid for labels in by_image.values() for sid in {r.sight_id for r in labels})
+    names = {r.sight_id: r.sight_name for labels in by_image.values() for r in labels}
+    kept = sorted(sid for sid, n in images_per_sight.items() if n >= min_images_per_label)
+    index = {sid: i for i, sid in enumerate(kept)}
+    samples = []
+    for image_id, labels in sorted(by_image.items()):
+        boxes = [(tuple(map(float, r.box)), index[r.sight_id]) for r in labels if r.sight_id in index]
+        # An image whose only sights were dropped would teach "this building is background": leave it out.
+        if boxes:
+            samples.append(Sample(image_id, labels[0].data, tuple(b for b, _ in boxes), tuple(c for _, c in boxes)))
+    return Dataset([names[sid] for sid in kept], samples, list(kept))
+
+
+def from_coco_folder(folder: Path) -> Dataset:
+    """A folder written by shared/tools/synthetic_city.py (COCO-style annotations.json with pixel boxes)."""
+    coco = json.loads((folder / "annotations.json").read_text())
+    cats = sorted(coco["categories"], key=lambda c: c["id"])
+    index = {c["id"]: i for i, c in enumerate(cats)}
+    by_image: dict[int, list[dict]] = defaultdict(list)
+    for ann in coco["annotations"]:
+        by_image[ann["image_id"]].append(ann)
+    samples = []
+    for img in coco["images"]:
+        anns = by_image.get(img["id"])
+        if not anns:
+            continue
+        w, h = img["width"], img["height"]
+        boxes = tuple((a["bbox"][0] / w, a["bbox"][1] / h, (a["bbox"][0] + a["bbox"][2]) / w,
+                       (a["bbox"][1] + a["bbox"][3]) / h) for a in anns)
+        samples.append(Sample(img["id"], (folder / img["file_name"]).read_bytes(), boxes,
+                              tuple(index[a["category_id"]] for a in anns)))
+    return Dataset([c["name"] for c in cats], samples, [None] * len(cats))
+
+
+def split(samples: Sequence[Sample], heldout_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split by image, stratified by each image's primary sight; the same seed always gives the same split."""
+    groups: dict[int, list[Sample]] = defaultdict(list)
+    for s in sorted(samples, key=lambda s: s.key):
+        groups[s.primary].append(s)
+    train, heldout = [], []
+    for label in sorted(groups):
+        group = groups[label]
+        random.Random(seed * 1_000_003 + label).shuffle(group)
+        # At least one held-out image per sight, so every sight is scored; at least one left to train on.
+        n_held = min(len(group) - 1, max(1, round(len(group) * heldout_fraction)))
+        heldout += group[:n_held]
+        train += group[n_held:]
+    return train, heldout
+
+
+def check_trainable(dataset: Dataset, min_sights: int = 1) -> None:
+    if not dataset.samples:
+        raise NotEnoughData("no labelled images with boxes for sights that have enough images")
+    if len(dataset.classes) < min_sights:
+        raise NotEnoughData(f"only {len(dataset.classes)} sight(s) with enough images; need {min_sights}")
+
+
+def decode(sample: Sample, size: int) -> np.ndarray:
+    """Encoded image -> SxSx3 uint8, stretched like sightscan.detector.preprocess does."""
+    with Image.open(io.BytesIO(sample.jpeg)) as im:
+        return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+
+
+@dataclass
+class Tensors:
+    """A split decoded once into memory: images uint8 [N,3,S,S], padded boxes [N,M,4] (0..1), labels [N,M] (-1 pad)."""
+
+    images: torch.Tensor
+    boxes: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def build(cls, samples: Sequence[Sample], size: int) -> Tensors:
+        m = max(len(s.boxes) for s in samples)
+        images = torch.from_numpy(np.stack([decode(s, size) for s in samples])).permute(0, 3, 1, 2).contiguous()
+        boxes = torch.zeros(len(samples), m, 4)
+        labels = torch.full((len(samples), m), -1, dtype=torch.int64)
+        for i, s in enumerate(samples):
+            boxes[i, : len(s.boxes)] = torch.tensor(s.boxes)
+            labels[i, : len(s.labels)] = torch.tensor(s.labels)
+        return cls(images, boxes, labels)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def augment(images: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, size: int,
+            gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random zoom in/out with aspect jitter, shift, horizontal flip and colour jitter, on a whole batch.
+
+    Suited to photos of buildings: framing, distance and light vary, buildings stay upright (no vertical flip or
+    rotation) and a mirrored facade is still the same sight. images are float 0..1 [N,3,H,W]; boxes 0..1.
+    """
+    n = images.shape[0]
+    s = torch.empty(n).uniform_(0.55, 1.25, generator=gen)          # window size relative to the frame
+    r = torch.exp(torch.empty(n).uniform_(-0.2, 0.2, generator=gen))
+    a = torch.stack([s * r, s / r], dim=1).clamp(0.4, 1.4)           # per axis
+    lo, hi = torch.minimum(torch.zeros_like(a), 1 - a), torch.maximum(torch.zeros_like(a), 1 - a)
+    t = lo + (hi - lo) * torch.rand(n, 2, generator=gen)               # window origin
+    flip = torch.rand(n, generator=gen) < 0.5
+    sign_x = torch.where(flip, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = a[:, 0] * sign_x
+    theta[:, 1, 1] = a[:, 1]
+    theta[:, :, 2] = a + 2 * t - 1
+    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
+    # Sample around grey so zoomed-out borders are neutral rather than black.
+    out = F.grid_sample(images - 0.5, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 0.5
+
+    # Boxes: v = (u - t) / a, mirrored when flipped.
+    b = boxes.clone()
+    ax, ay, tx, ty = (v[:, None] for v in (a[:, 0], a[:, 1], t[:, 0], t[:, 1]))
+    x0, x1 = (b[..., 0] - tx) / ax, (b[..., 2] - tx) / ax
+    fx = flip[:, None]
+    b[..., 0], b[..., 2] = torch.where(fx, 1 - x1, x0), torch.where(fx, 1 - x0, x1)
+    b[..., 1], b[..., 3] = (b[..., 1] - ty) / ay, (b[..., 3] - ty) / ay
+    full = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    b = b.clamp(0, 1)
+    wh = (b[..., 2:] - b[..., :2])
+    visible = (wh[..., 0] * wh[..., 1]) / full.clamp(min=1e-9)
+    # A sight mostly cut off is dropped rather than taught as a tiny fragment.
+    keep = (labels >= 0) & (visible >= 0.4) & (wh.min(dim=-1).values >= 0.04)
+    new_labels = torch.where(keep, labels, torch.full_like(labels, -1))
+
+    # Colour: brightness, contrast, saturation.
+    bright = torch.empty(n, 1, 1, 1).uniform_(0.7, 1.3, generator=gen)
+    contrast = torch.empty(n, 1, 1, 1).uniform_(0.7, 1.3, generator=gen)
+    sat = torch.empty(n, 1, 1, 1).uniform_(0.6, 1.4, generator=gen)
+    out = out * bright
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * contrast + mean
+    grey = (0.299 * out[:, 0:1] + 0.587 * out[:, 1:2] + 0.114 * out[:, 2:3])
+    out = (out - grey) * sat + grey
+    return out.clamp(0, 1), b, new_labels

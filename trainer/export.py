@@ -1,0 +1,81 @@
+"""ONNX export of the serving graph (sightscan.detector's contract) and its check against ONNX Runtime."""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+
+from sightscan.detector import INPUT_NAME, OUTPUT_NAMES
+from trainer.model import Detector, ExportWrapper
+
+log = logging.getLogger(__name__)
+
+
+class ExportMismatch(RuntimeError):
+    """ONNX Runtime's output differs from torch's beyond the tolerance."""
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    max_box_diff: float
+    max_score_diff: float
+    class_agreement: float   # fraction of confident detections whose class matches
+
+
+def export_onnx(detector: Detector, input_size: int, top_k: int = 50) -> bytes:
+    """The detector with decoding, NMS and top-K inside, as ONNX bytes with a dynamic batch axis."""
+    wrapper = ExportWrapper(detector.cpu().eval(), input_size, top_k=top_k).eval()
+    example = torch.rand(2, 3, input_size, input_size)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter is chatty about its own internals
+        program = torch.onnx.export(wrapper, (example,), dynamo=True, input_names=[INPUT_NAME],
+                                    output_names=list(OUTPUT_NAMES), dynamic_shapes=({0: batch},),
+                                    opset_version=18, verbose=False)
+    buf = io.BytesIO()
+    onnx.save_model(program.model_proto, buf)
+    data = buf.getvalue()
+    onnx.checker.check_model(onnx.load_model_from_string(data))
+    return data
+
+
+def session(onnx_bytes: bytes, threads: int = 0):  # -> onnxruntime.InferenceSession
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def check_onnx(detector: Detector, onnx_bytes: bytes, images: np.ndarray, input_size: int, top_k: int = 50,
+               atol: float = 1e-3, min_score: float = 0.05) -> ExportCheck:
+    """Run the same float32 [N,3,S,S] images through eager torch and ONNX Runtime and compare the detections.
+
+    Compared: every output tensor's confident part (score >= min_score). Top-K order may swap near-ties, so boxes
+    and classes are matched detection-by-detection only where both sides agree on the order of scores.
+    """
+    with torch.no_grad():
+        ref = [t.numpy() for t in ExportWrapper(detector.cpu().eval(), input_size, top_k=top_k).eval()(
+            torch.from_numpy(images))]
+    got = session(onnx_bytes).run(list(OUTPUT_NAMES), {INPUT_NAME: images})
+    for name, r, g in zip(OUTPUT_NAMES, ref, got, strict=True):
+        if r.shape != g.shape:
+            raise ExportMismatch(f"{name}: torch shape {r.shape} != onnxruntime shape {g.shape}")
+    if got[2].dtype != np.int64:
+        raise ExportMismatch(f"classes dtype {got[2].dtype}, expected int64")
+    score_diff = float(np.abs(ref[1] - got[1]).max())
+    confident = ref[1] >= min_score
+    box_diff = float(np.abs(ref[0] - got[0])[confident].max()) if confident.any() else 0.0
+    agree = float((ref[2] == got[2])[confident].mean()) if confident.any() else 1.0
+    check = ExportCheck(box_diff, score_diff, agree)
+    log.info("onnx check", extra={"max_box_diff": box_diff, "max_score_diff": score_diff, "class_agreement": agree})
+    if score_diff > atol or box_diff > atol * 10 or agree < 0.99:
+        raise ExportMismatch(f"onnxruntime differs from torch: {check}")
+    return check
