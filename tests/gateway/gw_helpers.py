@@ -87,3 +87,30 @@ def noise_jpeg(rng: np.random.Generator, size: tuple[int, int]) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "JPEG", quality=60)
     return buf.getvalue()
+
+
+async def next_message(ws, kind: str | tuple[str, ...], timeout: float = 15) -> dict:  # noqa: ANN001 - aiohttp ws
+    """The next JSON message of the given type(s), skipping others."""
+    import asyncio
+    import json
+
+    kinds = (kind,) if isinstance(kind, str) else kind
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise AssertionError(f"no {kinds} message within {timeout} s")
+        msg = await ws.receive(timeout=left)
+        if msg.type.name != "TEXT":
+            raise AssertionError(f"connection ended while waiting for {kinds}: {msg.type.name} {msg.data!r}")
+        body = json.loads(msg.data)
+        if body["type"] in kinds:
+            return body
+
+
+def metric(text: str, name: str) -> float:
+    """The value of one Prometheus sample line (name including labels) in /metrics text."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"no metric {name}")
