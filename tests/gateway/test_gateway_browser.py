@@ -1,0 +1,98 @@
+"""The web page in real headless Chromium, its camera faked with a synthetic sight clip: the page names the sight."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+from gw_browser import Browser, poll
+from gw_helpers import REPO, Gateway
+from gw_onnx_builder import build_colour_model
+
+from sightscan import db
+from sightscan.config import Settings
+
+SYNTHETIC = REPO.parent / "shared" / "tools" / "synthetic_city.py"
+DECOY = "Nowhere Gate"  # a class whose colour is in no frame: the page must never name it
+
+
+def read_y4m(path: Path) -> list[np.ndarray]:
+    """Frames of a 4:2:0 YUV4MPEG2 file as HxWx3 RGB floats in 0..1."""
+    data = path.read_bytes()
+    header, rest = data.split(b"\n", 1)
+    fields = {f[:1]: f[1:] for f in header.split()[1:]}
+    w, h = int(fields[b"W"]), int(fields[b"H"])
+    size = w * h * 3 // 2
+    frames = []
+    for chunk in rest.split(b"FRAME\n")[1:]:
+        buf = np.frombuffer(chunk[:size], dtype=np.uint8).astype(np.float32)
+        y = buf[: w * h].reshape(h, w)
+        cb = buf[w * h: w * h * 5 // 4].reshape(h // 2, w // 2).repeat(2, 0).repeat(2, 1) - 128
+        cr = buf[w * h * 5 // 4:].reshape(h // 2, w // 2).repeat(2, 0).repeat(2, 1) - 128
+        rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
+        frames.append(np.clip(rgb, 0, 255) / 255.0)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], bytes]:
+    """A fake-webcam clip of three synthetic sights and a colour model fitted to it (mean colour per sight)."""
+    out = tmp_path_factory.mktemp("clip")
+    video = out / "clip.y4m"
+    subprocess.run([sys.executable, str(SYNTHETIC), "--out", str(out), "--sights", "3", "--per-sight", "1",
+                    "--seed", "11", "--video", str(video), "--seconds", "6", "--fps", "10"], check=True)
+    meta = json.loads((out / "video_annotations.json").read_text())["frames"]
+    frames = read_y4m(video)
+    names = list(dict.fromkeys(f["sight"] for f in meta))
+    feats = np.array([f.mean(axis=(0, 1)) for f in frames])
+    labels = np.array([names.index(f["sight"]) for f in meta])
+    protos = np.array([feats[labels == i].mean(axis=0) for i in range(len(names))])
+    boxes = []
+    for i in range(len(names)):
+        bb = np.array([f["bbox"] for f in meta if f["sight"] == names[i] and f["bbox"]]).mean(axis=0)
+        boxes.append([bb[0] / 640, bb[1] / 480, (bb[0] + bb[2]) / 640, (bb[1] + bb[3]) / 480])
+    # The decoy sits far from every frame's colour.
+    protos = np.vstack([protos, [1.0, 0.0, 1.0]])
+    boxes.append([0.0, 0.0, 1.0, 1.0])
+    nearest = np.argmin(((feats[:, None, :] - protos[None]) ** 2).sum(-1), axis=1)
+    assert (nearest == labels).mean() > 0.8, "the fitted colour model should name most frames of its own clip"
+    spread = np.sqrt(((protos[:3, None] - protos[None, :3]) ** 2).sum(-1))[np.triu_indices(3, 1)].min()
+    temperature = float(spread**2 / 4)
+    return video, names + [DECOY], build_colour_model(protos, np.array(boxes), temperature=temperature)
+
+
+def test_page_names_the_sight_in_the_camera(gateway: Gateway, pg: Settings, clip, tmp_path: Path) -> None:
+    video, classes, onnx = clip
+    with db.transaction(pg) as cur:
+        city, _ = db.request_city(cur, f"Synthetica {uuid.uuid4().hex[:6]}")
+        db.insert_model(cur, city.id, onnx, classes, 64, {"map50": 0.8})
+    browser = Browser(f"{gateway.url}/?city={quote(city.name)}&autostart=1", tmp_path / "profile", video,
+                      tmp_path / "chromium.log")
+    try:
+        state_js = """!document.getElementById("current") ? null : JSON.stringify({
+            seen: [...document.querySelectorAll('#seen li')].map(li => li.dataset.sight),
+            current: document.getElementById('current').textContent,
+            status: document.getElementById('status').textContent,
+            conn: document.getElementById('conn').textContent,
+            error: document.getElementById('error').textContent})"""
+        first = classes[0]
+        state = json.loads(poll(browser, state_js, lambda v: v and first in json.loads(v)["seen"], timeout=90))
+        print("page state:", state)
+        assert "model v1" in state["conn"]
+        # The clip pans across all three sights in turn; the page names each as it passes.
+        def two_sights(v: str | None) -> bool:
+            return bool(v) and len(set(json.loads(v)["seen"]) & set(classes[:3])) >= 2
+
+        state = json.loads(poll(browser, state_js, two_sights, timeout=60))
+        assert DECOY not in state["seen"]
+        assert "v1" in state["status"] and city.name in state["status"]  # the live pipeline panel
+        drawn = poll(browser, "document.getElementById('overlay').width", lambda v: v and v > 0, timeout=10)
+        assert drawn > 0
+    finally:
+        browser.close()
