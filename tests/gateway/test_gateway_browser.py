@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import quote
 
+import cv2
 import numpy as np
 import pytest
 from gw_browser import Browser, poll
@@ -96,3 +97,24 @@ def test_page_names_the_sight_in_the_camera(gateway: Gateway, pg: Settings, clip
         assert drawn > 0
     finally:
         browser.close()
+
+
+def test_opencv_client_streams_a_video_file(gateway: Gateway, pg: Settings, clip, tmp_path: Path) -> None:
+    video, classes, onnx = clip
+    with db.transaction(pg) as cur:
+        city, _ = db.request_city(cur, f"Synthetica {uuid.uuid4().hex[:6]}")
+        db.insert_model(cur, city.id, onnx, classes, 64, {})
+    out = tmp_path / "annotated.avi"
+    run = subprocess.run([sys.executable, "-m", "gateway.client", "--url", gateway.url, "--city", city.name,
+                          "--video", str(video), "--out", str(out), "--no-window", "--fps", "30"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["frames_read"] == 60 and summary["answers"] > 10 and summary["errors"] == {}
+    assert set(summary["sights"]) & set(classes[:3]) and DECOY not in summary["sights"]
+    assert summary["model_versions"] == [1]
+    written = cv2.VideoCapture(str(out))
+    count = 0
+    while written.read()[0]:
+        count += 1
+    assert count == 60

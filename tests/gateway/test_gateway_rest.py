@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import urllib.error
@@ -11,9 +12,11 @@ import uuid
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from gw_helpers import TOKEN, Gateway, jpeg
 from PIL import Image
 
+from gateway.app import make_app
 from gateway.settings import GatewaySettings
 from sightscan import db
 from sightscan.config import ConfigError, Settings
@@ -183,9 +186,20 @@ def test_openapi_health_and_metrics(gateway: Gateway) -> None:
     assert status == 200 and b"getUserMedia" in script
 
 
-def test_writes_refused_without_configured_token() -> None:
-    settings = GatewaySettings.from_env({})
+async def _without_token(pg: Settings) -> None:
+    settings = GatewaySettings.from_env({}, port=0, follow_models=False)
     assert settings.api_token == ""
+    async with TestClient(TestServer(make_app(settings, pg))) as client:
+        res = await client.post("/api/cities", json={"name": "Lisbon"}, headers={"Authorization": "Bearer "})
+        assert (res.status, (await res.json())["error"]) == (503, "writes_disabled")
+        res = await client.get("/api/cities")
+        assert res.status == 200  # reads stay open
+        res = await client.get("/readyz")
+        assert (await res.json())["checks"] == {"warehouse": "ok"}
+
+
+def test_writes_refused_when_no_token_is_configured(pg: Settings) -> None:
+    asyncio.run(_without_token(pg))
 
 
 @pytest.mark.parametrize("name, value", [("DOS_PORT", "http"), ("DOS_PORT", "70000"),
