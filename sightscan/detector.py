@@ -63,6 +63,9 @@ class OnnxDetector:
         # 0 lets ONNX Runtime use every core; callers on a shared machine pass a smaller number.
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # ONNX Runtime's workers spin after each run by default, burning the cores that decode the next frames
+        # (and that the JVMs of the stack share); idle workers should sleep.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(onnx, sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs

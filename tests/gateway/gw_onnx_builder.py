@@ -21,8 +21,10 @@ def _const(name: str, array: np.ndarray) -> onnx.TensorProto:
 
 
 def build_colour_model(prototypes: np.ndarray, boxes: np.ndarray, top_k: int = 3, temperature: float = 0.002,
-                       backbone: bool = False, seed: int = 0) -> bytes:
-    """prototypes: [C, 3] mean RGB in 0..1 per class; boxes: [C, 4] normalised box per class. Returns ONNX bytes."""
+                       backbone: bool = False, seed: int = 0, width: float = 1.0) -> bytes:
+    """prototypes: [C, 3] mean RGB in 0..1 per class; boxes: [C, 4] normalised box per class. Returns ONNX bytes.
+
+    width scales the backbone's channels (its cost grows about with width squared)."""
     prototypes = np.asarray(prototypes, dtype=np.float32)
     boxes = np.asarray(boxes, dtype=np.float32)
     n_classes = prototypes.shape[0]
@@ -42,7 +44,7 @@ def build_colour_model(prototypes: np.ndarray, boxes: np.ndarray, top_k: int = 3
     source = "images"
     if backbone:
         rng = np.random.default_rng(seed)
-        channels = [3, 16, 32, 64, 128]
+        channels = [3] + [max(4, int(c * width)) for c in (16, 32, 64, 128)]
         x = "images"
         for i, (cin, cout) in enumerate(zip(channels, channels[1:], strict=False)):
             w = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))).astype(np.float32)
