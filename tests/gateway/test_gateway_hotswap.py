@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 
 import aiohttp
-from gw_helpers import COLOURS, Gateway, jpeg, next_message
+from gw_helpers import COLOURS, Gateway, jpeg, metric, next_message
 from gw_onnx_builder import solid_colour_model
 
 from sightscan import db
@@ -65,3 +66,30 @@ def test_model_hot_swap_under_a_live_connection(gateway: Gateway, pg: Settings, 
 async def _status(gateway: Gateway, name: str) -> dict:
     async with aiohttp.ClientSession() as http, http.get(f"{gateway.url}/api/cities/{name}") as res:
         return await res.json()
+
+
+async def _broken_model(gateway: Gateway, pg: Settings, city: db.City, baseline: float) -> None:
+    async with aiohttp.ClientSession() as http, http.ws_connect(f"{gateway.ws_url}?city={city.name}") as ws:
+        assert (await next_message(ws, "hello"))["model"]["model_version"] == 1
+        with db.transaction(pg) as cur:
+            db.insert_model(cur, city.id, b"this is not onnx", ["X"], 64, {})
+        # The broken v2 arrives by Kafka too; the gateway refuses it and keeps serving v1 on the same connection.
+        deadline = time.monotonic() + 30
+        failures = 0.0
+        while time.monotonic() < deadline and failures < 1:
+            await ws.send_bytes(jpeg(COLOURS["Blue Hall"]))
+            det = await next_message(ws, "detections")
+            assert (det["model_version"], det["detections"][0]["sight"]) == (1, "Blue Hall")
+            async with http.get(f"{gateway.url}/metrics") as res:
+                text = await res.text()
+            failures = metric(text, "sightscan_gateway_model_load_failures_total") - baseline
+            await asyncio.sleep(0.2)
+        assert failures >= 1, "the broken model's event never reached the gateway"
+        await ws.send_bytes(jpeg(COLOURS["Blue Hall"]))
+        assert (await next_message(ws, "detections"))["model_version"] == 1
+
+
+def test_a_broken_model_row_does_not_replace_a_working_one(gateway: Gateway, pg: Settings, make_city) -> None:
+    baseline = metric(urllib.request.urlopen(gateway.url + "/metrics").read().decode(),
+                      "sightscan_gateway_model_load_failures_total")
+    asyncio.run(_broken_model(gateway, pg, make_city().city, baseline))
