@@ -56,6 +56,16 @@ def settings(stack: LocalStack) -> Settings:
     return stack.settings
 
 
+def _decode(raw: bytes | None) -> Any:
+    """JSON when it is JSON, else text (keys written by hand need not be JSON)."""
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")
+
+
 class TopicReader:
     """Reads every partition of a topic from its start (or from now), waiting for messages that match.
 
@@ -105,8 +115,8 @@ class TopicReader:
                     return out
                 continue
             out.append({
-                "key": json.loads(msg.key()) if msg.key() else None,
-                "value": json.loads(msg.value()) if msg.value() else None,
+                "key": _decode(msg.key()),
+                "value": _decode(msg.value()),
                 "partition": msg.partition(), "offset": msg.offset(),
             })
             if until(out):

@@ -1,0 +1,49 @@
+"""Change events -> facts: one small, city-keyed record per change, the input of the city state.
+
+A fact is {"kind", "id", "city_id", "lsn", "present", ...kind-specific fields}. `present` is False for a delete.
+Anything that cannot become a fact raises PoisonEvent with the reason (it goes to the dead-letter topic).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sightscan.events import PoisonEvent, parse_change
+
+# table -> (kind, the row's fields a fact keeps)
+_FIELDS = {
+    "cities": ("city", ("name", "status")),
+    "sights": ("sight", ("name",)),
+    "images": ("image", ("sight_id",)),
+    "labels": ("label", ("image_id", "sight_id")),
+    "models": ("model", ("version",)),
+}
+
+
+def fact_from_change(table: str, value: bytes | None) -> dict[str, Any] | None:
+    """A Debezium change event as a fact; None for a tombstone."""
+    event = parse_change(table, value)
+    if event is None:
+        return None
+    kind, fields = _FIELDS[table]
+    row = event.row
+    city_id = row.get("id") if table == "cities" else row.get("city_id")
+    if not isinstance(city_id, int):
+        raise PoisonEvent(f"{table} row {row.get('id')} has no integer city id")
+    missing = [f for f in fields if f not in row]
+    if missing:
+        raise PoisonEvent(f"{table} row {row['id']} lacks {', '.join(missing)}")
+    if not isinstance(event.lsn, int):
+        raise PoisonEvent(f"{table} event without a source lsn")
+    fact = {"kind": kind, "id": int(row["id"]), "city_id": city_id, "lsn": event.lsn, "present": event.op != "d"}
+    fact.update({f: row[f] for f in fields})
+    return fact
+
+
+def fact_from_training_outcome(value: dict[str, Any]) -> dict[str, Any]:
+    """The trainer's outcome event as a fact (no lsn: it is not a warehouse change)."""
+    if not isinstance(value, dict) or not isinstance(value.get("city_id"), int) or value.get("status") not in (
+            "succeeded", "failed"):
+        raise PoisonEvent("training outcome without an integer city_id and a status of succeeded/failed")
+    return {"kind": "training_outcome", "id": 0, "city_id": value["city_id"], "lsn": None, "present": True,
+            "status": value["status"], "request_id": value.get("request_id")}

@@ -1,0 +1,104 @@
+"""Stream-worker processes and warehouse truths for the streams tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sightscan import db
+from sightscan.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+THRESHOLDS = {
+    "MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING": "12",
+    "MIN_IMAGE_NUMBER_PER_LABEL": "5",
+    "RETRAIN_GROWTH_FRACTION": "0.5",
+    "MTS_EPOCHS": "7",
+    "LABELLING_BATCH_SIZE": "8",
+}
+
+
+class Worker:
+    """One `python -m streams worker` process."""
+
+    def __init__(self, settings: Settings, app_id: str, log_path: Path) -> None:
+        self.env = {**os.environ, **settings.env(), **THRESHOLDS, "STREAMS_APP_ID": app_id,
+                    "SIGHTSCAN_LOG_FORMAT": "console", "SIGHTSCAN_LOG_LEVEL": "WARNING"}
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Worker:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen([sys.executable, "-m", "streams", "worker", "-l", "warn"], cwd=ROOT,
+                                     env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final commit."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+TRUTH_SQL = """
+SELECT c.id,
+  (SELECT count(*) FROM images i WHERE i.city_id = c.id),
+  (SELECT count(*) FROM images i WHERE i.city_id = c.id
+     AND EXISTS (SELECT 1 FROM labels l WHERE l.image_id = i.id AND l.sight_id IS NOT NULL)),
+  (SELECT count(*) FROM images i WHERE i.city_id = c.id
+     AND EXISTS (SELECT 1 FROM labels l WHERE l.image_id = i.id)
+     AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.image_id = i.id AND l.sight_id IS NOT NULL)),
+  (SELECT count(*) FROM models m WHERE m.city_id = c.id)
+FROM cities c WHERE c.id = ANY(%s)
+"""
+
+SIGHT_TRUTH_SQL = """
+SELECT s.id, (SELECT count(DISTINCT l.image_id) FROM labels l WHERE l.sight_id = s.id)
+FROM sights s WHERE s.city_id = ANY(%s)
+"""
+
+
+def truth(settings: Settings, city_ids: list[int]) -> tuple[dict, dict]:
+    with db.transaction(settings) as cur:
+        cur.execute(TRUTH_SQL, (city_ids,))
+        cities = {r[0]: tuple(r[1:]) for r in cur.fetchall()}
+        cur.execute(SIGHT_TRUTH_SQL, (city_ids,))
+        sights = {r[0]: r[1] for r in cur.fetchall()}
+    return cities, sights
+
+
+def marts(settings: Settings, city_ids: list[int]) -> tuple[dict, dict]:
+    with db.transaction(settings) as cur:
+        cur.execute("SELECT city_id, images, labelled_images, no_landmark_images, models FROM city_marts"
+                    " WHERE city_id = ANY(%s)", (city_ids,))
+        cities = {r[0]: tuple(r[1:]) for r in cur.fetchall()}
+        cur.execute("SELECT sight_id, labelled_images FROM sight_marts WHERE city_id = ANY(%s)", (city_ids,))
+        sights = {r[0]: r[1] for r in cur.fetchall()}
+    return cities, sights
+
+
+def wait_marts_match(settings: Settings, city_ids: list[int], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        expected, got = truth(settings, city_ids), marts(settings, city_ids)
+        if expected == got:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"marts never matched SQL counts.\nexpected {expected}\ngot      {got}")
+        time.sleep(0.5)

@@ -1,0 +1,229 @@
+"""The stream agents against the real stack: marts equal SQL counts, one command per threshold crossing under
+SIGKILL and rebalance, poison events to the dead-letter topic."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections import defaultdict
+
+import pytest
+from confluent_kafka import Producer
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from sightscan import db
+from sightscan.events import change_topic, command_topic, dead_letter_topic
+
+from .helpers import Worker, wait_marts_match
+
+
+def _app_id() -> str:
+    return f"streams-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def worker_factory(settings, tmp_path):
+    workers: list[Worker] = []
+
+    def make(app_id: str) -> Worker:
+        w = Worker(settings, app_id, tmp_path / f"worker-{len(workers)}.log")
+        workers.append(w)
+        return w
+
+    yield make
+    for w in workers:
+        w.stop()
+
+
+def _image(cur, city_id: int, sight_id: int | None, tag: str) -> int:
+    return db.insert_image(cur, db.NewImage(city_id, f"img-{tag}-{uuid.uuid4()}".encode(), "image/jpeg", 64, 48,
+                                            "crawl", sight_id))
+
+
+def _label(cur, city_id: int, image_id: int, sight_id: int | None) -> int:
+    box = (0.1, 0.1, 0.9, 0.9) if sight_id else None
+    return db.insert_label(cur, db.NewLabel(image_id, city_id, "test", sight_id, 0.9 if sight_id else None, box))
+
+
+def _commands(topic_reader, kind: str, city_ids: set[int], enough) -> list[dict]:
+    reader = topic_reader(command_topic(kind))
+    msgs = reader.collect(lambda ms: enough([m["value"] for m in ms if m["value"]["city_id"] in city_ids]),
+                          timeout=90)
+    time.sleep(2)  # late duplicates, if any, would arrive now
+    msgs += reader.collect(lambda ms: True, timeout=1)
+    return [m["value"] for m in msgs if m["value"]["city_id"] in city_ids]
+
+
+def _one_per_crossing(cmds: list[dict], key: str = "request_id") -> dict[str, dict]:
+    """Distinct commands by request id; copies of one id (a redelivery) must be identical but for ts_ms."""
+    by_id: dict[str, dict] = {}
+    for c in cmds:
+        body = {k: v for k, v in c.items() if k != "ts_ms"}
+        assert by_id.setdefault(c[key], body) == body, f"two different commands share {c[key]}"
+    return by_id
+
+
+# A random history for one city: image inserts, deletes, label outcomes, label deletes, re-targeted images, models.
+OPS = st.lists(st.tuples(st.sampled_from(["image", "image", "label", "nolabel", "del_image", "del_label",
+                                          "move", "model"]), st.integers(0, 1000)), min_size=5, max_size=40)
+
+
+@pytest.fixture(scope="module")
+def shared_worker(settings, tmp_path_factory):
+    w = Worker(settings, _app_id(), tmp_path_factory.mktemp("w") / "worker.log").start()
+    yield w
+    w.stop()
+
+
+@hsettings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_random_history_leaves_marts_equal_to_sql_counts(settings, shared_worker, ops):
+    with db.transaction(settings) as cur:
+        city, _ = db.request_city(cur, f"Prop {uuid.uuid4().hex[:8]}")
+        sights = [db.ensure_sight(cur, city.id, f"Sight {i}") for i in range(3)]
+    images: list[int] = []
+    labels: list[int] = []
+    for op, n in ops:
+        with db.transaction(settings) as cur:
+            if op == "image":
+                images.append(_image(cur, city.id, sights[n % 3], str(n)))
+            elif op in ("label", "nolabel") and images:
+                labels.append(_label(cur, city.id, images[n % len(images)], sights[n % 3] if op == "label" else None))
+            elif op == "del_image" and images:
+                cur.execute("DELETE FROM images WHERE id = %s", (images.pop(n % len(images)),))
+            elif op == "del_label" and labels:
+                cur.execute("DELETE FROM labels WHERE id = %s", (labels.pop(n % len(labels)),))
+            elif op == "move" and labels:
+                cur.execute("UPDATE labels SET sight_id = %s WHERE id = %s AND sight_id IS NOT NULL",
+                            (sights[n % 3], labels[n % len(labels)]))
+            elif op == "model":
+                db.insert_model(cur, city.id, b"onnx", ["a", "b"], 64, {})
+    assert shared_worker.alive()
+    wait_marts_match(settings, [city.id])
+
+
+def _grow_city(settings, name: str, n_images: int, label_every: int = 1) -> tuple[int, list[int]]:
+    """A city with two sights and n_images labelled images, written a few rows per transaction."""
+    with db.transaction(settings) as cur:
+        city, _ = db.request_city(cur, name)
+        sights = [db.ensure_sight(cur, city.id, f"{name} Tower"), db.ensure_sight(cur, city.id, f"{name} Gate")]
+    ids = []
+    for i in range(n_images):
+        with db.transaction(settings) as cur:
+            image_id = _image(cur, city.id, sights[i % 2], str(i))
+            ids.append(image_id)
+            if i % label_every == 0:
+                _label(cur, city.id, image_id, sights[i % 2])
+    return city.id, ids
+
+
+def test_sigkill_and_restart_keeps_counts_and_one_command_per_crossing(settings, worker_factory, topic_reader):
+    app_id = _app_id()
+    worker = worker_factory(app_id).start()
+    city_ids = []
+    for round_no in range(3):
+        city_ids.append(_grow_city(settings, f"Kill {round_no} {uuid.uuid4().hex[:6]}", 30)[0])
+        time.sleep(random.uniform(1.0, 3.0))
+        worker.kill()  # mid-stream: events are in flight, offsets and changelog partly written
+        worker = worker_factory(app_id).start()
+    wait_marts_match(settings, city_ids, timeout=120)
+    ids = set(city_ids)
+
+    crawl = _one_per_crossing(_commands(topic_reader, "crawl", ids, lambda cs: len({c["city_id"] for c in cs}) == 3))
+    assert sorted(c["city_id"] for c in crawl.values()) == sorted(city_ids)
+
+    training = _one_per_crossing(_commands(topic_reader, "training", ids,
+                                           lambda cs: len({c["city_id"] for c in cs}) == 3))
+    assert sorted(c["city_id"] for c in training.values()) == sorted(city_ids)  # one per city: one crossing each
+    for command in training.values():
+        assert command["epochs"] == 7 and command["reason"] == "threshold" and len(command["classes"]) == 2
+
+    labelling = _one_per_crossing(_commands(topic_reader, "labelling", ids, lambda cs: len(cs) >= 3))
+    seen: dict[int, str] = {}
+    for request_id, command in labelling.items():
+        for image_id in command["image_ids"]:
+            assert seen.setdefault(image_id, request_id) == request_id, f"image {image_id} in two requests"
+
+
+def test_two_workers_one_dies_rebalance_keeps_counts_and_commands(settings, worker_factory, topic_reader):
+    app_id = _app_id()
+    a = worker_factory(app_id).start()
+    b = worker_factory(app_id).start()
+    time.sleep(8)  # both join the group and split the partitions
+    city_ids = [_grow_city(settings, f"Rebal {i} {uuid.uuid4().hex[:6]}", 16)[0] for i in range(2)]
+    b.kill()
+    city_ids += [_grow_city(settings, f"Rebal {i} {uuid.uuid4().hex[:6]}", 16)[0] for i in range(2, 4)]
+    assert a.alive()
+    wait_marts_match(settings, city_ids, timeout=120)
+    training = _one_per_crossing(_commands(topic_reader, "training", set(city_ids),
+                                           lambda cs: len({c["city_id"] for c in cs}) == 4))
+    assert sorted(c["city_id"] for c in training.values()) == sorted(city_ids)
+
+
+def test_retraining_request_when_labelled_data_grows(settings, worker_factory, topic_reader):
+    worker_factory(_app_id()).start()
+    city_id, _ = _grow_city(settings, f"Grow {uuid.uuid4().hex[:6]}", 12)
+    first = _commands(topic_reader, "training", {city_id}, lambda cs: len(cs) >= 1)
+    with db.transaction(settings) as cur:  # the trainer answers with a model: labelled data at 12
+        db.insert_model(cur, city_id, b"onnx", ["a", "b"], 64, {})
+    with db.transaction(settings) as cur:
+        sights = [r[0] for r in (cur.execute("SELECT id FROM sights WHERE city_id = %s ORDER BY id", (city_id,))
+                                 or cur.fetchall())]
+        for i in range(6):  # +50 %: RETRAIN_GROWTH_FRACTION=0.5 is crossed at 18
+            _label(cur, city_id, _image(cur, city_id, sights[i % 2], f"g{i}"), sights[i % 2])
+    cmds = _one_per_crossing(_commands(topic_reader, "training", {city_id}, lambda cs: len(cs) >= 2))
+    assert [c["reason"] for c in sorted(cmds.values(), key=lambda c: c["request_id"])] == ["threshold", "growth"]
+    assert first[0]["labelled_images"] == 12
+
+
+def test_poison_events_go_to_dead_letter_and_the_agent_keeps_going(settings, worker_factory, topic_reader):
+    worker_factory(_app_id()).start()
+    dlq = topic_reader(dead_letter_topic(), from_now=True)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    topic = change_topic("images")
+    run = random.randrange(10**8, 10**9)  # this run's poison, told apart from any earlier run's
+    ghost_city = run
+    ghost = {"op": "c", "before": None, "source": {"lsn": 42, "txId": 1},
+             "after": {"id": run, "city_id": ghost_city, "sight_id": None}}
+    poison = {
+        f"{run}-a": b"\x00not json at all",
+        f"{run}-b": json.dumps({"op": "x", "after": {"id": 2}}).encode(),
+        f"{run}-c": json.dumps({"op": "c", "after": {"id": 3}}).encode(),
+        str(ghost_city): json.dumps(ghost).encode(),
+    }
+    for key, value in poison.items():
+        producer.produce(topic, key=key.encode(), value=value)
+    producer.flush(10)
+
+    def ours(msgs):
+        return {m["value"]["key"]: m["value"] for m in msgs if m["value"]["key"] in poison}
+
+    letters = ours(dlq.collect(lambda ms: len(ours(ms)) == len(poison), timeout=90))
+    assert letters[f"{run}-a"]["reason"].startswith("not JSON")
+    assert "unknown op 'x'" in letters[f"{run}-b"]["reason"]
+    assert "no integer city id" in letters[f"{run}-c"]["reason"]
+    assert letters[str(ghost_city)]["reason"] == f"unknown city {ghost_city}"
+    assert letters[f"{run}-a"]["topic"] == topic and letters[f"{run}-a"]["offset"] is not None
+    assert all(letter["value"] for letter in letters.values())  # the original payload travels with the reason
+
+    city_id, _ = _grow_city(settings, f"After poison {uuid.uuid4().hex[:6]}", 3)
+    wait_marts_match(settings, [city_id])
+
+
+def test_unit_counts_ignore_redelivered_facts():
+    from streams.state import apply_fact, counts, new_state
+
+    state = new_state(1)
+    facts = [{"kind": "city", "id": 1, "city_id": 1, "lsn": 1, "present": True, "name": "X", "status": "requested"},
+             {"kind": "image", "id": 5, "city_id": 1, "lsn": 2, "present": True, "sight_id": 7},
+             {"kind": "label", "id": 9, "city_id": 1, "lsn": 3, "present": True, "image_id": 5, "sight_id": 7},
+             {"kind": "image", "id": 6, "city_id": 1, "lsn": 4, "present": True, "sight_id": 7},
+             {"kind": "image", "id": 6, "city_id": 1, "lsn": 5, "present": False, "sight_id": 7}]
+    applied = [apply_fact(state, f) for f in facts + facts]  # everything delivered twice
+    assert applied == [True] * 5 + [False] * 5
+    c = counts(state)
+    assert (c["images"], c["labelled_images"], c["per_sight"]) == (1, 1, defaultdict(int, {7: 1}))
