@@ -53,13 +53,14 @@ def load(settings: Settings, environ: Mapping[str, str] | None = None) -> Traine
     weights_path = Path(weights).expanduser() if weights else None
     if weights_path is not None and not weights_path.is_file():
         raise ConfigError(f"TRAINER_BACKBONE_WEIGHTS={weights} is not a file; unset it to train from scratch")
+    d = TrainConfig()
     train = TrainConfig(
         epochs=settings.mts_epochs,
-        input_size=int(_num(env, "TRAINER_INPUT_SIZE", 256)),
-        batch_size=int(_num(env, "TRAINER_BATCH_SIZE", 16)),
-        lr=float(_num(env, "TRAINER_LR", 4e-3, float)),
-        patience=int(_num(env, "TRAINER_PATIENCE", 4)),
-        eval_every=max(1, int(_num(env, "TRAINER_EVAL_EVERY", 2))),
+        input_size=int(_num(env, "TRAINER_INPUT_SIZE", d.input_size)),
+        batch_size=int(_num(env, "TRAINER_BATCH_SIZE", d.batch_size)),
+        lr=float(_num(env, "TRAINER_LR", d.lr, float)),
+        patience=int(_num(env, "TRAINER_PATIENCE", d.patience)),
+        eval_every=max(1, int(_num(env, "TRAINER_EVAL_EVERY", d.eval_every))),
         seed=int(_num(env, "TRAINER_SEED", 0)),
         # A weights file names its architecture: torchvision's MobileNetV3-Small unless TRAINER_BACKBONE says else.
         backbone=_get(env, "TRAINER_BACKBONE", "mobilenet_v3_small" if weights_path else "tiny"),

@@ -13,13 +13,15 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sightscan.db import LabelledImage
+if TYPE_CHECKING:  # the warehouse layer (psycopg2) is only needed where rows come from the warehouse
+    from sightscan.db import LabelledImage
 
 
 class NotEnoughData(ValueError):
@@ -138,15 +140,15 @@ class Tensors:
         return self.images.shape[0]
 
 
-def augment(images: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, size: int,
-            gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def augment(images: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, size: int, gen: torch.Generator,
+            zoom: tuple[float, float] = (0.55, 1.25)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random zoom in/out with aspect jitter, shift, horizontal flip and colour jitter, on a whole batch.
 
     Suited to photos of buildings: framing, distance and light vary, buildings stay upright (no vertical flip or
     rotation) and a mirrored facade is still the same sight. images are float 0..1 [N,3,H,W]; boxes 0..1.
     """
     n = images.shape[0]
-    s = torch.empty(n).uniform_(0.55, 1.25, generator=gen)          # window size relative to the frame
+    s = torch.empty(n).uniform_(*zoom, generator=gen)                # window size relative to the frame
     r = torch.exp(torch.empty(n).uniform_(-0.2, 0.2, generator=gen))
     a = torch.stack([s * r, s / r], dim=1).clamp(0.4, 1.4)           # per axis
     lo, hi = torch.minimum(torch.zeros_like(a), 1 - a), torch.maximum(torch.zeros_like(a), 1 - a)
@@ -157,7 +159,10 @@ def augment(images: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, siz
     theta[:, 0, 0] = a[:, 0] * sign_x
     theta[:, 1, 1] = a[:, 1]
     theta[:, :, 2] = a + 2 * t - 1
-    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
+    # Random draws stay on the CPU generator (reproducible on any device); the pixel work runs where images are.
+    dev = images.device
+    a, t, flip = a.to(dev), t.to(dev), flip.to(dev)
+    grid = F.affine_grid(theta.to(dev), [n, 3, size, size], align_corners=False)
     # Sample around grey so zoomed-out borders are neutral rather than black.
     out = F.grid_sample(images - 0.5, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 0.5
 
@@ -177,9 +182,9 @@ def augment(images: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, siz
     new_labels = torch.where(keep, labels, torch.full_like(labels, -1))
 
     # Colour: brightness, contrast, saturation.
-    bright = torch.empty(n, 1, 1, 1).uniform_(0.7, 1.3, generator=gen)
-    contrast = torch.empty(n, 1, 1, 1).uniform_(0.7, 1.3, generator=gen)
-    sat = torch.empty(n, 1, 1, 1).uniform_(0.6, 1.4, generator=gen)
+    bright = torch.empty(n, 1, 1, 1).uniform_(0.7, 1.3, generator=gen).to(dev)
+    contrast = torch.empty(n, 1, 1, 1).uniform_(0.7, 1.3, generator=gen).to(dev)
+    sat = torch.empty(n, 1, 1, 1).uniform_(0.6, 1.4, generator=gen).to(dev)
     out = out * bright
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     out = (out - mean) * contrast + mean

@@ -73,13 +73,13 @@ BACKBONES = {"tiny": TinyBackbone, "mobilenet_v3_small": MobileNetBackbone}
 class Detector(nn.Module):
     """Raw dense outputs per stride-16 cell: class logits [N,C,H,W], box distances [N,4,H,W], centerness [N,1,H,W]."""
 
-    def __init__(self, num_classes: int, backbone: str = "tiny", head_ch: int = 64) -> None:
+    def __init__(self, num_classes: int, backbone: str = "tiny", width: int = 16, head_ch: int = 64) -> None:
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; expected one of {', '.join(BACKBONES)}")
         self.backbone_name = backbone
         self.num_classes = num_classes
-        self.backbone = BACKBONES[backbone]()
+        self.backbone = TinyBackbone(width) if backbone == "tiny" else MobileNetBackbone()
         c16, c32 = self.backbone.channels
         self.lat16 = nn.Conv2d(c16, head_ch, 1)
         self.lat32 = nn.Conv2d(c32, head_ch, 1)

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# importlib import mode (pyproject) does not put test folders on sys.path; the helpers module lives here.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 GENERATOR = Path(__file__).resolve().parents[2].parent / "shared" / "tools" / "synthetic_city.py"
 
 
