@@ -141,3 +141,19 @@ def test_trainer_on_the_instance_stops_it_when_no_work_is_left(isolated, aws_env
     assert ts.cloud == CloudConfig(instance_id, "eu-central-1", aws_env)
     assert TrainerService(isolated, ts).run(idle_exit_s=60) == 0
     assert cloud.instance_state(ts.cloud) == "stopped"
+
+
+def test_train_command_trains_a_city_by_name_and_fails_clearly(settings, small_city, monkeypatch, capsys):
+    from trainer.cli import main
+
+    name = f"Cli Town {uuid.uuid4().hex[:6]}"
+    city_id, _ = load_city(settings, small_city, name)
+    for key, value in {**settings.env(), **ENV, "SIGHTSCAN_LOG_FORMAT": "console"}.items():
+        monkeypatch.setenv(key, value)
+    assert main(["train", name, "--epochs", "1", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["city"] == name and summary["version"] == 1 and summary["sights"] == 3
+    with db.transaction(settings) as cur:
+        assert db.latest_model(cur, city_id).version == 1
+    assert main(["train", "No Such City", "--no-progress"]) == 1
+    assert "no city 'No Such City'" in capsys.readouterr().err
