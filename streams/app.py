@@ -9,7 +9,8 @@ Two agents:
 Processing guarantee: at_least_once, made exact by design rather than by Kafka transactions. faust-streaming's
 exactly_once has open reports of duplicates on rebalance (issues 323, 517, 502); instead every change is
 deduplicated by its source LSN inside the city state, mart upserts write absolute values guarded by LSN, and
-commands carry deterministic request ids that are derived from the state, so a replay re-derives the same ones.
+commands go through an outbox in the city state (stored and flushed before they are sent, resent after
+recovery), so a crossing yields one command: after a crash at worst an identical copy with the same request id.
 """
 
 from __future__ import annotations
@@ -69,15 +70,16 @@ def _dead_letter(topic: str, partition: int | None, offset: int | None, key: Any
             "reason": reason, "ts_ms": int(time.time() * 1000)}
 
 
-def create_app(settings: Settings | None = None) -> faust.App:
+def create_app(settings: Settings | None = None, declare_topics: bool = True) -> faust.App:
     settings = settings or Settings.from_env()
     sightscan_log.setup(settings.log_level, settings.log_format)
     prefix = settings.topic_prefix
     limits = thresholds(settings)
     datadir = settings.home / "streams" / f"{socket.gethostname()}-{os.getpid()}"
     datadir.parent.mkdir(parents=True, exist_ok=True)
+    app_id = os.environ.get("STREAMS_APP_ID", f"{prefix}-streams")  # consumer group, table and facts topics
     app = faust.App(
-        os.environ.get("STREAMS_APP_ID", f"{prefix}-streams"),  # consumer group and table topic names
+        app_id,
         broker=";".join(f"kafka://{h}" for h in settings.kafka_bootstrap_servers.split(",")),
         store="memory://",
         processing_guarantee="at_least_once",
@@ -87,14 +89,18 @@ def create_app(settings: Settings | None = None) -> faust.App:
         datadir=str(datadir),
         web_enabled=False,
         broker_commit_interval=1.0,
+        # A killed worker's partitions move after 10 s instead of Faust's default 60 s.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
         table_cleanup_interval=3600.0,
     )
 
     table_of_topic = {change_topic(t, prefix): t for t in WATCHED_TABLES}
     outcomes_topic = training_events_topic(prefix)
-    facts_topic = f"{prefix}.streams.facts"
-    ensure_topics(settings, [*table_of_topic, outcomes_topic, facts_topic, dead_letter_topic(prefix),
-                             *(command_topic(k, prefix) for k in COMMAND_KINDS)])
+    facts_topic = f"{app_id}.facts"
+    if declare_topics:  # a worker that starts before a topic exists would ignore it
+        ensure_topics(settings, [*table_of_topic, outcomes_topic, facts_topic, dead_letter_topic(prefix),
+                                 *(command_topic(k, prefix) for k in COMMAND_KINDS)])
     sources = app.topic(*table_of_topic, outcomes_topic, key_serializer="raw", value_serializer="raw")
     facts = app.topic(facts_topic, key_serializer="raw", value_serializer="json",
                       partitions=settings.topic_partitions)
@@ -161,17 +167,32 @@ def create_app(settings: Settings | None = None) -> faust.App:
                     touched[key] = state
             if not touched:
                 continue
-            # Commands first, each acknowledged by the broker, then the state that records them: a crash in
-            # between re-derives the same request ids on replay (a duplicate id, never a lost command).
-            for key, state in touched.items():
-                for kind, command in due_commands(state, limits):
-                    sent = await commands[kind].send(key=key.encode(), value=command, force=True)
-                    await sent
-                    log.info("command", extra={"kind": kind, "request_id": command["request_id"]})
-            rows = []
+            # Outbox: due commands are stored in the city state, the state is flushed to its changelog, and only
+            # then are the commands sent. A crash after the flush resends the stored commands on recovery
+            # (identical copies, same request ids); a crash before it replays the facts into the same decision.
+            for state in touched.values():
+                state["pending"] = state.get("pending", []) + [list(c) for c in due_commands(state, limits)]
             for key, state in touched.items():
                 city_state[key.encode()] = state
-                rows.append((state["city_id"], state["max_lsn"], counts(state)))
-            await in_pg(write_marts, _conn(), rows)
+            await app.producer.flush()
+            for key, state in touched.items():
+                if state["pending"]:
+                    await send_pending(key, state)
+            await in_pg(write_marts, _conn(), [(s["city_id"], s["max_lsn"], counts(s)) for s in touched.values()])
+
+    async def send_pending(key: str, state: dict[str, Any]) -> None:
+        for kind, command in state["pending"]:
+            sent = await commands[kind].send(key=key.encode(), value=command, force=True)
+            await sent
+            log.info("command", extra={"kind": kind, "request_id": command["request_id"]})
+        state["pending"] = []
+        city_state[key.encode()] = state
+
+    @city_state.on_recover
+    async def resend_after_recovery() -> None:
+        """Commands a crashed or rebalanced-away worker stored but may not have sent."""
+        for raw_key, stored in list(city_state.items()):
+            if stored and stored.get("pending"):
+                await send_pending(raw_key.decode(), copy.deepcopy(stored))
 
     return app

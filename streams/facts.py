@@ -40,10 +40,13 @@ def fact_from_change(table: str, value: bytes | None) -> dict[str, Any] | None:
     return fact
 
 
-def fact_from_training_outcome(value: dict[str, Any]) -> dict[str, Any]:
-    """The trainer's outcome event as a fact (no lsn: it is not a warehouse change)."""
-    if not isinstance(value, dict) or not isinstance(value.get("city_id"), int) or value.get("status") not in (
-            "succeeded", "failed"):
-        raise PoisonEvent("training outcome without an integer city_id and a status of succeeded/failed")
+def fact_from_training_outcome(value: dict[str, Any]) -> dict[str, Any] | None:
+    """The trainer's outcome event as a fact (no lsn: it is not a warehouse change); None for progress events."""
+    if not isinstance(value, dict) or not isinstance(value.get("city_id"), int):
+        raise PoisonEvent("training event without an integer city_id")
+    if value.get("status") == "dispatched":  # cloud mode started an instance: not an outcome yet
+        return None
+    if value.get("status") not in ("succeeded", "failed"):
+        raise PoisonEvent(f"training event with unknown status {value.get('status')!r}")
     return {"kind": "training_outcome", "id": 0, "city_id": value["city_id"], "lsn": None, "present": True,
             "status": value["status"], "request_id": value.get("request_id")}

@@ -30,7 +30,7 @@ _COLLECTION = {"image": "images", "label": "labels", "model": "models", "sight":
 
 def new_state(city_id: int) -> dict[str, Any]:
     return {"city_id": city_id, "city": None, "images": {}, "labels": {}, "models": {}, "sights": {},
-            "max_lsn": 0,
+            "max_lsn": 0, "pending": [],
             "cmd": {"crawl": False, "label_seq": 0, "outstanding": {}, "train_seq": 0,
                     "train_outstanding": False, "trained_on": 0}}
 
