@@ -32,6 +32,45 @@ def _stack(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _system(args: argparse.Namespace, settings: Settings) -> int:
+    """The whole system: the stack, then SightScan's services (up); services, then the stack (down)."""
+    from sightscan.stack import LocalStack
+    from sightscan.stack.services import api_token, gateway_port, services, start_all, stop_all
+
+    def progress(msg: str) -> None:
+        print(f"sightscan: {msg}", file=sys.stderr, flush=True)
+
+    stack = LocalStack(settings, progress)
+    if args.command == "up":
+        stack.up()
+        start_all(settings, progress)
+        print(f"SightScan is up: open http://127.0.0.1:{gateway_port()}/ (API token: {api_token(settings)})")
+        return 0
+    if args.command == "down":
+        stop_all(settings)
+        stack.down(purge=args.purge)
+        print("SightScan is down")
+        return 0
+    rows = [(r.name, r.healthy, r.running, r.where) for r in stack.status()]
+    rows += [(s.name, s.healthy(), s.running(), str(s.log_path)) for s in services(settings)]
+    for name, healthy, running, where in rows:
+        print(f"{name:<10} {'healthy' if healthy else 'running' if running else 'stopped':<8} {where}")
+    return 0 if all(r[1] for r in rows) else 3
+
+
+def _gateway(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.app import main as gateway_main
+
+    return gateway_main(args.rest)
+
+
+def _streams(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.__main__ import main as streams_main
+
+    streams_main(["worker", *args.rest])
+    return 0
+
+
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     applied = db.migrate(settings)
     print(json.dumps({"applied": applied}))
@@ -68,7 +107,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sightscan", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    stack = sub.add_parser("stack", help="the local PostgreSQL + Kafka + Debezium stack")
+    for name, text in (("up", "bring up the whole system: the stack, then the stream worker, trainer and gateway"),
+                       ("down", "stop the services, then the stack"),
+                       ("status", "what runs and whether it is healthy")):
+        p = sub.add_parser(name, help=text)
+        p.set_defaults(func=_system)
+        if name == "down":
+            p.add_argument("--purge", action="store_true", help="also delete all state and logs")
+
+    from trainer.cli import add_parser as add_train_parser
+
+    add_train_parser(sub)  # `train CITY`: the trainer owns its options
+
+    gateway = sub.add_parser("gateway", help="run the gateway in the foreground (python -m gateway.app options)")
+    gateway.add_argument("rest", nargs=argparse.REMAINDER)
+    gateway.set_defaults(func=_gateway)
+
+    streams = sub.add_parser("streams", help="run a stream worker in the foreground (faust worker options)")
+    streams.add_argument("rest", nargs=argparse.REMAINDER)
+    streams.set_defaults(func=_streams)
+
+    stack = sub.add_parser("stack", help="the local PostgreSQL + Kafka + Debezium stack alone")
     stack.add_argument("action", choices=["up", "down", "status"])
     stack.add_argument("--purge", action="store_true", help="with down: delete all state and logs")
     stack.set_defaults(func=_stack)

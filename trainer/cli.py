@@ -41,7 +41,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
 def run_service(args: argparse.Namespace, settings: Settings) -> int:
     from trainer.service import TrainerService
 
-    service = TrainerService(settings, role=args.command)
+    service = TrainerService(settings, role="train" if args.command == "serve" else args.command)
     signal.signal(signal.SIGTERM, lambda *_: service.close())
     signal.signal(signal.SIGINT, lambda *_: service.close())
     service.run()

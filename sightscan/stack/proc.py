@@ -43,7 +43,8 @@ def require_free_port(port: int, what: str, env_name: str) -> None:
 
 
 class PidFile:
-    """A pid file plus a marker that must appear in the process's command line, so a recycled pid is not ours."""
+    """A pid file plus a marker that must appear in the process's command line (or, for Python services, as the
+    value of its SIGHTSCAN_HOME), so a recycled pid is not taken for ours."""
 
     def __init__(self, path: Path, marker: str) -> None:
         self.path, self.marker = path, marker
@@ -54,7 +55,7 @@ class PidFile:
             proc = psutil.Process(pid)
             if proc.status() == psutil.STATUS_ZOMBIE:
                 return None
-            if self.marker in " ".join(proc.cmdline()):
+            if self.marker in " ".join(proc.cmdline()) or proc.environ().get("SIGHTSCAN_HOME") == self.marker:
                 return proc
         except (OSError, ValueError, IndexError, psutil.Error):
             pass
