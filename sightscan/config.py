@@ -62,17 +62,20 @@ class Settings:
     jvm_heap: str = _env("SIGHTSCAN_JVM_HEAP", "512m", doc="max heap of each local JVM (Kafka, Connect)")
 
     # Pipeline limits and thresholds (names from the original system).
-    max_sights_per_city: int = _env("MAX_SIGHTS_PER_CITY", 20, _positive_int)
-    max_images_per_sight: int = _env("MAX_IMAGES_PER_SIGHT", 100, _positive_int)
-    max_google_vision_calls_per_new_city: int = _env("MAX_GOOGLE_VISION_CALLS_PER_NEW_CITY", 200, _positive_int)
-    min_labelled_images_needed_for_training: int = _env("MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING", 100, _positive_int)
-    min_image_number_per_label: int = _env("MIN_IMAGE_NUMBER_PER_LABEL", 20, _positive_int)
+    max_sights_per_city: int = _env("MAX_SIGHTS_PER_CITY", 20, _positive_int, "sights the crawler looks for per city")
+    max_images_per_sight: int = _env("MAX_IMAGES_PER_SIGHT", 100, _positive_int, "images the crawler keeps per sight")
+    max_google_vision_calls_per_new_city: int = _env("MAX_GOOGLE_VISION_CALLS_PER_NEW_CITY", 200, _positive_int,
+                                                    "hard cap on labelling calls per city")
+    min_labelled_images_needed_for_training: int = _env("MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING", 100, _positive_int,
+                                                       "labelled images before a city is trained")
+    min_image_number_per_label: int = _env("MIN_IMAGE_NUMBER_PER_LABEL", 20, _positive_int,
+                                          "labelled images a sight needs to be a class")
     mts_epochs: int = _env("MTS_EPOCHS", 30, _positive_int, "training epochs")
     retrain_growth_fraction: float = _env("RETRAIN_GROWTH_FRACTION", 0.25, _fraction,
                                           "retrain when labelled data grew by this fraction since the last model")
 
     # Logging.
-    log_level: str = _env("SIGHTSCAN_LOG_LEVEL", "INFO")
+    log_level: str = _env("SIGHTSCAN_LOG_LEVEL", "INFO", doc="DEBUG, INFO, WARNING, ERROR")
     log_format: str = _env("SIGHTSCAN_LOG_FORMAT", "json", doc="json or console")
 
     @classmethod

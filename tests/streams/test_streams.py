@@ -17,8 +17,15 @@ from hypothesis import strategies as st
 
 from sightscan import db
 from sightscan.events import change_topic, command_topic, dead_letter_topic
+from streams.testing import Worker, wait_marts_match
 
-from .helpers import Worker, wait_marts_match
+THRESHOLDS = {
+    "MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING": "12",
+    "MIN_IMAGE_NUMBER_PER_LABEL": "5",
+    "RETRAIN_GROWTH_FRACTION": "0.5",
+    "MTS_EPOCHS": "7",
+    "LABELLING_BATCH_SIZE": "8",
+}
 
 
 def _app_id() -> str:
@@ -30,7 +37,7 @@ def worker_factory(settings, tmp_path):
     workers: list[Worker] = []
 
     def make(app_id: str) -> Worker:
-        w = Worker(settings, app_id, tmp_path / f"worker-{len(workers)}.log")
+        w = Worker(settings, app_id, tmp_path / f"worker-{len(workers)}.log", THRESHOLDS)
         workers.append(w)
         return w
 
@@ -74,7 +81,7 @@ OPS = st.lists(st.tuples(st.sampled_from(["image", "image", "label", "nolabel", 
 
 @pytest.fixture(scope="module")
 def shared_worker(settings, tmp_path_factory):
-    w = Worker(settings, _app_id(), tmp_path_factory.mktemp("w") / "worker.log").start()
+    w = Worker(settings, _app_id(), tmp_path_factory.mktemp("w") / "worker.log", THRESHOLDS).start()
     yield w
     w.stop()
 

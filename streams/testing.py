@@ -1,4 +1,4 @@
-"""Stream-worker processes and warehouse truths for the streams tests."""
+"""Stream-worker processes and warehouse truths, for the streams tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -12,22 +12,13 @@ from pathlib import Path
 from sightscan import db
 from sightscan.config import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
-
-THRESHOLDS = {
-    "MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING": "12",
-    "MIN_IMAGE_NUMBER_PER_LABEL": "5",
-    "RETRAIN_GROWTH_FRACTION": "0.5",
-    "MTS_EPOCHS": "7",
-    "LABELLING_BATCH_SIZE": "8",
-}
-
+ROOT = Path(__file__).resolve().parents[1]
 
 class Worker:
     """One `python -m streams worker` process."""
 
-    def __init__(self, settings: Settings, app_id: str, log_path: Path) -> None:
-        self.env = {**os.environ, **settings.env(), **THRESHOLDS, "STREAMS_APP_ID": app_id,
+    def __init__(self, settings: Settings, app_id: str, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.env = {**os.environ, **settings.env(), **(env or {}), "STREAMS_APP_ID": app_id,
                     "SIGHTSCAN_LOG_FORMAT": "console", "SIGHTSCAN_LOG_LEVEL": "WARNING"}
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None

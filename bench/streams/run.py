@@ -1,0 +1,162 @@
+"""Stream agents: throughput of the mart agent on one worker, commit-to-mart latency, threshold-to-command latency.
+
+    python bench/streams/run.py [--events 20000] [--samples 200] [--crossings 30]
+
+Targets (issue 3): >= 5,000 events/s on one worker; p99 image commit -> mart row <= 500 ms; p99 commit that
+crosses the training threshold -> training request on its topic <= 1 s (the original polled every 3,600 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from confluent_kafka import Consumer, TopicPartition  # noqa: E402
+
+from bench.stats import report, summary_ms  # noqa: E402
+from sightscan import db  # noqa: E402
+from sightscan.events import change_topic, command_topic  # noqa: E402
+from sightscan.stack import LocalStack  # noqa: E402
+from sightscan.stack.ephemeral import ephemeral_settings  # noqa: E402
+from streams.testing import Worker  # noqa: E402
+
+ENV = {"MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING": "10", "MIN_IMAGE_NUMBER_PER_LABEL": "3"}
+
+
+def mart_images(settings, city_id: int, conn=None) -> int:
+    own = conn is None
+    conn = conn or db.connect(settings)
+    with conn.cursor() as cur:
+        cur.execute("SELECT images FROM city_marts WHERE city_id = %s", (city_id,))
+        row = cur.fetchone()
+    conn.commit()
+    if own:
+        conn.close()
+    return row[0] if row else 0
+
+
+def topic_size(settings, topic: str) -> int:
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "bench-size"})
+    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+    total = sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
+    c.close()
+    return total
+
+
+def throughput(settings, home: Path, n: int) -> dict:
+    """Load n image events while no worker runs, then time one worker draining them into the marts."""
+    with db.transaction(settings) as cur:
+        city, _ = db.request_city(cur, "Throughput City")
+    before = topic_size(settings, change_topic("images")) if n else 0
+    batch = 2000
+    for start in range(0, n, batch):
+        with db.transaction(settings) as cur:
+            for i in range(start, min(n, start + batch)):
+                db.insert_image(cur, db.NewImage(city.id, f"t{i}-{uuid.uuid4()}".encode(), "image/jpeg", 8, 8,
+                                                 "crawl"))
+    while topic_size(settings, change_topic("images")) < before + n:  # Debezium has published them all
+        time.sleep(0.2)
+    worker = Worker(settings, "bench-throughput", home / "throughput.log", ENV).start()
+    try:
+        conn = db.connect(settings)
+        while mart_images(settings, city.id, conn) == 0:
+            time.sleep(0.005)
+        first = time.monotonic()
+        seen_at_first = mart_images(settings, city.id, conn)
+        while (count := mart_images(settings, city.id, conn)) < n:
+            time.sleep(0.01)
+        elapsed = time.monotonic() - first
+        conn.close()
+    finally:
+        worker.stop()
+    # Each image event passes both agents (rekey, then marts).
+    return {"events": n, "drain_seconds": round(elapsed, 2),
+            "events_per_s": round((count - seen_at_first) / elapsed, 1) if elapsed else None}
+
+
+def commit_to_mart(settings, samples: int) -> list[float]:
+    with db.transaction(settings) as cur:
+        city, _ = db.request_city(cur, "Latency City")
+    conn, probe = db.connect(settings), db.connect(settings)
+    latencies = []
+    with conn.cursor() as cur:
+        for i in range(samples):
+            db.insert_image(cur, db.NewImage(city.id, f"l{i}-{uuid.uuid4()}".encode(), "image/jpeg", 8, 8, "crawl"))
+            conn.commit()
+            committed = time.monotonic()
+            while mart_images(settings, city.id, probe) < i + 1:
+                time.sleep(0.002)
+            latencies.append(time.monotonic() - committed)
+            time.sleep(0.02)
+    conn.close()
+    probe.close()
+    return latencies
+
+
+def crossing_to_command(settings, crossings: int) -> list[float]:
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "bench-cmd",
+                         "fetch.wait.max.ms": 10})
+    topic = command_topic("training")
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p))[1])
+                     for p in parts])
+    latencies = []
+    for k in range(crossings):
+        with db.transaction(settings) as cur:
+            city, _ = db.request_city(cur, f"Crossing {k} {uuid.uuid4().hex[:6]}")
+            sights = [db.ensure_sight(cur, city.id, "Tower"), db.ensure_sight(cur, city.id, "Gate")]
+            images = [db.insert_image(cur, db.NewImage(city.id, f"c{k}-{i}-{uuid.uuid4()}".encode(), "image/jpeg",
+                                                       8, 8, "crawl", sights[i % 2])) for i in range(10)]
+            for i in range(9):
+                db.insert_label(cur, db.NewLabel(images[i], city.id, "bench", sights[i % 2], 0.9, (0, 0, 1, 1)))
+        time.sleep(1.0)  # the first nine labels are counted; the tenth crosses the threshold
+        with db.transaction(settings) as cur:
+            db.insert_label(cur, db.NewLabel(images[9], city.id, "bench", sights[1], 0.9, (0, 0, 1, 1)))
+        committed = time.monotonic()
+        while True:
+            msg = consumer.poll(5)
+            if msg is not None and not msg.error() and json.loads(msg.value())["city_id"] == city.id:
+                latencies.append(time.monotonic() - committed)
+                break
+    consumer.close()
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--crossings", type=int, default=30)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp:
+        home = Path(tmp)
+        stack = LocalStack(ephemeral_settings(home / "stack"), progress=lambda m: print(f"  [stack] {m}", flush=True))
+        try:
+            stack.up()
+            settings = stack.settings
+            tput = throughput(settings, home, args.events)
+            worker = Worker(settings, "bench-latency", home / "latency.log", ENV).start()
+            try:
+                mart = commit_to_mart(settings, args.samples)
+                cmd = crossing_to_command(settings, args.crossings)
+            finally:
+                worker.stop()
+            report("streams", {
+                "mart_agent_events_per_s": tput["events_per_s"],
+                "events_drained": tput["events"],
+                **{f"commit_to_mart_{k}": v for k, v in summary_ms(mart).items()},
+                **{f"threshold_to_training_request_{k}": v for k, v in summary_ms(cmd).items()},
+            })
+        finally:
+            stack.down(purge=True)
+
+
+if __name__ == "__main__":
+    main()
