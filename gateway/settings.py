@@ -6,42 +6,18 @@ DOS_PORT keeps the original orchestration service's name for its port.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from sightscan.config import ConfigError
-
-
-def _env(name: str, default: Any, parse: Callable[[str], Any] = str, doc: str = "") -> Any:
-    return field(default=default, metadata={"env": name, "parse": parse, "doc": doc})
+from sightscan.config import describe_fields, non_negative_int, positive_float, positive_int, read_fields
+from sightscan.config import env_field as _env
 
 
 def _port(raw: str) -> int:
     value = int(raw)
     if not 0 <= value <= 65535:
         raise ValueError("must be a TCP port, 0..65535 (0 picks a free one)")
-    return value
-
-
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value <= 0:
-        raise ValueError("must be > 0")
-    return value
-
-
-def _non_negative_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
-
-
-def _positive_float(raw: str) -> float:
-    value = float(raw)
-    if not value > 0:
-        raise ValueError("must be > 0")
     return value
 
 
@@ -77,43 +53,30 @@ class GatewaySettings:
     allowed_origins: tuple[str, ...] = _env(
         "GATEWAY_ALLOWED_ORIGINS", "", _origins,
         "extra browser origins allowed on the websocket and writes, comma-separated; * for any")
-    max_frame_bytes: int = _env("GATEWAY_MAX_FRAME_BYTES", 1_048_576, _positive_int, "largest webcam frame accepted")
-    max_upload_bytes: int = _env("GATEWAY_MAX_UPLOAD_BYTES", 10_485_760, _positive_int, "largest uploaded image")
-    max_pixels: int = _env("GATEWAY_MAX_PIXELS", 40_000_000, _positive_int,
+    max_frame_bytes: int = _env("GATEWAY_MAX_FRAME_BYTES", 1_048_576, positive_int, "largest webcam frame accepted")
+    max_upload_bytes: int = _env("GATEWAY_MAX_UPLOAD_BYTES", 10_485_760, positive_int, "largest uploaded image")
+    max_pixels: int = _env("GATEWAY_MAX_PIXELS", 40_000_000, positive_int,
                            "largest decoded image, width x height (guards against decompression bombs)")
-    idle_timeout_s: float = _env("GATEWAY_IDLE_TIMEOUT_S", 60.0, _positive_float,
+    idle_timeout_s: float = _env("GATEWAY_IDLE_TIMEOUT_S", 60.0, positive_float,
                                  "close a websocket that sent nothing for this long")
     score_threshold: float = _env("GATEWAY_SCORE_THRESHOLD", 0.3, _score, "drop detections scoring below this")
-    max_batch: int = _env("GATEWAY_MAX_BATCH", 8, _positive_int, "most frames of one city run in one inference")
-    inference_threads: int = _env("GATEWAY_INFERENCE_THREADS", 0, _non_negative_int,
+    max_batch: int = _env("GATEWAY_MAX_BATCH", 8, positive_int, "most frames of one city run in one inference")
+    inference_threads: int = _env("GATEWAY_INFERENCE_THREADS", 0, non_negative_int,
                                   "ONNX Runtime threads per inference; 0 = all cores")
-    decode_threads: int = _env("GATEWAY_DECODE_THREADS", 2, _positive_int, "threads decoding frames")
+    decode_threads: int = _env("GATEWAY_DECODE_THREADS", 2, positive_int, "threads decoding frames")
     follow_models: bool = _env("GATEWAY_FOLLOW_MODELS", "true", _bool,
                                "follow model change events on Kafka and hot-swap models")
-    no_model_recheck_s: float = _env("GATEWAY_NO_MODEL_RECHECK_S", 10.0, _positive_float,
+    no_model_recheck_s: float = _env("GATEWAY_NO_MODEL_RECHECK_S", 10.0, positive_float,
                                      "how long 'this city has no model' is believed before asking PostgreSQL again")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> GatewaySettings:
         """Read every setting; a malformed value raises ConfigError naming the variable. Overrides win (tests)."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            name, parse = f.metadata["env"], f.metadata["parse"]
-            raw = environ.get(name)
-            if raw is None or raw == "":
-                values[f.name] = parse(f.default) if isinstance(f.default, str) else f.default
-                continue
-            try:
-                values[f.name] = parse(raw)
-            except (ValueError, TypeError) as exc:
-                doc = f" ({f.metadata['doc']})" if f.metadata["doc"] else ""
-                raise ConfigError(f"{name}{doc} is malformed: {raw!r}: {exc}. Set it like {name}={f.default} "
-                                  "or unset it to use the default.") from exc
+        values = read_fields(cls, os.environ if environ is None else environ)
         values.update(overrides)
         return cls(**values)
 
 
 def describe() -> list[tuple[str, str, str]]:
     """(variable, default, meaning) for every gateway setting, for the README."""
-    return [(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in fields(GatewaySettings)]
+    return describe_fields(GatewaySettings)

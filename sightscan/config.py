@@ -18,22 +18,58 @@ class ConfigError(RuntimeError):
     """A setting is missing or malformed; the message says which one and how to set it."""
 
 
-def _env(name: str, default: Any, parse: Callable[[str], Any] = str, doc: str = "") -> Any:
+def env_field(name: str, default: Any, parse: Callable[[str], Any] = str, doc: str = "") -> Any:
+    """A dataclass field read from the environment variable `name` (every service's settings use this)."""
     return field(default=default, metadata={"env": name, "parse": parse, "doc": doc})
 
 
-def _positive_int(raw: str) -> int:
+_env = env_field
+
+
+def non_negative_int(raw: str) -> int:
     value = int(raw)
     if value < 0:
         raise ValueError("must be >= 0")
     return value
 
 
-def _fraction(raw: str) -> float:
+def positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0:
         raise ValueError("must be > 0")
     return value
+
+
+def read_fields(cls: type, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Each env_field of a settings dataclass, parsed; ConfigError names a malformed variable and its default."""
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        name, parse = f.metadata["env"], f.metadata["parse"]
+        raw = environ.get(name)
+        if raw is None or raw == "":
+            values[f.name] = parse(f.default) if isinstance(f.default, str) else f.default
+            continue
+        try:
+            values[f.name] = parse(raw)
+        except (ValueError, TypeError) as exc:
+            doc = f" ({f.metadata['doc']})" if f.metadata["doc"] else ""
+            raise ConfigError(
+                f"{name}{doc} is malformed: {raw!r}: {exc}. Set it like {name}={f.default} or unset it "
+                "to use the default."
+            ) from exc
+    return values
+
+
+def describe_fields(cls: type) -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every env_field of a settings dataclass."""
+    return [(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in fields(cls)]
 
 
 def _path(raw: str) -> Path:
@@ -44,17 +80,17 @@ def _path(raw: str) -> Path:
 class Settings:
     # Warehouse (names from the original system).
     pghost: str = _env("PGHOST", "127.0.0.1", doc="PostgreSQL host")
-    pgport: int = _env("PGPORT", 5432, _positive_int, "PostgreSQL port")
+    pgport: int = _env("PGPORT", 5432, non_negative_int, "PostgreSQL port")
     pgdatabase: str = _env("PGDATABASE", "sightscan", doc="database name")
     pguser: str = _env("PGUSER", "sightscan", doc="database user (needs REPLICATION for Debezium)")
     pgpassword: str = _env("PGPASSWORD", "sightscan", doc="database password")
 
     # Kafka and Kafka Connect.
     kafka_bootstrap_servers: str = _env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", doc="Kafka brokers, host:port,…")
-    kafka_controller_port: int = _env("KAFKA_CONTROLLER_PORT", 9093, _positive_int, "local stack's KRaft port")
+    kafka_controller_port: int = _env("KAFKA_CONTROLLER_PORT", 9093, non_negative_int, "local stack's KRaft port")
     connect_url: str = _env("CONNECT_URL", "http://127.0.0.1:8083", doc="Kafka Connect REST URL")
     topic_prefix: str = _env("TOPIC_PREFIX", "sightscan", doc="prefix of every SightScan topic")
-    topic_partitions: int = _env("TOPIC_PARTITIONS", 4, _positive_int, "partitions of topics SightScan creates")
+    topic_partitions: int = _env("TOPIC_PARTITIONS", 4, non_negative_int, "partitions of topics SightScan creates")
 
     # Local stack state.
     home: Path = _env("SIGHTSCAN_HOME", ".sightscan", _path, "folder for the local stack's data, logs and pids")
@@ -62,16 +98,16 @@ class Settings:
     jvm_heap: str = _env("SIGHTSCAN_JVM_HEAP", "512m", doc="max heap of each local JVM (Kafka, Connect)")
 
     # Pipeline limits and thresholds (names from the original system).
-    max_sights_per_city: int = _env("MAX_SIGHTS_PER_CITY", 20, _positive_int, "sights the crawler looks for per city")
-    max_images_per_sight: int = _env("MAX_IMAGES_PER_SIGHT", 100, _positive_int, "images the crawler keeps per sight")
-    max_google_vision_calls_per_new_city: int = _env("MAX_GOOGLE_VISION_CALLS_PER_NEW_CITY", 200, _positive_int,
+    max_sights_per_city: int = _env("MAX_SIGHTS_PER_CITY", 20, non_negative_int, "sights the crawler looks for per city")
+    max_images_per_sight: int = _env("MAX_IMAGES_PER_SIGHT", 100, non_negative_int, "images the crawler keeps per sight")
+    max_google_vision_calls_per_new_city: int = _env("MAX_GOOGLE_VISION_CALLS_PER_NEW_CITY", 200, non_negative_int,
                                                     "hard cap on labelling calls per city")
-    min_labelled_images_needed_for_training: int = _env("MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING", 100, _positive_int,
+    min_labelled_images_needed_for_training: int = _env("MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING", 100, non_negative_int,
                                                        "labelled images before a city is trained")
-    min_image_number_per_label: int = _env("MIN_IMAGE_NUMBER_PER_LABEL", 20, _positive_int,
+    min_image_number_per_label: int = _env("MIN_IMAGE_NUMBER_PER_LABEL", 20, non_negative_int,
                                           "labelled images a sight needs to be a class")
-    mts_epochs: int = _env("MTS_EPOCHS", 30, _positive_int, "training epochs")
-    retrain_growth_fraction: float = _env("RETRAIN_GROWTH_FRACTION", 0.25, _fraction,
+    mts_epochs: int = _env("MTS_EPOCHS", 30, non_negative_int, "training epochs")
+    retrain_growth_fraction: float = _env("RETRAIN_GROWTH_FRACTION", 0.25, positive_float,
                                           "retrain when labelled data grew by this fraction since the last model")
 
     # Logging.
@@ -80,25 +116,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            name, parse = f.metadata["env"], f.metadata["parse"]
-            raw = environ.get(name)
-            if raw is None or raw == "":
-                raw = f.default if isinstance(f.default, str) else None
-                if raw is None:
-                    values[f.name] = f.default
-                    continue
-            try:
-                values[f.name] = parse(raw)
-            except (ValueError, TypeError) as exc:
-                doc = f" ({f.metadata['doc']})" if f.metadata["doc"] else ""
-                raise ConfigError(
-                    f"{name}{doc} is malformed: {raw!r}: {exc}. Set it like {name}={f.default} or unset it "
-                    "to use the default."
-                ) from exc
-        return cls(**values)
+        return cls(**read_fields(cls, os.environ if environ is None else environ))
 
     def require(self, *env_names: str, environ: Mapping[str, str] | None = None) -> None:
         """Fail unless each named variable is set explicitly (for settings with no safe default in production)."""
@@ -133,4 +151,4 @@ class Settings:
 
 def describe() -> list[tuple[str, str, str]]:
     """(variable, default, meaning) for every setting, for the README and `sightscan config`."""
-    return [(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in fields(Settings)]
+    return describe_fields(Settings)
