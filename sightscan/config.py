@@ -98,12 +98,14 @@ class Settings:
     jvm_heap: str = _env("SIGHTSCAN_JVM_HEAP", "512m", doc="max heap of each local JVM (Kafka, Connect)")
 
     # Pipeline limits and thresholds (names from the original system).
-    max_sights_per_city: int = _env("MAX_SIGHTS_PER_CITY", 20, non_negative_int, "sights the crawler looks for per city")
-    max_images_per_sight: int = _env("MAX_IMAGES_PER_SIGHT", 100, non_negative_int, "images the crawler keeps per sight")
+    max_sights_per_city: int = _env("MAX_SIGHTS_PER_CITY", 20, non_negative_int,
+                                    "sights the crawler looks for per city")
+    max_images_per_sight: int = _env("MAX_IMAGES_PER_SIGHT", 100, non_negative_int,
+                                     "images the crawler keeps per sight")
     max_google_vision_calls_per_new_city: int = _env("MAX_GOOGLE_VISION_CALLS_PER_NEW_CITY", 200, non_negative_int,
                                                     "hard cap on labelling calls per city")
-    min_labelled_images_needed_for_training: int = _env("MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING", 100, non_negative_int,
-                                                       "labelled images before a city is trained")
+    min_labelled_images_needed_for_training: int = _env(
+        "MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING", 100, non_negative_int, "labelled images before a city is trained")
     min_image_number_per_label: int = _env("MIN_IMAGE_NUMBER_PER_LABEL", 20, non_negative_int,
                                           "labelled images a sight needs to be a class")
     mts_epochs: int = _env("MTS_EPOCHS", 30, non_negative_int, "training epochs")
