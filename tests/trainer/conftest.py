@@ -16,15 +16,7 @@ import pytest
 # importlib import mode (pyproject) does not put test folders on sys.path; the helpers module lives here.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-GENERATOR = Path(__file__).resolve().parents[2].parent / "shared" / "tools" / "synthetic_city.py"
-
-
-def render_city(out: Path, sights: int, per_sight: int, seed: int = 7, city: str = "Synthetica") -> Path:
-    # The generator needs numpy and Pillow: run it with this interpreter (the project's venv), not a bare python3.
-    subprocess.run([sys.executable, str(GENERATOR), "--out", str(out), "--sights", str(sights),
-                    "--per-sight", str(per_sight), "--seed", str(seed), "--city", city],
-                   check=True, capture_output=True, timeout=300)
-    return out
+from tests.synthetic import render_city  # noqa: E402
 
 
 @pytest.fixture(scope="session")
