@@ -67,8 +67,11 @@ def apply_fact(state: dict[str, Any], fact: dict[str, Any]) -> bool:
         elif kind == "model":
             new_model = fact["present"] and (current is None or not current[1])
             records[key] = [lsn, fact["present"], fact["version"]]
-            if new_model:
+            if new_model and cmd["train_outstanding"]:
+                # Our request is answered; growth counts from the data it was asked for (set when it was sent),
+                # not from whatever arrived meanwhile: change topics are not ordered against each other.
                 cmd["train_outstanding"] = False
+            elif new_model:  # a model nobody here asked for (e.g. `sightscan train`): grow from now
                 cmd["trained_on"] = max(cmd["trained_on"], labelled_images(state))
         else:
             records[key] = [lsn, fact["present"], fact["name"]]
