@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--writers", type=int, default=4, help="concurrent writer connections")
+    parser.add_argument("--warmup", type=float, default=10, help="seconds at the rate before measuring (JIT)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-cdc-") as home:
@@ -100,6 +101,9 @@ def main() -> None:
                 city, _ = db.request_city(cur, "Bench City")
                 db.insert_image(cur, db.NewImage(city.id, b"warm-up", "image/jpeg", 1, 1, "crawl"))
             time.sleep(3)  # let the first event create the topic
+            if args.warmup:  # the same load first, unmeasured: Connect's JIT compiles its hot paths
+                insert_at_rate(settings, city.id, args.rate, args.warmup, args.writers)
+                time.sleep(5)
             receiver = Receiver(settings, change_topic("images"))
             receiver.start()
             committed = insert_at_rate(settings, city.id, args.rate, args.seconds, args.writers)
