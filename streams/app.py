@@ -138,7 +138,9 @@ def create_app(settings: Settings | None = None, declare_topics: bool = True) ->
                 else:
                     fact = fact_from_change(table_of_topic[msg.topic], event.value)
             except (PoisonEvent, ValueError, TypeError) as exc:
-                log.warning("dead letter", extra={"topic": msg.topic, "offset": msg.offset, "reason": str(exc)})
+                # The worker logs in Faust's format, which drops `extra`: the message carries the fields too.
+                log.warning(f"dead letter {msg.topic}@{msg.partition}:{msg.offset}: {exc}",
+                            extra={"topic": msg.topic, "offset": msg.offset, "reason": str(exc)})
                 await dead_letters.send(key=msg.key, value=_dead_letter(msg.topic, msg.partition, msg.offset,
                                                                          msg.key, event.value, str(exc)))
                 continue
@@ -184,7 +186,8 @@ def create_app(settings: Settings | None = None, declare_topics: bool = True) ->
         for kind, command in state["pending"]:
             sent = await commands[kind].send(key=key.encode(), value=command, force=True)
             await sent
-            log.info("command", extra={"kind": kind, "request_id": command["request_id"]})
+            request_id = command["request_id"]
+            log.info(f"command {kind} {request_id}", extra={"kind": kind, "request_id": request_id})
         state["pending"] = []
         city_state[key.encode()] = state
 
