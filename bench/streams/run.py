@@ -50,34 +50,45 @@ def topic_size(settings, topic: str) -> int:
     return total
 
 
-def throughput(settings, home: Path, n: int) -> dict:
-    """Load n image events while no worker runs, then time one worker draining them into the marts."""
+def throughput(settings, home: Path, n: int, cities: int) -> dict:
+    """Load n image events over `cities` cities while no worker runs, then time one worker draining them.
+
+    Cities hold at most MAX_SIGHTS_PER_CITY x MAX_IMAGES_PER_SIGHT images (2,000 by default), so n is spread."""
     with db.transaction(settings) as cur:
-        city, _ = db.request_city(cur, "Throughput City")
+        city_ids = [db.request_city(cur, f"Throughput City {c}")[0].id for c in range(cities)]
     before = topic_size(settings, change_topic("images")) if n else 0
     batch = 2000
     for start in range(0, n, batch):
         with db.transaction(settings) as cur:
             for i in range(start, min(n, start + batch)):
-                db.insert_image(cur, db.NewImage(city.id, f"t{i}-{uuid.uuid4()}".encode(), "image/jpeg", 8, 8,
-                                                 "crawl"))
+                db.insert_image(cur, db.NewImage(city_ids[i % cities], f"t{i}-{uuid.uuid4()}".encode(),
+                                                 "image/jpeg", 8, 8, "crawl"))
+    print(f"  loaded {n} image rows; waiting for their change events", flush=True)
     while topic_size(settings, change_topic("images")) < before + n:  # Debezium has published them all
         time.sleep(0.2)
     worker = Worker(settings, "bench-throughput", home / "throughput.log", ENV).start()
     try:
         conn = db.connect(settings)
-        while mart_images(settings, city.id, conn) == 0:
+
+        def total() -> int:
+            return sum(mart_images(settings, c, conn) for c in city_ids)
+
+        deadline = time.monotonic() + 120
+        while total() == 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the worker wrote no mart in 120 s; see {home / 'throughput.log'}")
             time.sleep(0.005)
         first = time.monotonic()
-        seen_at_first = mart_images(settings, city.id, conn)
-        while (count := mart_images(settings, city.id, conn)) < n:
-            time.sleep(0.01)
+        seen_at_first = total()
+        deadline = first + 600
+        while (count := total()) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
         elapsed = time.monotonic() - first
         conn.close()
     finally:
         worker.stop()
     # Each image event passes both agents (rekey, then marts).
-    return {"events": n, "drain_seconds": round(elapsed, 2),
+    return {"events": n, "drained": count, "drain_seconds": round(elapsed, 2),
             "events_per_s": round((count - seen_at_first) / elapsed, 1) if elapsed else None}
 
 
@@ -87,7 +98,15 @@ def commit_to_mart(settings, samples: int) -> list[float]:
     conn, probe = db.connect(settings), db.connect(settings)
     latencies = []
     with conn.cursor() as cur:
-        for i in range(samples):
+        # Unmeasured warm-up: the worker has joined its group and counts this city before the first sample.
+        db.insert_image(cur, db.NewImage(city.id, f"warm-{uuid.uuid4()}".encode(), "image/jpeg", 8, 8, "crawl"))
+        conn.commit()
+        deadline = time.monotonic() + 120
+        while mart_images(settings, city.id, probe) < 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the latency worker counted nothing in 120 s")
+            time.sleep(0.01)
+        for i in range(1, samples + 1):
             db.insert_image(cur, db.NewImage(city.id, f"l{i}-{uuid.uuid4()}".encode(), "image/jpeg", 8, 8, "crawl"))
             conn.commit()
             committed = time.monotonic()
@@ -120,11 +139,13 @@ def crossing_to_command(settings, crossings: int) -> list[float]:
         with db.transaction(settings) as cur:
             db.insert_label(cur, db.NewLabel(images[9], city.id, "bench", sights[1], 0.9, (0, 0, 1, 1)))
         committed = time.monotonic()
-        while True:
-            msg = consumer.poll(5)
+        while time.monotonic() - committed < 60:
+            msg = consumer.poll(1)
             if msg is not None and not msg.error() and json.loads(msg.value())["city_id"] == city.id:
                 latencies.append(time.monotonic() - committed)
                 break
+        else:
+            raise RuntimeError(f"no training request for city {city.id} within 60 s")
     consumer.close()
     return latencies
 
@@ -132,6 +153,7 @@ def crossing_to_command(settings, crossings: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--cities", type=int, default=20)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--crossings", type=int, default=30)
     args = parser.parse_args()
@@ -141,10 +163,12 @@ def main() -> None:
         try:
             stack.up()
             settings = stack.settings
-            tput = throughput(settings, home, args.events)
+            tput = throughput(settings, home, args.events, args.cities)
+            print(f"  throughput: {tput}", flush=True)
             worker = Worker(settings, "bench-latency", home / "latency.log", ENV).start()
             try:
                 mart = commit_to_mart(settings, args.samples)
+                print(f"  commit-to-mart: {summary_ms(mart)}", flush=True)
                 cmd = crossing_to_command(settings, args.crossings)
             finally:
                 worker.stop()
