@@ -15,7 +15,11 @@ import sys
 import uuid
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from sightscan import db
+from sightscan.detector import OnnxDetector, preprocess
 from sightscan.events import command_topic, training_events_topic
 from streams.testing import Worker, wait_marts_match
 from tests.synthetic import render_city
@@ -88,6 +92,12 @@ def test_city_request_becomes_a_trained_model(settings, tmp_path, topic_reader):
             model = db.latest_model(cur, city.id)
         assert model is not None and model.version == 1 and sorted(model.classes) == sorted(names.values())
         wait_marts_match(settings, [city.id])  # the model's change event reached the marts too
+
+        # The stored model serves through the gateway's detector (the ONNX contract both sides share).
+        detector = OnnxDetector(model.onnx, model.classes, model.input_size, threads=1)
+        rgb = np.asarray(Image.open(folder / coco["images"][0]["file_name"]).convert("RGB"))
+        (found,) = detector.detect(preprocess(rgb, model.input_size)[None])
+        assert found and all(d.sight in model.classes and 0 <= d.score <= 1 for d in found)
     finally:
         worker.stop()
         trainer.terminate()
