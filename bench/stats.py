@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import sys
 from collections.abc import Sequence
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM (e.g. from `timeout`) into SystemExit, so a benchmark's finally tears its private stack down."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from confluent_kafka import Consumer, TopicPartition  # noqa: E402
 
-from bench.stats import report, summary_ms  # noqa: E402
+from bench.stats import exit_cleanly_on_sigterm, report, summary_ms  # noqa: E402
 from sightscan import db  # noqa: E402
 from sightscan.events import change_topic  # noqa: E402
 from sightscan.stack import LocalStack  # noqa: E402
@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=4, help="concurrent writer connections")
     parser.add_argument("--warmup", type=float, default=10, help="seconds at the rate before measuring (JIT)")
     args = parser.parse_args()
+    exit_cleanly_on_sigterm()
 
     with tempfile.TemporaryDirectory(prefix="bench-cdc-") as home:
         stack = LocalStack(ephemeral_settings(Path(home)), progress=lambda m: print(f"  [stack] {m}", flush=True))

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from confluent_kafka import Consumer, TopicPartition  # noqa: E402
 
-from bench.stats import report, summary_ms  # noqa: E402
+from bench.stats import exit_cleanly_on_sigterm, report, summary_ms  # noqa: E402
 from sightscan import db  # noqa: E402
 from sightscan.events import change_topic, command_topic  # noqa: E402
 from sightscan.stack import LocalStack  # noqa: E402
@@ -157,6 +157,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--crossings", type=int, default=30)
     args = parser.parse_args()
+    exit_cleanly_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp:
         home = Path(tmp)
         stack = LocalStack(ephemeral_settings(home / "stack"), progress=lambda m: print(f"  [stack] {m}", flush=True))
