@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sightscan import db
 from sightscan.config import Settings
+from sightscan.stack.proc import stop_popen
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,13 +20,13 @@ class Worker:
 
     def __init__(self, settings: Settings, app_id: str, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.env = {**os.environ, **settings.env(), **(env or {}), "STREAMS_APP_ID": app_id,
-                    "SIGHTSCAN_LOG_FORMAT": "console", "SIGHTSCAN_LOG_LEVEL": "WARNING"}
+                    "SIGHTSCAN_LOG_FORMAT": "console", "SIGHTSCAN_LOG_LEVEL": "INFO"}
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Worker:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen([sys.executable, "-m", "streams", "worker", "-l", "warn"], cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, "-m", "streams", "worker", "-l", "info"], cwd=ROOT,
                                      env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
@@ -36,12 +37,8 @@ class Worker:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.proc:
+            stop_popen(self.proc, timeout=30)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

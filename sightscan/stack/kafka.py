@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import base64
 import json
 import logging
@@ -35,7 +36,9 @@ def _properties(values: dict[str, object]) -> str:
     return "".join(f"{k}={v}\n" for k, v in values.items())
 
 
-class _JavaService:
+class _JavaService(abc.ABC):
+    """A JVM service of the stack: config file, detached process, pid file, health check."""
+
     name = "java"
     main_class = ""
     env_port_name = ""
@@ -59,16 +62,19 @@ class _JavaService:
     def running(self) -> bool:
         return self.pidfile.process() is not None
 
+    @abc.abstractmethod
     def port(self) -> int:
-        raise NotImplementedError  # each service names its port
+        """The port the service listens on."""
 
+    @abc.abstractmethod
     def config(self) -> dict[str, object]:
-        raise NotImplementedError
+        """Its properties file, as a mapping."""
 
+    @abc.abstractmethod
     def healthy(self) -> bool:
-        raise NotImplementedError
+        """Whether it answers its own protocol."""
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 - optional hook: most services need no set-up
         """One-time set-up before the first start (e.g. formatting storage)."""
 
     def start(self, timeout: float = 90) -> None:

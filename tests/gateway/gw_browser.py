@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 
+from sightscan.stack.proc import stop_popen
+
 INSTALL = Path(__file__).resolve().parent / "install_chromium.sh"
 
 
@@ -69,12 +71,7 @@ class Browser:
                         return result["result"].get("value")
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_popen(self.proc)
         self._log_file.close()
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from sightscan.config import Settings
+from sightscan.stack.proc import stop_popen
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-0123456789"
@@ -69,12 +70,7 @@ def start_gateway(settings: Settings, log: Path, **env: str) -> Gateway:
 
 
 def stop_gateway(gateway: Gateway) -> None:
-    gateway.proc.terminate()
-    try:
-        gateway.proc.wait(10)
-    except subprocess.TimeoutExpired:
-        gateway.proc.kill()
-        gateway.proc.wait(5)
+    stop_popen(gateway.proc)
 
 
 def jpeg(colour: tuple[int, int, int], size: tuple[int, int] = (160, 120), quality: int = 85) -> bytes:
