@@ -1,0 +1,32 @@
+"""Labeller fixtures: the warehouse migrated, a small synthetic city, a local Vision server per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sightscan import db
+from sightscan.config import Settings
+from tests.fakes.vision_server import VisionServer
+from tests.synthetic import render_city
+
+
+@pytest.fixture(scope="session")
+def migrated(settings: Settings) -> Settings:
+    """The shared stack may predate the labeller's migration (0004): apply it (idempotent)."""
+    db.migrate(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def label_city(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 sights x 4 images: Golden Lighthouse, Emperor's Gate, Market Arch (seed 3)."""
+    return render_city(tmp_path_factory.mktemp("label-city"), 3, 4, seed=3, city="Labelton")
+
+
+@pytest.fixture
+def vision_server() -> Iterator[VisionServer]:
+    with VisionServer() as server:
+        yield server
