@@ -138,14 +138,14 @@ class FakeVision:
         max_results = features[0].get("maxResults")
         with self._lock:
             fault = self._faults.pop(0) if self._faults else None
+        status = fault[1][0] if fault and fault[0] == "status" else 200
+        with self._lock:  # recorded on arrival: a client that timed out has still sent its images
+            self.requests.append(Recorded(shas, status, int(max_results) if max_results else None))
         delay = self.latency_s + self.per_image_s * len(items)
         if fault and fault[0] == "slow":
             delay += fault[1]
         if delay:
             await asyncio.sleep(delay)
-        status = fault[1][0] if fault and fault[0] == "status" else 200
-        with self._lock:
-            self.requests.append(Recorded(shas, status, int(max_results) if max_results else None))
         if status != 200:
             return _error(status, fault[1][1] or f"injected {status}")
         return web.json_response({"responses": [self._answer(sha, max_results) for sha in shas]})
