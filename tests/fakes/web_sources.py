@@ -111,7 +111,7 @@ class FakeWeb:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._record])
-        app.router.add_get("/robots.txt", lambda _r: web.Response(text=ROBOTS_TXT))
+        app.router.add_get("/robots.txt", self._robots)
         app.router.add_get("/wikidata/w/api.php", self._wikidata_api)
         app.router.add_get("/wikidata/sparql", self._sparql)
         app.router.add_get("/commons/w/api.php", self._commons)
@@ -126,6 +126,9 @@ class FakeWeb:
                               "user_agent": request.headers.get("User-Agent", "")})
         self.hits[request.path] += 1
         return await handler(request)
+
+    async def _robots(self, request: web.Request) -> web.Response:
+        return web.Response(text=ROBOTS_TXT)
 
     async def _wikidata_api(self, request: web.Request) -> web.Response:
         q = request.query
