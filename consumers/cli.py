@@ -13,7 +13,8 @@ from sightscan import log as slog
 from sightscan.config import ConfigError, Settings
 
 if TYPE_CHECKING:  # the labeller imports google-cloud-vision: only when a command runs, not to build the parser
-    from consumers.labeller import Outcome
+    from consumers.labeller import Labeller, Outcome
+    from consumers.settings import LabellerSettings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -28,12 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run_label(args: argparse.Namespace, settings: Settings) -> int:
-    from consumers.labeller import Labeller, Outcome
+    from consumers.labeller import Labeller
     from consumers.service import check_schema
     from consumers.settings import LabellerSettings
-    from consumers.vision import VisionRefused, VisionUnavailable
-    from sightscan import db
-    from sightscan.commands import Backoff
 
     try:
         lsettings = LabellerSettings.from_env()
@@ -42,6 +40,19 @@ def run_label(args: argparse.Namespace, settings: Settings) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    try:
+        return _label_city(args, settings, labeller, lsettings)
+    finally:
+        labeller.close()
+
+
+def _label_city(args: argparse.Namespace, settings: Settings, labeller: Labeller,
+                lsettings: LabellerSettings) -> int:
+    from consumers.labeller import Outcome
+    from consumers.vision import VisionRefused, VisionUnavailable
+    from sightscan import db
+    from sightscan.commands import Backoff
+
     with db.transaction(settings) as cur:
         city = db.find_city_by_id(cur, int(args.city)) if args.city.isdigit() else None
         city = city or db.find_city(cur, args.city)

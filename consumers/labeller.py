@@ -72,19 +72,21 @@ class Outcome:
 
 
 class Labeller:
-    """Labels given images of a city with the configured backend ('vision' or 'weak')."""
+    """Labels given images of a city with the configured backend ('vision' or 'weak'). One thread uses it."""
 
     def __init__(self, settings: Settings, lsettings: LabellerSettings, vision: VisionClient | None = None) -> None:
         self.settings, self.lsettings = settings, lsettings
         self.backend = lsettings.active_backend
         self.vision = vision if vision is not None or self.backend == "weak" else VisionClient(lsettings)
         self.budget = Budget(settings.max_google_vision_calls_per_new_city)
+        self._conn: psycopg2.extensions.connection | None = None
 
     def describe(self) -> dict[str, Any]:
         """The active backend, for the start-up log line."""
         if self.backend == "weak":
-            return {"backend": WEAK_LABELLER, "reason": "offline: no GOOGLE_APPLICATION_CREDENTIALS or "
-                    "GOOGLE_VISION_ENDPOINT" if self.lsettings.backend == "auto" else "LABELLER_BACKEND=weak"}
+            reason = ("offline: no GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_VISION_ENDPOINT"
+                      if self.lsettings.backend == "auto" else "LABELLER_BACKEND=weak")
+            return {"backend": WEAK_LABELLER, "reason": reason}
         assert self.vision is not None
         return {"backend": VISION_LABELLER, "endpoint": self.vision.endpoint, "transport": self.lsettings.transport,
                 "batch_size": self.lsettings.batch_size, "cap_images_per_city": self.budget.cap}
@@ -95,30 +97,49 @@ class Labeller:
         Raises VisionUnavailable (passing) or VisionRefused (permanent) for a failed Vision request; labels written
         for earlier requests of the run stay. Per-image errors are returned in Outcome.failed / Outcome.retry."""
         outcome = Outcome(requested=len(image_ids))
-        conn = db.connect(self.settings)
+        conn = self._connection()
         try:
             with conn, conn.cursor() as cur:
                 db.lock_city_labelling(cur, city_id)  # session lock: held across the transactions below
-            with conn, conn.cursor() as cur:
-                images = db.images_to_label(cur, city_id, image_ids, with_data=self.backend == "vision")
-                cur.execute("SELECT count(*) FROM images WHERE id = ANY(%s) AND city_id = %s",
-                            (list(image_ids), city_id))
-                present = cur.fetchone()[0]
-            outcome.skipped_missing = len(set(image_ids)) - present
-            outcome.skipped_labelled = present - len(images)
-            if self.backend == "weak":
+            try:
+                self._label_locked(conn, city_id, image_ids, outcome)
+            finally:
                 with conn, conn.cursor() as cur:
-                    self._write_weak(cur, city_id, images, outcome, reason="offline")
-            else:
-                for start in range(0, len(images), self.lsettings.batch_size):
-                    self._vision_batch(conn, city_id, images[start:start + self.lsettings.batch_size], outcome)
-        finally:
-            conn.close()  # also releases the city's lock
+                    db.unlock_city_labelling(cur, city_id)
+        except psycopg2.Error:
+            self.close()  # a broken connection (or one in an unknown state) is not reused; closing also unlocks
+            raise
         if outcome.left_unlabelled:
             log.warning("images left unlabelled: no Vision answer possible and no query sight to fall back on",
                         extra={"city_id": city_id, "request_id": request_id, "image_ids": outcome.left_unlabelled,
                                "backend": self.backend})
         return outcome
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _connection(self) -> psycopg2.extensions.connection:
+        # One connection per labeller, reused: connecting costs more than a small request's queries.
+        if self._conn is None or self._conn.closed:
+            self._conn = db.connect(self.settings)
+        return self._conn
+
+    def _label_locked(self, conn: psycopg2.extensions.connection, city_id: int, image_ids: list[int],
+                      outcome: Outcome) -> None:
+        with conn, conn.cursor() as cur:
+            images = db.images_to_label(cur, city_id, image_ids, with_data=self.backend == "vision")
+            cur.execute("SELECT count(*) FROM images WHERE id = ANY(%s) AND city_id = %s", (list(image_ids), city_id))
+            present = cur.fetchone()[0]
+        outcome.skipped_missing = len(set(image_ids)) - present
+        outcome.skipped_labelled = present - len(images)
+        if self.backend == "weak":
+            with conn, conn.cursor() as cur:
+                self._write_weak(cur, city_id, images, outcome, reason="offline")
+            return
+        for start in range(0, len(images), self.lsettings.batch_size):
+            self._vision_batch(conn, city_id, images[start:start + self.lsettings.batch_size], outcome)
 
     # Vision ------------------------------------------------------------------------------------------
 

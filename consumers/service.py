@@ -75,10 +75,16 @@ class LabellerService:
         return {"request_id": request_id, "city_id": city_id, **outcome.summary()}
 
     def run(self, max_commands: int | None = None, idle_exit_s: float | None = None) -> int:
-        return self.worker.run(max_commands=max_commands, idle_exit_s=idle_exit_s)
+        try:
+            return self.worker.run(max_commands=max_commands, idle_exit_s=idle_exit_s)
+        finally:
+            self.labeller.close()
 
     def serve_forever(self) -> int:
-        return self.worker.serve_forever()
+        try:
+            return self.worker.serve_forever()
+        finally:
+            self.labeller.close()
 
     def close(self) -> None:
         self.worker.close()

@@ -58,6 +58,7 @@ def test_two_labellers_never_spend_more_than_the_cap_and_a_restart_keeps_it(migr
                                                             group_id=f"{settings.topic_prefix}-c"))
     summary = restarted.handle({"request_id": f"label-{city.id}-4", "city_id": city.id,
                                 "image_ids": [crawled, uploaded]})
+    restarted.labeller.close()
     restarted.worker.consumer.close()
     assert fake.images_received == CAP and costs_of(settings, city.id).calls_spent == CAP
     assert (summary["over_budget"], summary["weak"], summary["left_unlabelled"]) == (2, 1, 1)

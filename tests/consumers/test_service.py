@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 
+import psycopg2
 import pytest
 
 from consumers.service import LabellerService
+from sightscan import db
 from sightscan.commands import command_dead_letter_topic
 from tests.consumers.labelling_helpers import (
     costs_of,
@@ -95,6 +97,23 @@ def test_missing_images_are_skipped(migrated, label_city, vision_server):
     service = LabellerService(settings, labeller_settings(vision_server.endpoint))
     summary = service.handle({"request_id": "r", "city_id": city.id, "image_ids": [city.images[0].id, 987654321]})
     assert (summary["skipped_missing"], summary["labelled_images"], summary["sent_to_vision"]) == (1, 1, 1)
+    service.labeller.close()
+    service.worker.consumer.close()
+
+
+def test_a_lost_database_connection_is_replaced(migrated, label_city, vision_server):
+    settings = isolated(migrated)
+    city = seed_city(settings, label_city)
+    service = LabellerService(settings, labeller_settings(vision_server.endpoint))
+    command = {"request_id": "r", "city_id": city.id, "image_ids": [city.images[0].id]}
+    service.handle({**command, "image_ids": [city.images[1].id]})  # opens the labeller's connection
+    with db.transaction(settings) as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", (service.labeller._conn.get_backend_pid(),))
+    # The worker retries a database error (sightscan.commands); the next attempt reconnects.
+    with pytest.raises((psycopg2.OperationalError, psycopg2.InterfaceError)):
+        service.handle(command)
+    assert service.handle(command)["labelled_images"] == 1
+    service.labeller.close()
     service.worker.consumer.close()
 
 
