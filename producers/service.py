@@ -16,6 +16,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -70,35 +71,40 @@ class CrawlerService:
                 "failed": summary.get("failed")}
 
     def crawl(self, city_id: int, sights_limit: int, images_limit: int) -> dict[str, Any]:
-        """Run one crawl as a child process; its summary, or RetryLater/BadCommand by its exit code."""
-        argv = [sys.executable, "-m", "producers", "crawl", "--city-id", str(city_id), "--sights-limit",
-                str(sights_limit), "--limit", str(images_limit), "--no-progress"]
-        env = {**os.environ, **self.settings.env(), **self.cs.env(), "PYTHONUNBUFFERED": "1"}
-        started = time.monotonic()
-        # stderr (the child's JSON logs) goes where ours goes; stdout carries its summary.
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
-        while True:
-            try:
-                out, _ = proc.communicate(timeout=0.5)
-                break
-            except subprocess.TimeoutExpired as exc:
-                stopping = self.worker.stopping.is_set()
-                if stopping or time.monotonic() - started > self.cs.crawl_timeout_s:
-                    stop_popen(proc, timeout=15)  # SIGTERM: scrapy closes the spider gracefully
-                    why = "stopping" if stopping else f"ran past CRAWLER_TIMEOUT_S={self.cs.crawl_timeout_s:g}"
-                    raise RetryLater(f"crawl of city {city_id}: {why}") from exc
-        lines = out.decode("utf-8", "replace").strip().splitlines()
-        summary: dict[str, Any] = {}
-        if lines:
-            try:
-                summary = json.loads(lines[-1])
-            except ValueError:
-                summary = {}
-        if proc.returncode == EXIT_OK and summary:
-            return summary
-        if proc.returncode == EXIT_UNKNOWN_CITY:
-            raise BadCommand(f"unknown city id {city_id}")
-        if proc.returncode == EXIT_SOURCES_FAILED:
-            why = summary.get("source_errors") or summary.get("failed")
-            raise RetryLater(f"sources failed for city {city_id}: {why}")
-        raise RetryLater(f"crawl of city {city_id} exited with {proc.returncode}")
+        return crawl_in_child(self.settings, self.cs, city_id, sights_limit, images_limit, self.worker.stopping)
+
+
+def crawl_in_child(settings: Settings, cs: CrawlerSettings, city_id: int, sights_limit: int, images_limit: int,
+                   stopping: threading.Event | None = None) -> dict[str, Any]:
+    """Run one crawl as a child process; its summary, or RetryLater/BadCommand by its exit code."""
+    argv = [sys.executable, "-m", "producers", "crawl", "--city-id", str(city_id), "--sights-limit",
+            str(sights_limit), "--limit", str(images_limit), "--no-progress"]
+    env = {**os.environ, **settings.env(), **cs.env(), "PYTHONUNBUFFERED": "1"}
+    started = time.monotonic()
+    # stderr (the child's JSON logs) goes where ours goes; stdout carries its summary.
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+    while True:
+        try:
+            out, _ = proc.communicate(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired as exc:
+            stop = stopping is not None and stopping.is_set()
+            if stop or time.monotonic() - started > cs.crawl_timeout_s:
+                stop_popen(proc, timeout=15)  # SIGTERM: scrapy closes the spider gracefully
+                why = "stopping" if stop else f"ran past CRAWLER_TIMEOUT_S={cs.crawl_timeout_s:g}"
+                raise RetryLater(f"crawl of city {city_id}: {why}") from exc
+    lines = out.decode("utf-8", "replace").strip().splitlines()
+    summary: dict[str, Any] = {}
+    if lines:
+        try:
+            summary = json.loads(lines[-1])
+        except ValueError:
+            summary = {}
+    if proc.returncode == EXIT_OK and summary:
+        return summary
+    if proc.returncode == EXIT_UNKNOWN_CITY:
+        raise BadCommand(f"unknown city id {city_id}")
+    if proc.returncode == EXIT_SOURCES_FAILED:
+        why = summary.get("source_errors") or summary.get("failed")
+        raise RetryLater(f"sources failed for city {city_id}: {why}")
+    raise RetryLater(f"crawl of city {city_id} exited with {proc.returncode}")
