@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 
@@ -21,7 +24,7 @@ from sightscan import db
 from sightscan.commands import BadCommand, RetryLater, command_dead_letter_topic
 from sightscan.events import change_topic, command_topic
 from tests.fakes.web_sources import FakeCity, FakeFile
-from tests.producers.crawl_helpers import FAST, city_row, stored_images
+from tests.producers.crawl_helpers import FAST, ROOT, city_row, crawler_env, stored_images
 
 
 def _isolated(settings):
@@ -111,3 +114,27 @@ def test_bad_requests_and_source_outages(settings, web):
         assert city_row(settings, city.name).status == "crawling"
     finally:
         service.worker.consumer.close()
+
+
+def test_python_m_producers_serve_crawls_requests_until_sigterm(settings, web, photos, tmp_path):
+    ks = _isolated(settings)
+    with db.transaction(settings) as cur:
+        city, _ = db.request_city(cur, f"Servetown {uuid.uuid4().hex[:8]}")
+    web.fake.add_city(FakeCity(city.name, "Q7201", ["Serve Arch"]))
+    web.fake.add_images("Serve Arch", [FakeFile("s1.jpg", photos[5])])
+    _publish(ks, [_crawl_request(city, 1, 1)])
+
+    log = tmp_path / "crawler.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "producers", "serve"], cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, env={**crawler_env(settings, web), **ks.env()})
+    try:
+        deadline = time.monotonic() + 60
+        while "crawl command done" not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+        assert len(stored_images(settings, city.id)) == 1, log.read_text()
+        assert city_row(settings, city.name).status == "labelling"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        returncode = proc.wait(30)
+    assert returncode == 0, log.read_text()
