@@ -1,7 +1,8 @@
 """Command line: `sightscan crawl CITY` (via add_parser) and `python -m producers {crawl,serve}`.
 
 `crawl` prints its summary as one JSON line on stdout and a progress line per sight on stderr. Exit codes:
-0 done, 1 error, 2 configuration error, 3 sources failed (nothing stored; try again later), 4 unknown city id.
+0 done, 1 error, 2 configuration error, 3 sources failed (nothing stored; try again later), 4 unknown city id,
+5 interrupted (SIGTERM/SIGINT; the city's status is left as it was).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from sightscan import log as slog
 from sightscan.config import ConfigError, Settings
 
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_SOURCES_FAILED, EXIT_UNKNOWN_CITY = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_SOURCES_FAILED, EXIT_UNKNOWN_CITY, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5
 
 
 def _non_negative(raw: str) -> int:
@@ -53,7 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run_crawl(args: argparse.Namespace, settings: Settings) -> int:
-    from producers.crawl import SourcesFailed, UnknownCity, crawl_city
+    from producers.crawl import CrawlInterrupted, SourcesFailed, UnknownCity, crawl_city
     from producers.settings import CrawlerSettings
 
     if (args.city is None) == (args.city_id is None):
@@ -80,6 +81,9 @@ def run_crawl(args: argparse.Namespace, settings: Settings) -> int:
         print(f"crawl: {exc}", file=sys.stderr)
         print(json.dumps(exc.summary), flush=True)
         return EXIT_SOURCES_FAILED
+    except CrawlInterrupted as exc:
+        print(f"crawl: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(json.dumps(summary), flush=True)
     if not args.no_progress:
         rejected = ", ".join(f"{k} {v}" for k, v in sorted(summary["rejected"].items())) or "none"

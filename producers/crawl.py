@@ -28,6 +28,10 @@ class UnknownCity(LookupError):
     """The city id is not in the warehouse."""
 
 
+class CrawlInterrupted(RuntimeError):
+    """The spider closed before it was done (SIGTERM/SIGINT): the city's status is left as it was."""
+
+
 class SourcesFailed(RuntimeError):
     """Nothing was stored and a source failed on the way: worth trying again later, not a city without images."""
 
@@ -65,7 +69,7 @@ def crawl_city(settings: Settings, cs: CrawlerSettings, city: str | int, *, sigh
                progress: Callable[[str], None] | None = None, create: bool = False) -> dict[str, Any]:
     """Crawl `city` (an id, or a name; `create` requests a new name) and return the summary.
 
-    Raises UnknownCity, SourcesFailed, or RuntimeError when the warehouse failed mid-crawl."""
+    Raises UnknownCity, SourcesFailed, CrawlInterrupted, or RuntimeError when the warehouse failed mid-crawl."""
     warehouse = Warehouse(settings)
     try:
         found, created = warehouse.city(city, create=create)
@@ -94,6 +98,10 @@ def crawl_city(settings: Settings, cs: CrawlerSettings, city: str | int, *, sigh
             spider.finish_all()
         if report.fatal:
             raise RuntimeError(report.fatal)
+        reason = crawler.stats.get_value("finish_reason") if crawler.stats else None
+        if reason != "finished":
+            # Stopped half way: not "done", so neither 'labelling' nor 'failed'; a rerun picks up (sha256 dedupe).
+            raise CrawlInterrupted(f"crawl of {found.name!r} stopped before it was done ({reason})")
         summary = report.summary()
         if summary["stored"] == 0 and (report.source_errors or summary["failed"]) \
                 and not warehouse.has_images(found.id):

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import signal
+import subprocess
+import sys
+import time
 import uuid
 
 from tests.fakes.web_sources import FakeCity, FakeFile, WebSources
-from tests.producers.crawl_helpers import city_row, png, run_crawl, sight_names, stored_images
+from tests.producers.crawl_helpers import ROOT, city_row, crawler_env, png, run_crawl, sight_names, stored_images
 
 JANE = "Jane & Co"  # FakeFile's default Artist, as plain text
 
@@ -175,3 +179,24 @@ def test_unknown_city_id_is_an_error(settings, web):
     assert run.returncode == 4
     assert "no city" in run.stderr
     assert not web.fake.requests
+
+
+def test_a_crawl_stopped_half_way_leaves_the_city_crawling(settings, web, photos):
+    city = _unique("Haltburg")
+    web.fake.slow_s = 3.0  # scrapy finishes the download in flight before it stops
+    web.fake.add_city(FakeCity(city, "Q7005", ["Slow Spire"]))
+    web.fake.add_images("Slow Spire", [FakeFile("h1.jpg", photos[0]), FakeFile("h2.jpg", photos[1], "slow")])
+    proc = subprocess.Popen([sys.executable, "-m", "producers", "crawl", city, "--limit", "2"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=crawler_env(settings, web, CRAWLER_DOWNLOAD_TIMEOUT_S="10"))
+    try:
+        deadline = time.monotonic() + 30
+        while not web.fake.requested("/files/slow/") and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert web.fake.requested("/files/slow/"), "the slow file was never requested"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 5, stderr
+    assert "stopped before it was done" in stderr
+    assert city_row(settings, city).status == "crawling"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import time
 from urllib.parse import parse_qs, urlparse
@@ -9,6 +10,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from PIL import Image
 
+from producers.cli import add_parser, run_crawl
 from producers.settings import CrawlerSettings
 from producers.sources import (
     Call,
@@ -145,3 +147,18 @@ def test_settings_choose_the_source_and_name_a_malformed_variable():
     cs = CrawlerSettings.from_env({"CRAWLER_THREADS": "7", "CRAWLER_AUTOTHROTTLE": "off"})
     assert CrawlerSettings.from_env(cs.env()) == cs  # what the service hands its crawl child
     assert plain_text("<b>x</b>  &lt;y&gt;") == "x <y>"
+
+
+def test_the_crawl_parser_plugs_into_another_command():
+    parser = argparse.ArgumentParser(prog="sightscan")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["crawl", "Paris", "--limit", "5", "--sights-limit", "3", "--threads", "2", "--full",
+                              "--no-skip"])
+    assert (args.city, args.limit, args.sights_limit, args.threads, args.full, args.skip) == ("Paris", 5, 3, 2, True,
+                                                                                              False)
+    assert args.func is run_crawl
+    defaults = parser.parse_args(["crawl", "--city-id", "7"])
+    assert (defaults.city, defaults.city_id, defaults.limit, defaults.skip, defaults.full) == (None, 7, None, True,
+                                                                                              False)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["crawl", "Paris", "--limit", "-1"])
