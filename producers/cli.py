@@ -54,7 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run_crawl(args: argparse.Namespace, settings: Settings) -> int:
-    from producers.crawl import CrawlInterrupted, SourcesFailed, UnknownCity, crawl_city
+    from producers.crawl import CrawlInterrupted, SourcesFailed, UnknownCity, WarehouseFailed, crawl_city
     from producers.settings import CrawlerSettings
 
     if (args.city is None) == (args.city_id is None):
@@ -84,6 +84,9 @@ def run_crawl(args: argparse.Namespace, settings: Settings) -> int:
     except CrawlInterrupted as exc:
         print(f"crawl: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except WarehouseFailed as exc:
+        print(f"crawl: stopped, the warehouse failed: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     print(json.dumps(summary), flush=True)
     if not args.no_progress:
         rejected = ", ".join(f"{k} {v}" for k, v in sorted(summary["rejected"].items())) or "none"

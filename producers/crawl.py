@@ -28,6 +28,10 @@ class UnknownCity(LookupError):
     """The city id is not in the warehouse."""
 
 
+class WarehouseFailed(RuntimeError):
+    """The warehouse failed mid-crawl: the crawl stopped; the city's status is left as it was."""
+
+
 class CrawlInterrupted(RuntimeError):
     """The spider closed before it was done (SIGTERM/SIGINT): the city's status is left as it was."""
 
@@ -69,7 +73,7 @@ def crawl_city(settings: Settings, cs: CrawlerSettings, city: str | int, *, sigh
                progress: Callable[[str], None] | None = None, create: bool = False) -> dict[str, Any]:
     """Crawl `city` (an id, or a name; `create` requests a new name) and return the summary.
 
-    Raises UnknownCity, SourcesFailed, CrawlInterrupted, or RuntimeError when the warehouse failed mid-crawl."""
+    Raises UnknownCity, SourcesFailed, CrawlInterrupted or WarehouseFailed."""
     warehouse = Warehouse(settings)
     try:
         found, created = warehouse.city(city, create=create)
@@ -97,7 +101,7 @@ def crawl_city(settings: Settings, cs: CrawlerSettings, city: str | int, *, sigh
         if spider is not None:
             spider.finish_all()
         if report.fatal:
-            raise RuntimeError(report.fatal)
+            raise WarehouseFailed(report.fatal)
         reason = crawler.stats.get_value("finish_reason") if crawler.stats else None
         if reason != "finished":
             # Stopped half way: not "done", so neither 'labelling' nor 'failed'; a rerun picks up (sha256 dedupe).

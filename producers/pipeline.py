@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 import psycopg2
 from scrapy.crawler import Crawler
 from scrapy.exceptions import DropItem
-from scrapy.utils.defer import deferred_from_coro
 
 from producers.validate import Rejected, check_image
 from sightscan import db
@@ -49,12 +48,7 @@ class WarehousePipeline:
         try:
             image_id = spider.warehouse.store(image)
         except psycopg2.Error as exc:
-            # Not this image's fault: stop the crawl and let it fail, so the request is retried (stored images
-            # are deduplicated by sha256 when it runs again).
-            if spider.report.fatal is None:
-                spider.report.fatal = f"warehouse: {exc}".strip()
-                log.error("warehouse write failed; stopping the crawl", extra={"error": str(exc)})
-                deferred_from_coro(self.crawler.engine.close_spider_async(reason="warehouse_error"))
+            spider.fail(f"warehouse: {exc}")  # not this image's fault: the crawl fails and is retried
             raise DropItem("warehouse error") from exc
         if image_id is None:
             tally.duplicates += 1

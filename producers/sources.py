@@ -133,7 +133,9 @@ class WikidataSights(SightSource):
             if not _QID.match(qid):
                 raise SourceError(f"wikidata search: {qid!r} is not an item id")
             query = SPARQL.format(qid=qid, lang=self.lang, limit=int(limit))
-            return Listing([], Call(_get(self.sparql, {"query": query, "format": "json"}), "sparql", {"qid": qid}))
+            # WDQS runs a query for up to 60 s: wait that long for it, whatever the download timeout.
+            return Listing([], Call(_get(self.sparql, {"query": query, "format": "json"}), "sparql",
+                                    {"qid": qid, "timeout_s": 65.0}))
         try:
             bindings = payload["results"]["bindings"]
             labels = [b["itemLabel"]["value"] for b in bindings if "itemLabel" in b]

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg2
 import scrapy
 from scrapy import signals
 from scrapy.crawler import Crawler
@@ -28,6 +29,7 @@ from scrapy.exceptions import (
 )
 from scrapy.http import Response
 from scrapy.spidermiddlewares.httperror import HttpError
+from scrapy.utils.defer import deferred_from_coro
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectError, TimeoutError
 from twisted.python.failure import Failure
@@ -149,6 +151,8 @@ class SightSpider(scrapy.Spider):
              **meta: Any) -> scrapy.Request:
         # API calls follow the APIs' own terms (an identifying User-Agent, modest concurrency), not robots.txt:
         # Wikimedia's robots.txt disallows /w/ (where api.php lives) to page crawlers. Image files obey it.
+        if "timeout_s" in call.state:
+            meta["download_timeout"] = max(call.state["timeout_s"], self.crawler.settings.getfloat("DOWNLOAD_TIMEOUT"))
         return scrapy.Request(call.url, callback=callback, errback=errback,
                               meta={"call": call, "dont_obey_robotstxt": True, **meta})
 
@@ -184,7 +188,11 @@ class SightSpider(scrapy.Spider):
         log.info("sights found", extra={"city": self.plan.city, "source": self.sight_source.kind,
                                         "sights": [n for _, n in chosen]})
         for key, name in chosen:
-            sight_id, existing = self.warehouse.sight(self.plan.city_id, name, self.sight_source.kind)
+            try:
+                sight_id, existing = self.warehouse.sight(self.plan.city_id, name, self.sight_source.kind)
+            except psycopg2.Error as exc:
+                self.fail(f"warehouse: {exc}")
+                return
             tally = SightTally(name, sight_id, existing)
             self.report.sights[key] = tally
             state = SightState(key, tally, existing if self.plan.skip else 0)
@@ -268,6 +276,13 @@ class SightSpider(scrapy.Spider):
         if self.progress:
             done = sum(s.done for s in self.states.values())
             self.progress(f"[{done}/{len(self.states)}] {t.line()}")
+
+    def fail(self, error: str) -> None:
+        """The warehouse failed: stop the whole crawl (it is retried later; what was stored is deduplicated)."""
+        if self.report.fatal is None:
+            self.report.fatal = error.strip()
+            log.error("crawl stopped", extra={"city": self.plan.city, "error": self.report.fatal})
+            deferred_from_coro(self.crawler.engine.close_spider_async(reason="warehouse_error"))
 
     def finish_all(self) -> None:
         """Close the books on sights left open (the crawl was stopped)."""

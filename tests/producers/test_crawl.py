@@ -200,3 +200,25 @@ def test_a_crawl_stopped_half_way_leaves_the_city_crawling(settings, web, photos
     assert proc.returncode == 5, stderr
     assert "stopped before it was done" in stderr
     assert city_row(settings, city).status == "crawling"
+
+
+# The crawl child with the warehouse failing on every image write (a connection lost mid-crawl, say).
+BROKEN_WAREHOUSE = """
+import sys, psycopg2, producers.warehouse as w
+def store(self, image):
+    raise psycopg2.OperationalError("server closed the connection unexpectedly")
+w.Warehouse.store = store
+from producers.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_warehouse_failure_stops_the_crawl_without_finishing_the_city(settings, web, photos):
+    city = _unique("Brokenburg")
+    web.fake.add_city(FakeCity(city, "Q7006", ["Cracked Dome"]))
+    web.fake.add_images("Cracked Dome", [FakeFile(f"x{i}.jpg", photos[i]) for i in range(4)])
+    proc = subprocess.run([sys.executable, "-c", BROKEN_WAREHOUSE, "crawl", city, "--limit", "4"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env=crawler_env(settings, web))
+    assert proc.returncode == 1, proc.stderr
+    assert "the warehouse failed: warehouse: server closed the connection" in proc.stderr
+    assert city_row(settings, city).status == "crawling"
