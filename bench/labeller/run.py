@@ -2,7 +2,8 @@
 real google-cloud-vision client and the local Vision server with a simulated service time, batched (16 images per
 Vision request) against one image per request, in the same run, on the same images.
 
-    python bench/labeller/run.py [--images 320] [--latency-ms 100] [--per-image-ms 5] [--stack-home DIR]
+    python bench/labeller/run.py [--images 320] [--single-images 160] [--latency-ms 100] [--per-image-ms 5]
+                                 [--stack-home DIR]
 
 The Vision service time is simulated as latency-ms per HTTP request plus per-image-ms per image in it. Without
 --stack-home it starts a private stack (PostgreSQL, Kafka, Debezium Connect) and deletes it after; with it, it
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import subprocess
@@ -111,6 +113,9 @@ def run_mode(base: Settings, server: VisionServer, images: list[dict], data: dic
     finally:
         service.close()
         thread.join(30)
+        producer.flush(10)
+        del producer, service
+        gc.collect()  # the Kafka clients go now, not after the private stack is down (their reconnect noise)
     with db.transaction(settings) as cur:
         costs = db.labelling_costs(cur, city_id)
     return {"images": len(ids), "seconds": round(elapsed, 2), "images_per_s": round(len(ids) / elapsed, 1),
@@ -131,7 +136,9 @@ def stack_settings(home: str | None) -> Iterator[Settings]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=320)
+    p.add_argument("--images", type=int, default=320, help="images labelled in the batched runs")
+    p.add_argument("--single-images", type=int, default=160,
+                   help="images labelled one per request (fewer: that mode is slow; rates are per image)")
     p.add_argument("--latency-ms", type=float, default=100.0, help="simulated Vision time per HTTP request")
     p.add_argument("--per-image-ms", type=float, default=5.0, help="simulated Vision time per image in a request")
     p.add_argument("--stack-home", help="reuse the running stack whose ports.json is in this folder")
@@ -150,12 +157,13 @@ def main() -> None:
               "ms/image", flush=True)
         batched = run_mode(settings, server, images, data, 16, latency, per_image)
         print(f"  batched (16/request): {batched}", flush=True)
-        single = run_mode(settings, server, images, data, 1, latency, per_image)
+        single = run_mode(settings, server, images[:a.single_images], data, 1, latency, per_image)
         print(f"  single (1/request):   {single}", flush=True)
         overhead = run_mode(settings, server, images, data, 16, 0.0, 0.0)
         print(f"  batched, no Vision latency (the labeller's own cost): {overhead}", flush=True)
     report("labeller", {
-        "images": len(images),
+        "images_batched": batched["images"],
+        "images_single": single["images"],
         "vision_latency_ms_per_request": a.latency_ms,
         "vision_ms_per_image": a.per_image_ms,
         "batched_images_per_s": batched["images_per_s"],
