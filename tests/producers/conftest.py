@@ -1,11 +1,19 @@
-"""Crawler fixtures: synthetic photos and a local web that speaks the sources' APIs (one per test)."""
+"""Crawler fixtures: synthetic photos, a local web that speaks the sources' APIs (one per test), and command
+topics of its own for each service test."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import uuid
 from collections.abc import Iterator
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
+from sightscan.commands import command_dead_letter_topic
+from sightscan.config import Settings
+from sightscan.events import command_topic
 from tests.fakes.web_sources import FakeWeb, WebSources
 from tests.synthetic import render_city
 
@@ -21,3 +29,16 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
 def web() -> Iterator[WebSources]:
     with WebSources(FakeWeb(slow_s=4.0)) as server:
         yield server
+
+
+@pytest.fixture
+def isolated(settings: Settings) -> Iterator[Settings]:
+    """Settings with a TOPIC_PREFIX of their own: crawl requests of other tests (and stream workers) sharing the
+    stack are not consumed here. The command topics are deleted after the test."""
+    own = dataclasses.replace(settings, topic_prefix=f"crawltest-{uuid.uuid4().hex[:8]}")
+    yield own
+    topics = [command_topic("crawl", own.topic_prefix), command_dead_letter_topic(own.topic_prefix)]
+    admin = AdminClient({"bootstrap.servers": own.kafka_bootstrap_servers})
+    for future in admin.delete_topics(topics, operation_timeout=10).values():
+        with contextlib.suppress(Exception):  # never created (the test failed early): nothing to delete
+            future.result(15)

@@ -1,7 +1,6 @@
 """The crawler service on real Kafka: crawl requests in, images (and their change events) out, bad ones dead-lettered.
 
-Each test uses its own TOPIC_PREFIX for the command topics, so crawl requests of other tests (and stream workers)
-sharing the stack are not consumed here.
+Each test uses its own TOPIC_PREFIX for the command topics (the `isolated` fixture).
 """
 
 from __future__ import annotations
@@ -27,10 +26,6 @@ from tests.fakes.web_sources import FakeCity, FakeFile
 from tests.producers.crawl_helpers import FAST, ROOT, city_row, crawler_env, stored_images
 
 
-def _isolated(settings):
-    return dataclasses.replace(settings, topic_prefix=f"crawltest-{uuid.uuid4().hex[:8]}")
-
-
 def _publish(settings, messages: list[tuple[bytes, bytes]]) -> None:
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
     for key, value in messages:
@@ -44,8 +39,8 @@ def _crawl_request(city: db.City, sights: int, images: int) -> tuple[bytes, byte
     return str(city.id).encode(), json.dumps(value).encode()
 
 
-def test_crawl_requests_from_kafka_fill_the_warehouse_once(settings, web, photos, topic_reader):
-    ks = _isolated(settings)
+def test_crawl_requests_from_kafka_fill_the_warehouse_once(settings, isolated, web, photos, topic_reader):
+    ks = isolated
     with db.transaction(settings) as cur:
         city, _ = db.request_city(cur, f"Kafkaville {uuid.uuid4().hex[:8]}")
     web.fake.add_city(FakeCity(city.name, "Q7101", ["Kafka Bridge", "Kafka Tower", "Kafka Gate"]))
@@ -96,9 +91,9 @@ def _dead_port() -> int:
         return s.getsockname()[1]
 
 
-def test_bad_requests_and_source_outages(settings, web):
+def test_bad_requests_and_source_outages(settings, isolated, web):
     cs = CrawlerSettings.from_env({**web.env(), **FAST})
-    service = CrawlerService(_isolated(settings), cs)
+    service = CrawlerService(isolated, cs)
     try:
         with pytest.raises(BadCommand, match="unknown city id"):
             service.handle({"request_id": "crawl-987654321987", "city_id": 987654321987})
@@ -116,8 +111,8 @@ def test_bad_requests_and_source_outages(settings, web):
         service.worker.consumer.close()
 
 
-def test_python_m_producers_serve_crawls_requests_until_sigterm(settings, web, photos, tmp_path):
-    ks = _isolated(settings)
+def test_python_m_producers_serve_crawls_requests_until_sigterm(settings, isolated, web, photos, tmp_path):
+    ks = isolated
     with db.transaction(settings) as cur:
         city, _ = db.request_city(cur, f"Servetown {uuid.uuid4().hex[:8]}")
     web.fake.add_city(FakeCity(city.name, "Q7201", ["Serve Arch"]))
