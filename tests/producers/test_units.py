@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from producers.cli import add_parser, run_crawl
-from producers.settings import CrawlerSettings
+from producers.settings import CrawlerSettings, describe
 from producers.sources import (
     Call,
     CommonsImages,
@@ -24,7 +24,7 @@ from producers.sources import (
 )
 from producers.validate import ImageLimits, Rejected, check_image
 from sightscan.config import ConfigError
-from tests.producers.crawl_helpers import png
+from tests.producers.crawl_helpers import ROOT, png
 
 LIMITS = ImageLimits(min_side=64, max_bytes=2_000_000, max_pixels=10_000_000)
 
@@ -162,3 +162,8 @@ def test_the_crawl_parser_plugs_into_another_command():
                                                                                               False)
     with pytest.raises(SystemExit):
         parser.parse_args(["crawl", "Paris", "--limit", "-1"])
+
+
+def test_the_readme_documents_every_setting():
+    readme = (ROOT / "producers" / "README.md").read_text()
+    assert [name for name, _, _ in describe() if f"| `{name}` |" not in readme] == []
