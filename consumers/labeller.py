@@ -171,10 +171,11 @@ class Labeller:
                     bucket[image.id] = f"code {answer.error[0]}: {answer.error[1]}"
                     continue
                 self._write_landmarks(cur, matcher, image, answer, outcome)
+            over = [i for i in over if i.id in still]
             if over:
                 outcome.over_budget += len(over)
                 db.count_over_budget(cur, city_id, len(over))
-                self._write_weak(cur, city_id, [i for i in over if i.id in still], outcome, reason="over budget")
+                self._write_weak(cur, city_id, over, outcome, reason="over budget")
 
     def _write_landmarks(self, cur: psycopg2.extensions.cursor, matcher: SightMatcher, image: db.ImageToLabel,
                          answer: ImageAnswer, outcome: Outcome) -> None:

@@ -71,7 +71,7 @@ class LabellerSettings:
     match_cutoff: float = _env("LABELLER_MATCH_CUTOFF", 0.85, _unit,
                                "fuzzy similarity a landmark name needs to be taken as an existing sight")
     group_id: str = _env("LABELLER_GROUP_ID", "", doc="Kafka consumer group (default <TOPIC_PREFIX>-labeller)")
-    max_attempts: int = _env("LABELLER_MAX_ATTEMPTS", 6, positive_int,
+    max_attempts: int = _env("LABELLER_MAX_ATTEMPTS", 8, positive_int,
                              "attempts at a request failing for a passing reason (quota, 5xx, timeout) before it "
                              "goes to the dead-letter topic")
     backoff_s: float = _env("LABELLER_BACKOFF_S", 2.0, positive_float,
