@@ -136,6 +136,7 @@ class SightSpider(scrapy.Spider):
         self.warehouse, self.report, self.progress = warehouse, report, progress
         self.found: list[str] = []
         self.states: dict[str, SightState] = {}
+        self.total_sights = 0
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> SightSpider:
@@ -185,6 +186,7 @@ class SightSpider(scrapy.Spider):
             if name.strip() and name_key(name) not in names:
                 names[name_key(name)] = name.strip()
         chosen = list(names.items())[: self.plan.sights_limit]
+        self.total_sights = len(chosen)
         log.info("sights found", extra={"city": self.plan.city, "source": self.sight_source.kind,
                                         "sights": [n for _, n in chosen]})
         for key, name in chosen:
@@ -275,7 +277,7 @@ class SightSpider(scrapy.Spider):
         log.info("sight crawled", extra={"city": self.plan.city, "sight": t.name, **t.as_dict()})
         if self.progress:
             done = sum(s.done for s in self.states.values())
-            self.progress(f"[{done}/{len(self.states)}] {t.line()}")
+            self.progress(f"[{done}/{self.total_sights}] {t.line()}")
 
     def fail(self, error: str) -> None:
         """The warehouse failed: stop the whole crawl (it is retried later; what was stored is deduplicated)."""
