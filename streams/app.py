@@ -11,6 +11,7 @@ exactly_once has open reports of duplicates on rebalance (issues 323, 517, 502);
 deduplicated by its source LSN inside the city state, mart upserts write absolute values guarded by LSN, and
 commands go through an outbox in the city state (stored and flushed before they are sent, resent after
 recovery), so a crossing yields one command: after a crash at worst an identical copy with the same request id.
+Faust's own consumer would commit events it skipped during a rebalance; streams/rebalance_fix.py stops that.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from sightscan.events import (
     training_events_topic,
 )
 from sightscan.topics import ensure_topics
+from streams import rebalance_fix
 from streams.facts import fact_from_change, fact_from_training_outcome
 from streams.marts import write_marts
 from streams.state import Thresholds, apply_fact, counts, due_commands, new_state
@@ -71,6 +73,7 @@ def _dead_letter(topic: str, partition: int | None, offset: int | None, key: Any
 
 
 def create_app(settings: Settings | None = None, declare_topics: bool = True) -> faust.App:
+    rebalance_fix.install()
     settings = settings or Settings.from_env()
     sightscan_log.setup(settings.log_level, settings.log_format)
     prefix = settings.topic_prefix
