@@ -117,3 +117,13 @@ def test_backend_auto_is_vision_with_an_endpoint_or_credentials_else_weak():
 def test_malformed_settings_name_the_variable(name, value):
     with pytest.raises(ConfigError, match=name):
         LabellerSettings.from_env({name: value})
+
+
+def test_readme_lists_every_labeller_setting_with_its_default():
+    from pathlib import Path
+
+    from consumers.settings import describe
+
+    readme = (Path(__file__).resolve().parents[2] / "consumers" / "README.md").read_text()
+    for name, default, _ in describe():
+        assert f"| `{name}` | {default} |".replace("|  |", "| |") in readme, name
