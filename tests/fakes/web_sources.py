@@ -19,16 +19,23 @@
     GET /private/<name>                            a file robots.txt disallows (must never be requested)
 
 Every request is recorded in `FakeWeb.requests` (path, query, User-Agent).
+
+    python -m tests.fakes.web_sources --city Synthetica --port 8766   # alone, serving a synthetic city, e.g. for
+                                                                     # `sightscan up` on a machine with no web
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
+import json
 import re
+import tempfile
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -271,3 +278,38 @@ class WebSources:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def from_synthetic_city(folder: Path, city: str, qid: str = "Q4115189") -> FakeWeb:
+    """A fake web whose Wikidata knows `city` with the sights of a synthetic city folder (tests/synthetic.py), and
+    whose Commons has that folder's photos of each sight (Maps, with its key, lists the same sights)."""
+    coco = json.loads((folder / "annotations.json").read_text())
+    sights = [c["name"] for c in coco["categories"]]
+    fake = FakeWeb()
+    fake.add_city(FakeCity(city, qid, sights, places=sights))
+    for img in coco["images"]:
+        name = f"{img['query_sight'].replace(' ', '_')}_{img['id']:05d}.jpg"
+        fake.add_images(img["query_sight"], [FakeFile(name, (folder / img["file_name"]).read_bytes())])
+    return fake
+
+
+def main() -> None:
+    from tests.synthetic import render_city
+
+    p = argparse.ArgumentParser(description="the crawler's sources, local: a synthetic city on Wikidata and Commons")
+    p.add_argument("--city", default="Synthetica")
+    p.add_argument("--sights", type=int, default=4)
+    p.add_argument("--per-sight", type=int, default=30)
+    p.add_argument("--port", type=int, default=8766)
+    a = p.parse_args()
+    folder = render_city(Path(tempfile.mkdtemp(prefix="web-sources-")), a.sights, a.per_sight, city=a.city)
+    fake = from_synthetic_city(folder, a.city)
+    fake.base_url = f"http://127.0.0.1:{a.port}"
+    env = WebSources(fake)
+    env.port = a.port
+    print("export " + " ".join(f"{k}={v}" for k, v in env.env().items()), flush=True)
+    web.run_app(fake.app(), host="127.0.0.1", port=a.port, print=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import signal
 import subprocess
 import sys
 import time
 import uuid
 
-from tests.fakes.web_sources import FakeCity, FakeFile, WebSources
+from tests.fakes.web_sources import FakeCity, FakeFile, WebSources, from_synthetic_city
 from tests.producers.crawl_helpers import ROOT, city_row, crawler_env, png, run_crawl, sight_names, stored_images
+from tests.synthetic import render_city
 
 JANE = "Jane & Co"  # FakeFile's default Artist, as plain text
 
@@ -222,3 +224,17 @@ def test_a_warehouse_failure_stops_the_crawl_without_finishing_the_city(settings
     assert proc.returncode == 1, proc.stderr
     assert "the warehouse failed: warehouse: server closed the connection" in proc.stderr
     assert city_row(settings, city).status == "crawling"
+
+
+def test_a_synthetic_city_served_alone_is_crawled_whole(settings, tmp_path):
+    """The fake web run alone (python -m tests.fakes.web_sources) serves a synthetic city: the offline demo source."""
+    city = _unique("Synthetica")
+    folder = render_city(tmp_path / "city", sights=2, per_sight=3, seed=3, city=city)
+    with WebSources(from_synthetic_city(folder, city)) as web:
+        run = run_crawl(settings, web, city, "--limit", "3", "--sights-limit", "5")
+    assert run.returncode == 0, run.stderr
+    coco = json.loads((folder / "annotations.json").read_text())
+    assert (run.summary["sights"], run.summary["stored"]) == (2, 6)
+    rows = stored_images(settings, city_row(settings, city).id)
+    assert sorted((r["sight"], r["data"]) for r in rows) == sorted(
+        (img["query_sight"], (folder / img["file_name"]).read_bytes()) for img in coco["images"])
