@@ -32,11 +32,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from confluent_kafka import Producer  # noqa: E402
+from confluent_kafka.admin import AdminClient  # noqa: E402
 
 from bench.stats import exit_cleanly_on_sigterm, report  # noqa: E402
 from consumers.service import LabellerService  # noqa: E402
 from consumers.settings import LabellerSettings  # noqa: E402
 from sightscan import db  # noqa: E402
+from sightscan.commands import command_dead_letter_topic  # noqa: E402
 from sightscan.config import Settings  # noqa: E402
 from sightscan.events import command_topic  # noqa: E402
 from sightscan.stack.ephemeral import ephemeral_stack  # noqa: E402
@@ -116,10 +118,20 @@ def run_mode(base: Settings, server: VisionServer, images: list[dict], data: dic
         producer.flush(10)
         del producer, service
         gc.collect()  # the Kafka clients go now, not after the private stack is down (their reconnect noise)
+        delete_topics(settings)
     with db.transaction(settings) as cur:
         costs = db.labelling_costs(cur, city_id)
     return {"images": len(ids), "seconds": round(elapsed, 2), "images_per_s": round(len(ids) / elapsed, 1),
             "vision_requests": len(server.fake.requests) - before, "calls_spent": costs.calls_spent}
+
+
+def delete_topics(settings: Settings) -> None:
+    """This mode's command topics: a reused stack (--stack-home) would otherwise keep them."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    names = [command_topic("labelling", settings.topic_prefix), command_dead_letter_topic(settings.topic_prefix)]
+    for future in admin.delete_topics(names, operation_timeout=30).values():
+        with contextlib.suppress(Exception):  # one never created is fine
+            future.result(30)
 
 
 @contextlib.contextmanager

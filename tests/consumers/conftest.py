@@ -6,9 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from sightscan import db
 from sightscan.config import Settings
+from tests.consumers.labelling_helpers import PREFIXES
 from tests.fakes.vision_server import VisionServer
 from tests.synthetic import render_city
 
@@ -30,3 +32,17 @@ def label_city(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def vision_server() -> Iterator[VisionServer]:
     with VisionServer() as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def _delete_test_topics(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A kept dev stack would otherwise gather two topics per test run (commands and dead letters)."""
+    yield
+    if not PREFIXES:
+        return
+    settings = request.getfixturevalue("settings")
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    names = [t for t in admin.list_topics(timeout=10).topics if t.split(".", 1)[0] in PREFIXES]
+    PREFIXES.clear()
+    for future in admin.delete_topics(names, operation_timeout=10).values() if names else ():
+        future.result(10)

@@ -22,11 +22,15 @@ from sightscan import db
 from sightscan.config import Settings
 from sightscan.events import command_topic
 
+PREFIXES: list[str] = []  # topic prefixes made by isolated(); conftest deletes their topics after each test
+
 
 def isolated(settings: Settings, **overrides: Any) -> Settings:
     """The stack's settings with a topic prefix of this test's own: its labeller sees only the commands it sends
     (the shared stack's labelling topic holds other tests' requests)."""
-    return dataclasses.replace(settings, topic_prefix=f"lbl{uuid.uuid4().hex[:10]}", **overrides)
+    prefix = f"lbl{uuid.uuid4().hex[:10]}"
+    PREFIXES.append(prefix)
+    return dataclasses.replace(settings, topic_prefix=prefix, **overrides)
 
 
 def labeller_settings(endpoint: str = "", **overrides: Any) -> LabellerSettings:
