@@ -1,7 +1,8 @@
-# The image of SightScan's own services. No torch here: serving uses ONNX Runtime; a trainer image adds the
-# `train` extra (pip install -e '.[train]').
+# The image of SightScan's own services. EXTRAS picks the optional dependencies a service needs
+# (docker-compose.yml sets it per service): torch only in the trainer's image, serving uses ONNX Runtime.
 FROM python:3.11-slim
+ARG EXTRAS=""
 WORKDIR /app
 COPY . .
-RUN pip install --no-cache-dir -e .
+RUN pip install --no-cache-dir -e ".${EXTRAS:+[$EXTRAS]}"
 USER nobody

@@ -78,9 +78,23 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _config(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+
+    from consumers.settings import describe as labeller_settings
+    from gateway.settings import describe as gateway_settings
+    from producers.settings import describe as crawler_settings
+
     current = settings.env()
     for name, _default, doc in describe():
         print(f"{name:<42} {current[name]:<32} {doc}")
+    for service, rows in (("crawler", crawler_settings()), ("labeller", labeller_settings()),
+                          ("gateway", gateway_settings())):
+        print(f"\n# {service}")
+        for name, default, doc in rows:
+            value = os.environ.get(name) or default
+            if any(secret in name for secret in ("KEY", "TOKEN", "PASSWORD")) and os.environ.get(name):
+                value = "(set)"
+            print(f"{name:<42} {value:<32} {doc}")
     return 0
 
 
@@ -107,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sightscan", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    for name, text in (("up", "bring up the whole system: the stack, then the stream worker, trainer and gateway"),
+    for name, text in (("up", "bring up the whole system: the stack, then every SightScan service"),
                        ("down", "stop the services, then the stack"),
                        ("status", "what runs and whether it is healthy")):
         p = sub.add_parser(name, help=text)
@@ -115,9 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "down":
             p.add_argument("--purge", action="store_true", help="also delete all state and logs")
 
+    from consumers.cli import add_parser as add_label_parser
+    from producers.cli import add_parser as add_crawl_parser
     from trainer.cli import add_parser as add_train_parser
 
-    add_train_parser(sub)  # `train CITY`: the trainer owns its options
+    add_crawl_parser(sub)  # `crawl CITY`: each service owns its command's options
+    add_label_parser(sub)  # `label CITY`
+    add_train_parser(sub)  # `train CITY`
 
     gateway = sub.add_parser("gateway", help="run the gateway in the foreground (python -m gateway.app options)")
     gateway.add_argument("rest", nargs=argparse.REMAINDER)

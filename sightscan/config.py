@@ -103,7 +103,7 @@ class Settings:
     max_images_per_sight: int = _env("MAX_IMAGES_PER_SIGHT", 100, non_negative_int,
                                      "images the crawler keeps per sight")
     max_google_vision_calls_per_new_city: int = _env("MAX_GOOGLE_VISION_CALLS_PER_NEW_CITY", 200, non_negative_int,
-                                                    "hard cap on labelling calls per city")
+                                                    "hard cap on images sent to Google Vision per city")
     min_labelled_images_needed_for_training: int = _env(
         "MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING", 100, non_negative_int, "labelled images before a city is trained")
     min_image_number_per_label: int = _env("MIN_IMAGE_NUMBER_PER_LABEL", 20, non_negative_int,

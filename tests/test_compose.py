@@ -58,4 +58,18 @@ def test_docker_compose_config_parses_where_compose_exists():
         for name, svc in services.items():
             assert set(svc.get("depends_on", {})) <= set(services), name
             if "build" in svc:
-                assert (COMPOSE.parent / svc["build"] / "Dockerfile").exists()
+                context = svc["build"]["context"] if isinstance(svc["build"], dict) else svc["build"]
+                assert (COMPOSE.parent / context / "Dockerfile").exists()
+
+
+def test_compose_runs_each_of_our_services_as_the_local_stack_does():
+    from sightscan.stack.services import SERVICES
+
+    services = _compose()["services"]
+    for spec in SERVICES:
+        assert spec.name in services, f"docker-compose.yml lacks the {spec.name} service"
+        command = services[spec.name]["command"]
+        assert command[0] == "python" and command[1:len(spec.argv) + 1] == list(spec.argv), spec.name
+    # torch only where training runs
+    assert services["trainer"]["build"]["args"]["EXTRAS"] == "train"
+    assert all("train" not in services[s]["build"]["args"]["EXTRAS"] for s in ("streams", "gateway"))

@@ -1,4 +1,5 @@
-"""SightScan's own services as local processes beside the stack: stream worker, trainer, gateway."""
+"""SightScan's own services as local processes beside the stack: stream worker, crawler, labeller, trainer,
+gateway."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ class ServiceSpec:
 
 SERVICES = (
     ServiceSpec("streams", ("-m", "streams", "worker", "-l", "info")),
+    ServiceSpec("crawler", ("-m", "producers", "serve")),
+    ServiceSpec("labeller", ("-m", "consumers", "serve")),
     ServiceSpec("trainer", ("-m", "trainer", "serve")),
     ServiceSpec("gateway", ("-m", "gateway.app")),
 )
