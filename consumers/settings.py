@@ -7,12 +7,9 @@ Google credentials are configured and so the README lists it.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from sightscan.config import describe_fields, positive_float, positive_int, read_fields
+from sightscan.config import ServiceSettings, one_of, positive_float, positive_int, unit_interval
 from sightscan.config import env_field as _env
 
 BACKENDS = ("auto", "vision", "weak")
@@ -26,20 +23,6 @@ def _batch(raw: str) -> int:
     return value
 
 
-def _backend(raw: str) -> str:
-    value = raw.strip().lower()
-    if value not in BACKENDS:
-        raise ValueError(f"must be one of {', '.join(BACKENDS)}")
-    return value
-
-
-def _unit(raw: str) -> float:
-    value = float(raw)
-    if not 0 <= value <= 1:
-        raise ValueError("must be between 0 and 1")
-    return value
-
-
 def _endpoint(raw: str) -> str:
     value = raw.strip().rstrip("/")
     if value and not value.startswith(("http://", "https://")):
@@ -47,28 +30,21 @@ def _endpoint(raw: str) -> str:
     return value
 
 
-def _transport(raw: str) -> str:
-    value = raw.strip().lower()
-    if value not in ("rest", "grpc"):
-        raise ValueError("must be rest or grpc")
-    return value
-
-
 @dataclass(frozen=True)
-class LabellerSettings:
-    backend: str = _env("LABELLER_BACKEND", "auto", _backend,
+class LabellerSettings(ServiceSettings):
+    backend: str = _env("LABELLER_BACKEND", "auto", one_of(*BACKENDS),
                         "auto (Vision when GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_VISION_ENDPOINT is set, else "
                         "weak), vision or weak")
     vision_endpoint: str = _env("GOOGLE_VISION_ENDPOINT", "", _endpoint,
                                 "Vision API endpoint, e.g. a local server http://127.0.0.1:8765 (unset: Google's)")
     credentials_file: str = _env("GOOGLE_APPLICATION_CREDENTIALS", "",
                                  doc="Google service-account key file (read by google-auth)")
-    transport: str = _env("VISION_TRANSPORT", "rest", _transport, "rest or grpc (the tests cover rest)")
+    transport: str = _env("VISION_TRANSPORT", "rest", one_of("rest", "grpc"), "rest or grpc (the tests cover rest)")
     batch_size: int = _env("VISION_BATCH_SIZE", 16, _batch, "images per Vision request, 1..16")
     timeout_s: float = _env("VISION_TIMEOUT_S", 30.0, positive_float, "timeout of one Vision request")
     max_results: int = _env("VISION_MAX_RESULTS", 5, positive_int, "landmarks asked for per image")
-    min_score: float = _env("VISION_MIN_SCORE", 0.0, _unit, "landmarks scoring below this are ignored")
-    match_cutoff: float = _env("LABELLER_MATCH_CUTOFF", 0.85, _unit,
+    min_score: float = _env("VISION_MIN_SCORE", 0.0, unit_interval, "landmarks scoring below this are ignored")
+    match_cutoff: float = _env("LABELLER_MATCH_CUTOFF", 0.85, unit_interval,
                                "fuzzy similarity a landmark name needs to be taken as an existing sight")
     group_id: str = _env("LABELLER_GROUP_ID", "", doc="Kafka consumer group (default <TOPIC_PREFIX>-labeller)")
     max_attempts: int = _env("LABELLER_MAX_ATTEMPTS", 8, positive_int,
@@ -76,13 +52,6 @@ class LabellerSettings:
                              "goes to the dead-letter topic")
     backoff_s: float = _env("LABELLER_BACKOFF_S", 2.0, positive_float,
                             "first retry delay after a passing failure (doubles, up to 60 s)")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> LabellerSettings:
-        """Read every setting; a malformed value raises ConfigError naming the variable. Overrides win (tests)."""
-        values = read_fields(cls, os.environ if environ is None else environ)
-        values.update(overrides)
-        return cls(**values)
 
     @property
     def active_backend(self) -> str:
@@ -97,4 +66,4 @@ class LabellerSettings:
 
 def describe() -> list[tuple[str, str, str]]:
     """(variable, default, meaning) for every labeller setting, for the README."""
-    return describe_fields(LabellerSettings)
+    return LabellerSettings.describe()

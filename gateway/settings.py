@@ -5,12 +5,9 @@ DOS_PORT keeps the original orchestration service's name for its port.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from sightscan.config import describe_fields, non_negative_int, positive_float, positive_int, read_fields
+from sightscan.config import ServiceSettings, boolean, non_negative_int, positive_float, positive_int, unit_interval
 from sightscan.config import env_field as _env
 
 
@@ -18,13 +15,6 @@ def _port(raw: str) -> int:
     value = int(raw)
     if not 0 <= value <= 65535:
         raise ValueError("must be a TCP port, 0..65535 (0 picks a free one)")
-    return value
-
-
-def _score(raw: str) -> float:
-    value = float(raw)
-    if not 0 <= value <= 1:
-        raise ValueError("must be between 0 and 1")
     return value
 
 
@@ -36,17 +26,8 @@ def _origins(raw: str) -> tuple[str, ...]:
     return items
 
 
-def _bool(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("must be true or false")
-
-
 @dataclass(frozen=True)
-class GatewaySettings:
+class GatewaySettings(ServiceSettings):
     host: str = _env("GATEWAY_HOST", "127.0.0.1", doc="interface the gateway listens on")
     port: int = _env("DOS_PORT", 8080, _port, "gateway HTTP port (the original orchestration service's name)")
     api_token: str = _env("SIGHTSCAN_API_TOKEN", "", doc="bearer token for writes; unset: writes are refused")
@@ -59,24 +40,17 @@ class GatewaySettings:
                            "largest decoded image, width x height (guards against decompression bombs)")
     idle_timeout_s: float = _env("GATEWAY_IDLE_TIMEOUT_S", 60.0, positive_float,
                                  "close a websocket that sent nothing for this long")
-    score_threshold: float = _env("GATEWAY_SCORE_THRESHOLD", 0.3, _score, "drop detections scoring below this")
+    score_threshold: float = _env("GATEWAY_SCORE_THRESHOLD", 0.3, unit_interval, "drop detections scoring below this")
     max_batch: int = _env("GATEWAY_MAX_BATCH", 8, positive_int, "most frames of one city run in one inference")
     inference_threads: int = _env("GATEWAY_INFERENCE_THREADS", 0, non_negative_int,
                                   "ONNX Runtime threads per inference; 0 = all cores")
     decode_threads: int = _env("GATEWAY_DECODE_THREADS", 2, positive_int, "threads decoding frames")
-    follow_models: bool = _env("GATEWAY_FOLLOW_MODELS", "true", _bool,
+    follow_models: bool = _env("GATEWAY_FOLLOW_MODELS", "true", boolean,
                                "follow model change events on Kafka and hot-swap models")
     no_model_recheck_s: float = _env("GATEWAY_NO_MODEL_RECHECK_S", 10.0, positive_float,
                                      "how long 'this city has no model' is believed before asking PostgreSQL again")
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> GatewaySettings:
-        """Read every setting; a malformed value raises ConfigError naming the variable. Overrides win (tests)."""
-        values = read_fields(cls, os.environ if environ is None else environ)
-        values.update(overrides)
-        return cls(**values)
-
 
 def describe() -> list[tuple[str, str, str]]:
     """(variable, default, meaning) for every gateway setting, for the README."""
-    return describe_fields(GatewaySettings)
+    return GatewaySettings.describe()

@@ -6,12 +6,17 @@ defaults are the real public endpoints.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
 
-from sightscan.config import describe_fields, non_negative_int, positive_float, positive_int, read_fields
+from sightscan.config import (
+    ServiceSettings,
+    boolean,
+    non_negative_float,
+    non_negative_int,
+    one_of,
+    positive_float,
+    positive_int,
+)
 from sightscan.config import env_field as _env
 
 SIGHT_SOURCES = ("auto", "wikidata", "maps")
@@ -23,30 +28,8 @@ def _url(raw: str) -> str:
     return raw.rstrip("/")
 
 
-def _bool(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("must be true or false")
-
-
-def _sight_source(raw: str) -> str:
-    if raw not in SIGHT_SOURCES:
-        raise ValueError(f"must be one of {', '.join(SIGHT_SOURCES)}")
-    return raw
-
-
-def _non_negative_float(raw: str) -> float:
-    value = float(raw)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
-
-
 @dataclass(frozen=True)
-class CrawlerSettings:
+class CrawlerSettings(ServiceSettings):
     # Sources.
     wikidata_api_url: str = _env("WIKIDATA_API_URL", "https://www.wikidata.org/w/api.php", _url,
                                  "Wikidata MediaWiki API (wbsearchentities: the city's item)")
@@ -57,7 +40,7 @@ class CrawlerSettings:
     maps_api_url: str = _env("MAPS_API_URL", "https://maps.googleapis.com", _url,
                              "Google Maps Platform base URL (Places Text Search)")
     maps_key: str = _env("MAPS_KEY", "", doc="Google Maps key; set: sight names come from Places Text Search")
-    sight_source: str = _env("CRAWLER_SIGHT_SOURCE", "auto", _sight_source,
+    sight_source: str = _env("CRAWLER_SIGHT_SOURCE", "auto", one_of(*SIGHT_SOURCES),
                              "where sight names come from: auto (maps when MAPS_KEY is set, else wikidata), "
                              "wikidata, maps")
     language: str = _env("CRAWLER_LANGUAGE", "en", doc="language of sight names (Wikidata labels, Maps results)")
@@ -68,9 +51,9 @@ class CrawlerSettings:
     threads: int = _env("CRAWLER_THREADS", 4, positive_int, "concurrent downloads in all (CONCURRENT_REQUESTS)")
     per_host: int = _env("CRAWLER_PER_HOST", 2, positive_int,
                          "concurrent downloads per host (CONCURRENT_REQUESTS_PER_DOMAIN)")
-    download_delay_s: float = _env("CRAWLER_DOWNLOAD_DELAY_S", 0.5, _non_negative_float,
+    download_delay_s: float = _env("CRAWLER_DOWNLOAD_DELAY_S", 0.5, non_negative_float,
                                    "least delay between requests to one host (DOWNLOAD_DELAY)")
-    autothrottle: bool = _env("CRAWLER_AUTOTHROTTLE", "true", _bool,
+    autothrottle: bool = _env("CRAWLER_AUTOTHROTTLE", "true", boolean,
                               "adapt the per-host delay to the server's latency (AutoThrottle)")
     max_delay_s: float = _env("CRAWLER_MAX_DELAY_S", 30.0, positive_float,
                               "largest per-host delay AutoThrottle may back off to")
@@ -97,13 +80,6 @@ class CrawlerSettings:
     max_attempts: int = _env("CRAWLER_MAX_ATTEMPTS", 5, positive_int,
                              "a crawl request failing this many times goes to the command dead-letter topic")
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CrawlerSettings:
-        """Read every setting; a malformed value raises ConfigError naming the variable. Overrides win (tests)."""
-        values = read_fields(cls, os.environ if environ is None else environ)
-        values.update(overrides)
-        return cls(**values)
-
     @property
     def uses_maps(self) -> bool:
         return self.sight_source == "maps" or (self.sight_source == "auto" and bool(self.maps_key))
@@ -115,4 +91,4 @@ class CrawlerSettings:
 
 def describe() -> list[tuple[str, str, str]]:
     """(variable, default, meaning) for every crawler setting, for the README."""
-    return describe_fields(CrawlerSettings)
+    return CrawlerSettings.describe()

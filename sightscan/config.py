@@ -47,6 +47,39 @@ def positive_float(raw: str) -> float:
     return value
 
 
+def non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def unit_interval(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value <= 1:
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
+def boolean(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def one_of(*choices: str) -> Callable[[str], str]:
+    """A parser accepting one of `choices` (case-insensitive)."""
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+    return parse
+
+
 def read_fields(cls: type, environ: Mapping[str, str]) -> dict[str, Any]:
     """Each env_field of a settings dataclass, parsed; ConfigError names a malformed variable and its default."""
     values: dict[str, Any] = {}
@@ -70,6 +103,22 @@ def read_fields(cls: type, environ: Mapping[str, str]) -> dict[str, Any]:
 def describe_fields(cls: type) -> list[tuple[str, str, str]]:
     """(variable, default, meaning) for every env_field of a settings dataclass."""
     return [(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in fields(cls)]
+
+
+class ServiceSettings:
+    """Base of a service's own settings dataclass (crawler, labeller, gateway): reading and describing them."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Any:
+        """Read every setting; a malformed value raises ConfigError naming the variable. Overrides win (tests)."""
+        values = read_fields(cls, os.environ if environ is None else environ)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, meaning) for every setting, for the README and `sightscan config`."""
+        return describe_fields(cls)
 
 
 def _path(raw: str) -> Path:

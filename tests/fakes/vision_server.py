@@ -30,6 +30,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.background import BackgroundServer
+
 STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 LANDMARK_DETECTION = 2  # google.cloud.vision.Feature.Type.LANDMARK_DETECTION
@@ -170,43 +172,19 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"code": status, "message": message, "status": name}}, status=status)
 
 
-class VisionServer:
+class VisionServer(BackgroundServer):
     """FakeVision served on 127.0.0.1 from a background thread (tests and benches are synchronous)."""
 
     def __init__(self, fake: FakeVision | None = None, port: int = 0) -> None:
+        super().__init__(port)
         self.fake = fake or FakeVision()
-        self.port = port
-        self._loop = asyncio.new_event_loop()
-        self._runner: web.AppRunner | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-vision", daemon=True)
+
+    def make_app(self) -> web.Application:
+        return self.fake.app()
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> VisionServer:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    async def _start(self) -> None:
-        self._runner = web.AppRunner(self.fake.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    def __enter__(self) -> VisionServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self.url
 
 
 def main() -> None:

@@ -32,7 +32,6 @@ import io
 import json
 import re
 import tempfile
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,8 @@ from typing import Any
 
 from aiohttp import web
 from PIL import Image
+
+from tests.fakes.background import BackgroundServer
 
 ROBOTS_TXT = """User-agent: *
 Disallow: /w/
@@ -236,19 +237,15 @@ class FakeWeb:
         return web.Response(body=f.data, content_type=f.mime)
 
 
-class WebSources:
+class WebSources(BackgroundServer):
     """FakeWeb served on 127.0.0.1 from a background thread; `env()` points the crawler at it."""
 
     def __init__(self, fake: FakeWeb | None = None) -> None:
+        super().__init__()
         self.fake = fake or FakeWeb()
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._runner: web.AppRunner | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-web", daemon=True)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def make_app(self) -> web.Application:
+        return self.fake.app()
 
     def env(self) -> dict[str, str]:
         return {"WIKIDATA_API_URL": f"{self.url}/wikidata/w/api.php",
@@ -256,28 +253,9 @@ class WebSources:
                 "COMMONS_API_URL": f"{self.url}/commons/w/api.php", "MAPS_API_URL": self.url}
 
     def start(self) -> WebSources:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        self.fake.base_url = self.url
+        super().start()
+        self.fake.base_url = self.url  # the Commons listing gives file URLs on this server
         return self
-
-    async def _start(self) -> None:
-        self._runner = web.AppRunner(self.fake.app(), access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    def __enter__(self) -> WebSources:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def from_synthetic_city(folder: Path, city: str, qid: str = "Q4115189") -> FakeWeb:
