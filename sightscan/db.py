@@ -210,6 +210,15 @@ def insert_model(cur: psycopg2.extensions.cursor, city_id: int, onnx: bytes, cla
     return StoredModel(model_id, city_id, version, onnx, classes, input_size, metrics)
 
 
+def model_for_request(cur: psycopg2.extensions.cursor, city_id: int, request_id: str) -> tuple[int, int] | None:
+    """(model id, version) of the model a training request already produced, if any: requests are delivered at
+    least once, and a copy must not train the city again."""
+    cur.execute("SELECT id, version FROM models WHERE city_id = %s AND metrics->>'request_id' = %s"
+                " ORDER BY version LIMIT 1", (city_id, request_id))
+    row = cur.fetchone()
+    return (row[0], row[1]) if row else None
+
+
 def latest_model(cur: psycopg2.extensions.cursor, city_id: int) -> StoredModel | None:
     cur.execute(
         "SELECT id, city_id, version, onnx, classes, input_size, metrics FROM models WHERE city_id = %s"

@@ -1,13 +1,15 @@
-"""The Faust app: change events -> city-keyed facts -> city state, data marts and commands.
+"""The stream worker: change events -> city-keyed facts -> city state, data marts and commands.
 
-Two agents:
-  rekey  reads the warehouse's change topics (and the trainer's outcomes), turns each event into a fact keyed
-         by city, and sends events it cannot read to the dead-letter topic with the reason;
-  marts  reads the facts in small batches, applies them to each city's state (a Faust table with a changelog),
-         emits the commands that became due, stores the state and upserts the data marts.
+Two stages:
+  rekey  (streams/rekey.py, a Kafka-transactional thread) reads the warehouse's change topics and the trainer's
+         outcomes, turns each event into a fact keyed by city, and sends events it cannot read to the dead-letter
+         topic with the reason; facts and source offsets commit together;
+  marts  (a Faust agent) reads the facts in small batches, applies them to each city's state (a Faust table with
+         a changelog), emits the commands that became due, stores the state and upserts the data marts.
 
-Processing guarantee: at_least_once, made exact by design rather than by Kafka transactions. faust-streaming's
-exactly_once has open reports of duplicates on rebalance (issues 323, 517, 502); instead every change is
+Processing guarantee of the marts agent: at_least_once, made exact by design rather than by Kafka transactions.
+faust-streaming's exactly_once has open reports of duplicates on rebalance (issues 323, 517, 502); instead every
+change is
 deduplicated by its source LSN inside the city state, mart upserts write absolute values guarded by LSN, and
 commands go through an outbox in the city state (stored and flushed before they are sent, resent after
 recovery), so a crossing yields one command: after a crash at worst an identical copy with the same request id.
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import copy
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import time
 from typing import Any
 
 import faust
+import mode
 
 from sightscan import db
 from sightscan import log as sightscan_log
@@ -34,7 +36,6 @@ from sightscan.config import Settings
 from sightscan.events import (
     COMMAND_KINDS,
     WATCHED_TABLES,
-    PoisonEvent,
     change_topic,
     command_topic,
     dead_letter_topic,
@@ -42,9 +43,9 @@ from sightscan.events import (
 )
 from sightscan.topics import ensure_topics
 from streams import rebalance_fix
-from streams.facts import fact_from_change, fact_from_training_outcome
 from streams.marts import write_marts
-from streams.state import Thresholds, apply_fact, counts, due_commands, new_state
+from streams.rekey import Rekeyer
+from streams.state import Thresholds, apply_fact, copy_state, counts, due_commands, new_state
 
 log = logging.getLogger("streams")
 
@@ -104,7 +105,6 @@ def create_app(settings: Settings | None = None, declare_topics: bool = True) ->
     if declare_topics:  # a worker that starts before a topic exists would ignore it
         ensure_topics(settings, [*table_of_topic, outcomes_topic, facts_topic, dead_letter_topic(prefix),
                                  *(command_topic(k, prefix) for k in COMMAND_KINDS)])
-    sources = app.topic(*table_of_topic, outcomes_topic, key_serializer="raw", value_serializer="raw")
     facts = app.topic(facts_topic, key_serializer="raw", value_serializer="json",
                       partitions=settings.topic_partitions)
     dead_letters = app.topic(dead_letter_topic(prefix), key_serializer="raw", value_serializer="json")
@@ -131,26 +131,27 @@ def create_app(settings: Settings | None = None, declare_topics: bool = True) ->
     async def in_pg(fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pg, fn, *args)
 
-    @app.agent(sources)
-    async def rekey(stream: faust.StreamT) -> None:
-        # One event at a time: a batched (take_events) version stalled after a SIGKILL and restart in our tests.
-        async for event in stream.events():
-            msg = event.message
-            try:
-                if msg.topic == outcomes_topic:
-                    fact = fact_from_training_outcome(json.loads(event.value))
-                else:
-                    fact = fact_from_change(table_of_topic[msg.topic], event.value)
-            except (PoisonEvent, ValueError, TypeError) as exc:
-                # The worker logs in Faust's format, which drops `extra`: the message carries the fields too.
-                log.warning(f"dead letter {msg.topic}@{msg.partition}:{msg.offset}: {exc}",
-                            extra={"topic": msg.topic, "offset": msg.offset, "reason": str(exc)})
-                await dead_letters.send(key=msg.key, value=_dead_letter(msg.topic, msg.partition, msg.offset,
-                                                                         msg.key, event.value, str(exc)))
-                continue
-            if fact is not None:
-                # Attached to this event: Faust publishes it before committing the event's offset.
-                await facts.send(key=str(fact["city_id"]).encode(), value=fact)
+    rekeyer = Rekeyer(settings, app_id, table_of_topic, outcomes_topic, facts_topic, dead_letter_topic(prefix),
+                      _dead_letter)
+
+    @app.service
+    class RekeyService(mode.Service):
+        """Runs the rekey thread for as long as the worker runs."""
+
+        async def on_start(self) -> None:
+            rekeyer.start()
+
+        async def on_stop(self) -> None:
+            rekeyer.close()
+            await asyncio.get_running_loop().run_in_executor(None, rekeyer.join, 30)
+
+        @mode.Service.task
+        async def _watch(self) -> None:
+            while not self.should_stop:
+                if rekeyer.failure is not None:  # a fatal Kafka error: stop the worker, loudly, to be restarted
+                    await self.crash(rekeyer.failure)
+                    return
+                await self.sleep(1.0)
 
     @app.agent(facts)
     async def marts(stream: faust.StreamT) -> None:
@@ -168,7 +169,7 @@ def create_app(settings: Settings | None = None, declare_topics: bool = True) ->
                                 facts.get_topic_name(), None, None, key, json.dumps(fact), reason), force=True)
                             continue
                         stored = new_state(fact["city_id"])
-                    state = copy.deepcopy(stored)  # never mutate the stored value before it is written back
+                    state = copy_state(stored)  # never mutate the stored value before it is written back
                 if apply_fact(state, fact):
                     touched[key] = state
             if not touched:
@@ -200,6 +201,6 @@ def create_app(settings: Settings | None = None, declare_topics: bool = True) ->
         """Commands a crashed or rebalanced-away worker stored but may not have sent."""
         for raw_key, stored in list(city_state.items()):
             if stored and stored.get("pending"):
-                await send_pending(raw_key.decode(), copy.deepcopy(stored))
+                await send_pending(raw_key.decode(), copy_state(stored))
 
     return app

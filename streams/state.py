@@ -35,6 +35,14 @@ def new_state(city_id: int) -> dict[str, Any]:
                     "train_outstanding": False, "trained_on": 0}}
 
 
+def copy_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy that apply_fact and due_commands may change without touching `state`: they replace records (never
+    change one in place), so copying the containers is enough, and far cheaper than a deep copy of every record."""
+    cmd = state["cmd"]
+    return {**state, **{k: dict(state[k]) for k in _COLLECTION.values()}, "pending": list(state.get("pending", [])),
+            "cmd": {**cmd, "outstanding": dict(cmd["outstanding"])}}
+
+
 def apply_fact(state: dict[str, Any], fact: dict[str, Any]) -> bool:
     """Apply one fact; returns False when it is a duplicate (already applied) and nothing changed."""
     kind, lsn = fact["kind"], fact["lsn"]
@@ -86,9 +94,9 @@ def _present(records: dict[str, list]) -> dict[str, list]:
     return {k: v for k, v in records.items() if v[1]}
 
 
-def _label_outcomes(state: dict[str, Any]) -> dict[str, set]:
+def _label_outcomes(state: dict[str, Any], images: dict[str, list] | None = None) -> dict[str, set]:
     """image id -> the sights its present labels name (None = no landmark), for present images only."""
-    images = _present(state["images"])
+    images = _present(state["images"]) if images is None else images
     outcomes: dict[str, set] = {}
     for _, _, image_id, sight_id in _present(state["labels"]).values():
         if str(image_id) in images:
@@ -100,14 +108,17 @@ def labelled_images(state: dict[str, Any]) -> int:
     return sum(1 for sights in _label_outcomes(state).values() if sights - {None})
 
 
-def counts(state: dict[str, Any]) -> dict[str, Any]:
-    outcomes = _label_outcomes(state)
+def counts(state: dict[str, Any], images: dict[str, list] | None = None,
+           outcomes: dict[str, set] | None = None) -> dict[str, Any]:
+    """The marts of one city; `images`/`outcomes` may be passed when the caller has them (one scan per batch)."""
+    images = _present(state["images"]) if images is None else images
+    outcomes = _label_outcomes(state, images) if outcomes is None else outcomes
     per_sight: dict[int, int] = {int(s): 0 for s in _present(state["sights"])}
     for sights in outcomes.values():
         for sight in sights - {None}:
             per_sight[sight] = per_sight.get(sight, 0) + 1
     return {
-        "images": len(_present(state["images"])),
+        "images": len(images),
         "labelled_images": sum(1 for s in outcomes.values() if s - {None}),
         "no_landmark_images": sum(1 for s in outcomes.values() if s == {None}),
         "models": len(_present(state["models"])),
@@ -135,8 +146,9 @@ def due_commands(state: dict[str, Any], limits: Thresholds) -> list[tuple[str, d
                               "max_sights_per_city": limits.max_sights_per_city,
                               "max_images_per_sight": limits.max_images_per_sight, "ts_ms": now_ms}))
 
-    outcomes = _label_outcomes(state)
-    waiting = sorted(int(k) for k in _present(state["images"]) if k not in outcomes and k not in cmd["outstanding"])
+    images = _present(state["images"])
+    outcomes = _label_outcomes(state, images)
+    waiting = sorted(int(k) for k in images if k not in outcomes and k not in cmd["outstanding"])
     for start in range(0, len(waiting), limits.labelling_batch_size):
         batch = waiting[start:start + limits.labelling_batch_size]
         cmd["label_seq"] += 1
@@ -145,7 +157,7 @@ def due_commands(state: dict[str, Any], limits: Thresholds) -> list[tuple[str, d
         out.append(("labelling", {"request_id": request_id, "city_id": city_id, "city": name, "image_ids": batch,
                                   "ts_ms": now_ms}))
 
-    c = counts(state)
+    c = counts(state, images, outcomes)
     names = {int(k): v[2] for k, v in _present(state["sights"]).items()}
     classes = sorted(names[s] for s, n in c["per_sight"].items() if n >= limits.min_images_per_label and s in names)
     ready = c["labelled_images"] >= limits.min_labelled_images and len(classes) >= 2

@@ -17,6 +17,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer
 
+from sightscan import db
 from sightscan.config import Settings
 from trainer import cloud
 from trainer.config import EVENTS_TOPIC, TRAINING_TOPIC, TrainerSettings, load
@@ -159,6 +160,11 @@ class TrainerService:
                 "trigger": request.reason}
         if self.role == "dispatch":
             return self._dispatch(request, base, key)
+        done = self._already_trained(request)
+        if done is not None:  # a redelivered copy of a request we answered: answer again, do not train again
+            event = {**base, "status": "succeeded", "model_id": done[0], "version": done[1], "duplicate": True}
+            self.publisher.publish(event, key)
+            return event
         try:
             outcome = train_city(self.settings, request.city_id, progress=False, epochs=request.epochs or None,
                                  trainer_settings=self.ts,
@@ -174,6 +180,12 @@ class TrainerService:
                      "classes": outcome.classes, "metrics": outcome.metrics}
         self.publisher.publish(event, key)
         return event
+
+    def _already_trained(self, request: TrainingRequest) -> tuple[int, int] | None:
+        if not request.request_id:
+            return None
+        with db.transaction(self.settings) as cur:
+            return db.model_for_request(cur, request.city_id, request.request_id)
 
     def _dispatch(self, request: TrainingRequest, base: dict[str, Any], key: str | None) -> dict[str, Any]:
         assert self.ts.cloud is not None

@@ -84,6 +84,16 @@ def test_request_trains_stores_next_version_and_announces_it(isolated, small_cit
     assert all(tp.offset == ends[tp.partition] for tp in committed if ends[tp.partition] > 0)
     group.close()
 
+    # A redelivered copy of the request (same request id) is answered again, not trained again.
+    _request(isolated, {"city_id": city_id, "city": "Smallville", "epochs": 2, "classes": sights,
+                        "reason": "threshold", "request_id": "req-1"}, str(city_id))
+    restarted = TrainerService(isolated, service.ts)
+    assert restarted.run(max_requests=1, idle_exit_s=60) == 1
+    copy = [e for e in _events(topic_reader, isolated, 2) if e.get("duplicate")]
+    assert copy and copy[0]["version"] == 2 and copy[0]["status"] == "succeeded"
+    with db.transaction(isolated) as cur:
+        assert db.latest_model(cur, city_id).version == 2
+
 
 def test_failures_are_events_and_the_previous_model_stays(isolated, topic_reader):
     with db.transaction(isolated) as cur:

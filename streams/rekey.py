@@ -1,0 +1,145 @@
+"""Change events -> city-keyed facts, exactly once, with Kafka transactions (confluent-kafka).
+
+The first stage of the stream worker. Debezium keys change events by row id; the city state needs them keyed by
+city, so each event becomes a fact on `<app_id>.facts` (or a dead letter with the reason). Facts and the source
+offsets are committed in one Kafka transaction (consume-transform-produce, KIP-447 fencing through the group
+metadata): a worker killed at any moment, or a rebalance, neither loses an event nor commits one unread.
+
+Why not a Faust agent: faust-streaming 0.15's consumer acks (and then commits) messages its stream loop skipped
+during a rebalance, and its offset bookkeeping restarts from scratch at each revocation; our kill and rebalance
+tests lost change events through it (see rebalance_fix.py for the part that is patched there). The facts topic is
+read by the Faust `marts` agent, which deduplicates by LSN, so a fact from an aborted transaction read by it (it
+reads uncommitted) changes nothing that its committed copy would not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from sightscan.config import Settings
+from sightscan.events import PoisonEvent
+from streams.facts import fact_from_change, fact_from_training_outcome
+
+log = logging.getLogger("streams.rekey")
+
+DeadLetter = Callable[[str, int | None, int | None, Any, Any, str], dict[str, Any]]
+
+
+class Rekeyer(threading.Thread):
+    """Reads the change topics (and the trainer's outcomes) in consumer group `<app_id>-rekey`; one per worker."""
+
+    def __init__(self, settings: Settings, app_id: str, table_of_topic: dict[str, str], outcomes_topic: str,
+                 facts_topic: str, dead_letter_topic: str, dead_letter: DeadLetter, batch_size: int = 1000) -> None:
+        super().__init__(name="rekey", daemon=True)
+        self.settings, self.app_id = settings, app_id
+        self.table_of_topic, self.outcomes_topic = table_of_topic, outcomes_topic
+        self.facts_topic, self.dead_letter_topic, self.dead_letter = facts_topic, dead_letter_topic, dead_letter
+        self.batch_size = batch_size
+        self.stopping = threading.Event()
+        self.failure: BaseException | None = None
+        self.events = 0
+
+    def close(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # the worker's health check reads it; the thread must not die silently
+            self.failure = exc
+            log.exception("rekey stopped")
+
+    def _run(self) -> None:
+        brokers = self.settings.kafka_bootstrap_servers
+        consumer = Consumer({
+            "bootstrap.servers": brokers, "group.id": f"{self.app_id}-rekey", "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+            # A killed worker's partitions move after 10 s, as the Faust agents' do.
+            "session.timeout.ms": 10000, "heartbeat.interval.ms": 2000,
+        })
+        producer = Producer({
+            "bootstrap.servers": brokers, "transactional.id": f"{self.app_id}-rekey-{uuid.uuid4().hex[:12]}",
+            "linger.ms": 5, "transaction.timeout.ms": 30000,
+            # Java's partitioner, as Faust's producer uses: a city's facts and its table changelog records must
+            # land in the same partition number (the marts table relies on it).
+            "partitioner": "murmur2_random",
+        })
+        producer.init_transactions(60)
+        consumer.subscribe([*self.table_of_topic, self.outcomes_topic])
+        try:
+            while not self.stopping.is_set():
+                messages = [m for m in consumer.consume(self.batch_size, 0.2) if self._usable(m)]
+                if messages:
+                    self._transfer(consumer, producer, messages)
+        finally:
+            consumer.close()
+
+    @staticmethod
+    def _usable(msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return True
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning(f"rekey consumer error: {err}")
+        return False
+
+    def _transfer(self, consumer: Consumer, producer: Producer, messages: list[Message]) -> None:
+        """One transaction: the batch's facts and dead letters, and the offsets after it."""
+        producer.begin_transaction()
+        try:
+            for msg in messages:
+                self._produce(producer, msg)
+            ends: dict[tuple[str, int], int] = {}
+            for msg in messages:
+                ends[(msg.topic(), msg.partition())] = msg.offset() + 1
+            offsets = [TopicPartition(t, p, o) for (t, p), o in ends.items()]
+            producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+            producer.commit_transaction(30)
+            self.events += len(messages)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.fatal():
+                raise
+            # Abortable (a rebalance fenced our offsets, a broker moved…): nothing of the batch counts; read it
+            # again from the group's committed offsets.
+            log.warning(f"rekey transaction aborted, reading the batch again: {error}")
+            producer.abort_transaction(30)
+            self._rewind(consumer)
+            time.sleep(0.2)
+
+    def _produce(self, producer: Producer, msg: Message) -> None:
+        topic, value = msg.topic(), msg.value()
+        try:
+            if topic == self.outcomes_topic:
+                fact = fact_from_training_outcome(json.loads(value or b"null"))
+            else:
+                fact = fact_from_change(self.table_of_topic[topic], value)
+        except (PoisonEvent, ValueError, TypeError) as exc:
+            log.warning(f"dead letter {topic}@{msg.partition()}:{msg.offset()}: {exc}",
+                        extra={"topic": topic, "offset": msg.offset(), "reason": str(exc)})
+            record = self.dead_letter(topic, msg.partition(), msg.offset(), msg.key(), value, str(exc))
+            producer.produce(self.dead_letter_topic, json.dumps(record).encode(), key=msg.key())
+            return
+        if fact is not None:
+            producer.produce(self.facts_topic, json.dumps(fact).encode(), key=str(fact["city_id"]).encode())
+        producer.poll(0)
+
+    @staticmethod
+    def _rewind(consumer: Consumer) -> None:
+        assignment = consumer.assignment()
+        if not assignment:
+            return
+        for tp in consumer.committed(assignment, timeout=30):
+            try:
+                consumer.seek(TopicPartition(tp.topic, tp.partition,
+                                             tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+            except KafkaException as exc:  # not fetching yet: it will start from the committed offset anyway
+                log.info(f"rekey rewind of {tp.topic}[{tp.partition}] skipped: {exc}")
