@@ -114,6 +114,25 @@ def create_app(settings: Settings | None = None, declare_topics: bool = True) ->
     # records in the partition its facts come from, even though `marts` takes facts of several partitions at once.
     city_state = app.Table("city-state", default=None, partitions=settings.topic_partitions, use_partitioner=True,
                            key_type=bytes)
+    # Faust's producer.flush() gives up after a record takes 0.1 s to reach the Kafka client (ProducerBuffer.
+    # flush_atmost), so it does not prove a changelog record was written: on a loaded machine a worker killed
+    # after its commit lost city states that way. Each changelog send's future is kept and awaited instead.
+    unconfirmed: list[Any] = []
+    send_changelog = city_state.send_changelog
+
+    def send_and_keep(*args: Any, **kwargs: Any) -> Any:
+        future = send_changelog(*args, **kwargs)
+        unconfirmed.append(future)
+        return future
+
+    city_state.send_changelog = send_and_keep  # type: ignore[method-assign]
+
+    async def changelog_written() -> None:
+        """Every changelog record set so far is acknowledged by the broker (raises if one failed)."""
+        while unconfirmed:
+            batch = unconfirmed[:]
+            del unconfirmed[:len(batch)]
+            await asyncio.gather(*batch)
 
     pg = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="streams-pg")
     pg_conn: list[Any] = []
@@ -179,13 +198,39 @@ def create_app(settings: Settings | None = None, declare_topics: bool = True) ->
             # (identical copies, same request ids); a crash before it replays the facts into the same decision.
             for state in touched.values():
                 state["pending"] = state.get("pending", []) + [list(c) for c in due_commands(state, limits)]
-            for key, state in touched.items():
-                city_state[key.encode()] = state
-            await app.producer.flush()
+
+            async def store(touched: dict[str, dict[str, Any]] = touched) -> None:
+                for key, state in touched.items():
+                    city_state[key.encode()] = state
+                await changelog_written()  # before any command is sent, and before the batch's offsets are acked
+
+            await until_done("storing city states", store)
             for key, state in touched.items():
                 if state["pending"]:
-                    await send_pending(key, state)
-            await in_pg(write_marts, _conn(), [(s["city_id"], s["max_lsn"], counts(s)) for s in touched.values()])
+                    await until_done(f"sending commands of city {key}", lambda k=key, s=state: send_pending(k, s))
+            rows = [(s["city_id"], s["max_lsn"], counts(s)) for s in touched.values()]
+            await until_done("writing data marts", lambda rows=rows: in_pg(_write_marts, rows))
+
+    def _write_marts(rows: list[tuple[int, int, dict[str, Any]]]) -> None:
+        try:
+            write_marts(_conn(), rows)
+        except Exception:
+            if pg_conn:
+                pg_conn[0].close()  # a fresh connection for the retry
+            raise
+
+    async def until_done(what: str, step: Any) -> None:
+        """Retry a step of a batch until it succeeds. Faust's take() acks a batch even when its body raises, so a
+        failing step (broker or PostgreSQL away) must stall the worker, saying so, and never end the batch."""
+        delay = 0.5
+        while True:
+            try:
+                await step()
+                return
+            except Exception as exc:
+                log.warning(f"{what} failed, retrying in {delay:.1f} s: {exc}", extra={"step": what})
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
 
     async def send_pending(key: str, state: dict[str, Any]) -> None:
         for kind, command in state["pending"]:

@@ -101,7 +101,7 @@ def test_city_request_becomes_a_trained_model(settings, tmp_path, topic_reader):
         assert len(training) == 1 and training[0]["epochs"] == 2, training
         # The crossing comes while labels still arrive: the classes are the sights that had enough by then.
         assert set(training[0]["classes"]) <= set(names.values()) and len(training[0]["classes"]) >= 2
-        labelling = _for_city(city.id)(readers["labelling"].collect(lambda ms: True, timeout=1))
+        labelling = _for_city(city.id)(readers["labelling"].collect(lambda ms: _for_city(city.id)(ms), timeout=30))
         assert labelling, "the labeller was asked for labels"
 
         # The crawler stores every photo once, with its licence and the sight it searched for (the training

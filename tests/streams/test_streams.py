@@ -58,8 +58,15 @@ def _label(cur, city_id: int, image_id: int, sight_id: int | None) -> int:
 
 def _commands(topic_reader, kind: str, city_ids: set[int], enough) -> list[dict]:
     reader = topic_reader(command_topic(kind))
-    msgs = reader.collect(lambda ms: enough([m["value"] for m in ms if m["value"]["city_id"] in city_ids]),
-                          timeout=90)
+    ours: list[dict] = []  # this test's commands, gathered as they come (the topic holds every test's)
+    read = [0]
+
+    def enough_of_ours(ms: list[dict]) -> bool:
+        ours.extend(m["value"] for m in ms[read[0]:] if m["value"]["city_id"] in city_ids)
+        read[0] = len(ms)
+        return enough(ours)
+
+    msgs = reader.collect(enough_of_ours, timeout=90)
     time.sleep(2)  # late duplicates, if any, would arrive now
     msgs += reader.collect(lambda ms: True, timeout=1)
     return [m["value"] for m in msgs if m["value"]["city_id"] in city_ids]
