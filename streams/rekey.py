@@ -33,6 +33,11 @@ log = logging.getLogger("streams.rekey")
 DeadLetter = Callable[[str, int | None, int | None, Any, Any, str], dict[str, Any]]
 
 
+def rekey_group(app_id: str) -> str:
+    """The consumer group of the rekey stage (the Faust agents' group is the app id itself)."""
+    return f"{app_id}-rekey"
+
+
 class Rekeyer(threading.Thread):
     """Reads the change topics (and the trainer's outcomes) in consumer group `<app_id>-rekey`; one per worker."""
 
@@ -60,7 +65,7 @@ class Rekeyer(threading.Thread):
     def _run(self) -> None:
         brokers = self.settings.kafka_bootstrap_servers
         consumer = Consumer({
-            "bootstrap.servers": brokers, "group.id": f"{self.app_id}-rekey", "enable.auto.commit": False,
+            "bootstrap.servers": brokers, "group.id": rekey_group(self.app_id), "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "isolation.level": "read_committed",
             # A killed worker's partitions move after 10 s, as the Faust agents' do.
             "session.timeout.ms": 10000, "heartbeat.interval.ms": 2000,

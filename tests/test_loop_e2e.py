@@ -24,6 +24,7 @@ from sightscan.config import Settings
 from sightscan.detector import OnnxDetector, preprocess
 from sightscan.events import WATCHED_TABLES, change_topic, command_topic, training_events_topic
 from sightscan.topics import ensure_topics
+from streams.rekey import rekey_group
 from streams.testing import Worker, wait_marts_match
 from tests.fakes.vision_server import FakeVision, VisionServer, box_landmark
 from tests.fakes.web_sources import WebSources, from_synthetic_city
@@ -79,8 +80,9 @@ def test_city_request_becomes_a_trained_model(settings, tmp_path, topic_reader):
               "TRAINER_GROUP_ID": f"loop-train-{run}"}
     for group, kind in zip(groups.values(), ("crawl", "labelling", "training"), strict=True):
         _group_at_end(settings, group, [command_topic(kind)])
-    # The stream worker's group (its app id) too: it starts at the end of the change topics.
-    _group_at_end(settings, f"loop-{run}", [*(change_topic(t) for t in WATCHED_TABLES), training_events_topic()])
+    # The stream worker's rekey stage too: it starts at the end of the change topics.
+    _group_at_end(settings, rekey_group(f"loop-{run}"), [*(change_topic(t) for t in WATCHED_TABLES),
+                                                         training_events_topic()])
     env = {**os.environ, **settings.env(), **LOOP_SETTINGS, **web.env(), **groups,
            "GOOGLE_VISION_ENDPOINT": vision_server.endpoint, "TRAINER_THREADS": "2"}
 
