@@ -81,7 +81,13 @@ class Rekeyer(threading.Thread):
         consumer.subscribe([*self.table_of_topic, self.outcomes_topic])
         try:
             while not self.stopping.is_set():
-                messages = [m for m in consumer.consume(self.batch_size, 0.2) if self._usable(m)]
+                # Wait for the first event, then take what has already arrived: one event alone does not wait
+                # for a batch to fill, and a burst still goes in one transaction.
+                first = consumer.poll(0.5)
+                if first is None:
+                    continue
+                batch = [first, *consumer.consume(self.batch_size - 1, 0)]
+                messages = [m for m in batch if self._usable(m)]
                 if messages:
                     self._transfer(consumer, producer, messages)
         finally:
