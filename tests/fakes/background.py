@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from abc import ABC, abstractmethod
 
 from aiohttp import web
 
 
-class BackgroundServer:
+class BackgroundServer(ABC):
     """Serves `make_app()` on 127.0.0.1:`port` (0 picks a free port); a context manager."""
 
     def __init__(self, port: int = 0) -> None:
@@ -18,8 +19,9 @@ class BackgroundServer:
         self._runner: web.AppRunner | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name=type(self).__name__, daemon=True)
 
+    @abstractmethod
     def make_app(self) -> web.Application:
-        raise NotImplementedError
+        """The aiohttp application to serve (each stand-in builds its own)."""
 
     @property
     def url(self) -> str:
