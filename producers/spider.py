@@ -5,6 +5,12 @@ obeyed for every image download, concurrency is capped per host, AutoThrottle ad
 5xx/429/timeouts are retried. Each sight's Commons results are read a page at a time; the next page is asked for
 only when the engine is idle (every download of the previous page stored or rejected) and the sight still
 needs images, so the per-sight limit is reached without fetching far more than it.
+
+Downloads go round-robin across sights: every listing (sight names, result pages) is scheduled before any image,
+and an image request's scrapy priority is minus its rank within its sight, so the first image of every sight is
+fetched before the second image of any. The warehouse stores images in the order they arrive, so whenever the
+stream worker's training threshold is crossed, every sight found already has its share of images (scrapy's
+scheduler is otherwise LIFO, which filled one sight after another and left the first model knowing only some).
 """
 
 from __future__ import annotations
@@ -44,6 +50,14 @@ log = logging.getLogger(__name__)
 
 # Full-resolution originals of other types are not downloaded: the warehouse keeps JPEG, PNG and WebP only.
 FULL_MIME_TYPES = ("image/jpeg", "image/png", "image/webp")
+
+# Scheduler priorities (higher first): listings before any image; images by their rank within their sight.
+LISTING_PRIORITY = 1_000_000
+
+
+def image_priority(rank: int) -> int:
+    """The scrapy priority of a sight's `rank`-th image request (0 first): round-robin across sights."""
+    return -rank
 
 
 def scrapy_settings(cs: CrawlerSettings, threads: int | None = None) -> dict[str, Any]:
@@ -114,6 +128,7 @@ class SightState:
     counted: int                     # images counted against the limit (stored now, plus existing with --skip)
     next_offset: int | None = 0      # the next Commons result offset; None: no more results
     pages: int = 0
+    rank: int = 0                    # the next image request's rank within the sight (after those it counts)
     done: bool = False
 
 
@@ -154,7 +169,7 @@ class SightSpider(scrapy.Spider):
         # Wikimedia's robots.txt disallows /w/ (where api.php lives) to page crawlers. Image files obey it.
         if "timeout_s" in call.state:
             meta["download_timeout"] = max(call.state["timeout_s"], self.crawler.settings.getfloat("DOWNLOAD_TIMEOUT"))
-        return scrapy.Request(call.url, callback=callback, errback=errback,
+        return scrapy.Request(call.url, callback=callback, errback=errback, priority=LISTING_PRIORITY,
                               meta={"call": call, "dont_obey_robotstxt": True, **meta})
 
     # Sight names ---------------------------------------------------------------------------------------
@@ -197,7 +212,8 @@ class SightSpider(scrapy.Spider):
                 return
             tally = SightTally(name, sight_id, existing)
             self.report.sights[key] = tally
-            state = SightState(key, tally, existing if self.plan.skip else 0)
+            counted = existing if self.plan.skip else 0
+            state = SightState(key, tally, counted, rank=counted)  # a sight short of images goes first
             self.states[key] = state
             if self.plan.skip and existing >= self.plan.images_limit:
                 tally.skipped = True
@@ -231,7 +247,9 @@ class SightSpider(scrapy.Spider):
                 state.tally.rejected["too_large"] += 1  # known from the listing: not downloaded at all
                 continue
             yield scrapy.Request(cand.url, callback=self._on_image, errback=self._on_image_error,
+                                 priority=image_priority(state.rank),
                                  meta={"sight": state.key, "candidate": cand})
+            state.rank += 1
 
     def _on_images_error(self, failure: Failure) -> None:
         self._search_failed(self.states[failure.request.meta["sight"]], failure_reason(failure))
