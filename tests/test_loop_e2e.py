@@ -21,13 +21,13 @@ from PIL import Image
 
 from sightscan import db
 from sightscan.config import Settings
+from sightscan.demo.web_sources import WebSources, from_synthetic_city
 from sightscan.detector import OnnxDetector, preprocess
 from sightscan.events import WATCHED_TABLES, change_topic, command_topic, training_events_topic
 from sightscan.topics import ensure_topics
 from streams.rekey import rekey_group
 from streams.testing import Worker, wait_marts_match
 from tests.fakes.vision_server import FakeVision, VisionServer, box_landmark
-from tests.fakes.web_sources import WebSources, from_synthetic_city
 from tests.synthetic import render_city
 
 ROOT = Path(__file__).resolve().parents[1]

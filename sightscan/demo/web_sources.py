@@ -1,4 +1,4 @@
-"""A local web (aiohttp) that speaks the crawler's source APIs, for tests: the web cannot be reached here.
+"""A local web (aiohttp) that speaks the crawler's source APIs: the tests' web and the offline demo's sources.
 
     GET /robots.txt                               Wikimedia-like: disallows the API paths (/w/…) and /private/
     GET /wikidata/w/api.php?action=wbsearchentities&search=CITY&format=json
@@ -20,8 +20,10 @@
 
 Every request is recorded in `FakeWeb.requests` (path, query, User-Agent).
 
-    python -m tests.fakes.web_sources --city Synthetica --port 8766   # alone, serving a synthetic city, e.g. for
-                                                                     # `sightscan up` on a machine with no web
+    python -m sightscan.demo.web_sources --city Synthetica --port 8766   # alone, serving a synthetic city
+    python -m sightscan.demo.web_sources --folder DIR --port 8766       # serving a city rendered before
+
+Run alone it prints the four *_URL settings that point the crawler at it; `sightscan demo` runs it as a service.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
-from tests.fakes.background import BackgroundServer
+from sightscan.demo.background import BackgroundServer
 
 ROBOTS_TXT = """User-agent: *
 Disallow: /w/
@@ -248,9 +250,7 @@ class WebSources(BackgroundServer):
         return self.fake.app()
 
     def env(self) -> dict[str, str]:
-        return {"WIKIDATA_API_URL": f"{self.url}/wikidata/w/api.php",
-                "WIKIDATA_SPARQL_URL": f"{self.url}/wikidata/sparql",
-                "COMMONS_API_URL": f"{self.url}/commons/w/api.php", "MAPS_API_URL": self.url}
+        return sources_env(self.url)
 
     def start(self) -> WebSources:
         super().start()
@@ -259,7 +259,7 @@ class WebSources(BackgroundServer):
 
 
 def from_synthetic_city(folder: Path, city: str, qid: str = "Q4115189") -> FakeWeb:
-    """A fake web whose Wikidata knows `city` with the sights of a synthetic city folder (tests/synthetic.py), and
+    """A fake web whose Wikidata knows `city` with the sights of a synthetic city folder (sightscan.demo.city), and
     whose Commons has that folder's photos of each sight (Maps, with its key, lists the same sights)."""
     coco = json.loads((folder / "annotations.json").read_text())
     sights = [c["name"] for c in coco["categories"]]
@@ -271,22 +271,36 @@ def from_synthetic_city(folder: Path, city: str, qid: str = "Q4115189") -> FakeW
     return fake
 
 
-def main() -> None:
-    from tests.synthetic import render_city
+def sources_env(base_url: str) -> dict[str, str]:
+    """The crawler's four source settings for web sources served at `base_url`."""
+    return {"WIKIDATA_API_URL": f"{base_url}/wikidata/w/api.php",
+            "WIKIDATA_SPARQL_URL": f"{base_url}/wikidata/sparql",
+            "COMMONS_API_URL": f"{base_url}/commons/w/api.php", "MAPS_API_URL": base_url}
 
-    p = argparse.ArgumentParser(description="the crawler's sources, local: a synthetic city on Wikidata and Commons")
-    p.add_argument("--city", default="Synthetica")
+
+def main(argv: list[str] | None = None) -> None:
+    from sightscan.demo.city import CityInfo, render_city
+
+    p = argparse.ArgumentParser(prog="python -m sightscan.demo.web_sources",
+                                description="the crawler's sources, local: a synthetic city on Wikidata and Commons")
+    p.add_argument("--folder", type=Path, help="serve this rendered city (default: render one in a temporary folder)")
+    p.add_argument("--city", help="the city's name (default: the folder's, or Synthetica)")
+    p.add_argument("--seed", type=int, default=7)
     p.add_argument("--sights", type=int, default=4)
     p.add_argument("--per-sight", type=int, default=30)
+    p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8766)
-    a = p.parse_args()
-    folder = render_city(Path(tempfile.mkdtemp(prefix="web-sources-")), a.sights, a.per_sight, city=a.city)
-    fake = from_synthetic_city(folder, a.city)
+    a = p.parse_args(argv)
+    if a.folder is not None:
+        folder, city = a.folder, a.city or CityInfo.load(a.folder).city
+    else:
+        city = a.city or "Synthetica"
+        folder = render_city(Path(tempfile.mkdtemp(prefix="web-sources-")), city=city, seed=a.seed,
+                             sights=a.sights, per_sight=a.per_sight).folder
+    fake = from_synthetic_city(folder, city)
     fake.base_url = f"http://127.0.0.1:{a.port}"
-    env = WebSources(fake)
-    env.port = a.port
-    print("export " + " ".join(f"{k}={v}" for k, v in env.env().items()), flush=True)
-    web.run_app(fake.app(), host="127.0.0.1", port=a.port, print=None)
+    print("export " + " ".join(f"{k}={v}" for k, v in sources_env(fake.base_url).items()), flush=True)
+    web.run_app(fake.app(), host=a.host, port=a.port, print=None)
 
 
 if __name__ == "__main__":

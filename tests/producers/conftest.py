@@ -13,8 +13,8 @@ from confluent_kafka.admin import AdminClient
 
 from sightscan.commands import command_dead_letter_topic
 from sightscan.config import Settings
+from sightscan.demo.web_sources import FakeWeb, WebSources
 from sightscan.events import command_topic
-from tests.fakes.web_sources import FakeWeb, WebSources
 from tests.synthetic import render_city
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from sightscan import db
 from sightscan.config import Settings
-from tests.fakes.web_sources import WebSources
+from sightscan.demo.web_sources import WebSources
 
 ROOT = Path(__file__).resolve().parents[2]
 

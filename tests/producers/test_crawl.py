@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 
-from tests.fakes.web_sources import FakeCity, FakeFile, WebSources, from_synthetic_city
+from sightscan.demo.web_sources import FakeCity, FakeFile, WebSources, from_synthetic_city
 from tests.producers.crawl_helpers import ROOT, city_row, crawler_env, png, run_crawl, sight_names, stored_images
 from tests.synthetic import render_city
 

@@ -21,8 +21,8 @@ from producers.service import CrawlerService, crawl_in_child
 from producers.settings import CrawlerSettings
 from sightscan import db
 from sightscan.commands import BadCommand, RetryLater, command_dead_letter_topic
+from sightscan.demo.web_sources import FakeCity, FakeFile
 from sightscan.events import change_topic, command_topic
-from tests.fakes.web_sources import FakeCity, FakeFile
 from tests.producers.crawl_helpers import FAST, ROOT, city_row, crawler_env, stored_images
 
 
