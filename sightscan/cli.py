@@ -58,6 +58,30 @@ def _system(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if all(r[1] for r in rows) else 3
 
 
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Offline: a synthetic city on local web sources, learnt by the whole system and served to the page."""
+    import os
+
+    from sightscan.config import positive_int
+    from sightscan.demo.system import DEFAULT_SOURCES_PORT, DemoOptions, run_demo
+
+    port = args.sources_port
+    if port is None:
+        raw = os.environ.get("DEMO_SOURCES_PORT") or str(DEFAULT_SOURCES_PORT)
+        try:
+            port = positive_int(raw)
+        except ValueError as exc:
+            raise ConfigError(f"DEMO_SOURCES_PORT (the demo's web sources port) is malformed: {raw!r}: {exc}. "
+                              f"Set it like DEMO_SOURCES_PORT={DEFAULT_SOURCES_PORT} or unset it.") from exc
+
+    def progress(msg: str) -> None:
+        print(f"sightscan: {msg}", file=sys.stderr, flush=True)
+
+    opts = DemoOptions(city=args.city, seed=args.seed, sights=args.sights, per_sight=args.per_sight,
+                       sources_port=port, seconds=args.seconds, fps=args.fps, timeout=args.timeout)
+    return run_demo(settings, opts, progress, say=lambda line: print(line, flush=True))
+
+
 def _gateway(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.app import main as gateway_main
 
@@ -128,6 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=_system)
         if name == "down":
             p.add_argument("--purge", action="store_true", help="also delete all state and logs")
+
+    demo = sub.add_parser("demo", help="offline demo: the whole system learns a synthetic city served by local web "
+                                       "sources, then the page recognises its sights")
+    demo.add_argument("--city", default="Synthetica", help="the synthetic city's name")
+    demo.add_argument("--seed", type=int, default=7, help="the city's seed (its sights, photos and clip)")
+    demo.add_argument("--sights", type=int, default=5)
+    demo.add_argument("--per-sight", type=int, default=40, help="photos of each sight on the web sources")
+    demo.add_argument("--sources-port", type=int,
+                      help="port of the local web sources (default: DEMO_SOURCES_PORT, else 8766)")
+    demo.add_argument("--seconds", type=float, help="length of the webcam clip (default 2 s per sight)")
+    demo.add_argument("--fps", type=int, default=10, help="frame rate of the webcam clip")
+    demo.add_argument("--timeout", type=float, default=1800,
+                      help="seconds to follow the city until its model is live (0: do not wait)")
+    demo.set_defaults(func=_demo)
 
     from consumers.cli import add_parser as add_label_parser
     from producers.cli import add_parser as add_crawl_parser

@@ -1,16 +1,27 @@
 """SightScan's own services as local processes beside the stack: stream worker, crawler, labeller, trainer,
-gateway."""
+gateway; and, while `sightscan demo` runs the system, the demo's local web sources.
+
+The demo leaves its state in SIGHTSCAN_HOME/run/demo.json (the rendered city it serves, its port, and the settings
+it gives every service). While that file exists the web sources are one of the services (`status` lists them,
+`up` starts them, `down` stops them and removes the file) and each service starts with the demo's settings.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import secrets
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
 
 from sightscan.config import Settings
 from sightscan.stack.proc import PidFile, require_free_port, start_detached, stop_process, wait_for
@@ -22,6 +33,9 @@ log = logging.getLogger(__name__)
 class ServiceSpec:
     name: str
     argv: tuple[str, ...]
+    port: int | None = None  # the port it serves on: must be free before it starts
+    port_env: str = ""       # what chooses that port, named when the port is taken
+    probe: str = ""          # an HTTP path on that port that answers 200 once it serves
 
 
 SERVICES = (
@@ -33,8 +47,37 @@ SERVICES = (
 )
 
 
+DEMO_SOURCES = "websources"
+
+
 def gateway_port() -> int:
     return int(os.environ.get("DOS_PORT", "8080"))
+
+
+def demo_state_path(settings: Settings) -> Path:
+    return settings.home / "run" / "demo.json"
+
+
+def demo_state(settings: Settings) -> dict[str, Any] | None:
+    """What `sightscan demo` left running here ({"city", "folder", "port", "clip", "env"}), or None."""
+    try:
+        return json.loads(demo_state_path(settings).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_demo_state(settings: Settings, state: Mapping[str, Any]) -> None:
+    path = demo_state_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(state), indent=1))
+
+
+def demo_sources_spec(state: Mapping[str, Any]) -> ServiceSpec:
+    """The demo's web sources: a synthetic city on local Wikidata, Commons and Maps (sightscan.demo.web_sources)."""
+    port = int(state["port"])
+    return ServiceSpec(DEMO_SOURCES, ("-m", "sightscan.demo.web_sources", "--folder", str(state["folder"]),
+                                      "--city", str(state["city"]), "--port", str(port)),
+                       port=port, port_env="DEMO_SOURCES_PORT", probe="/robots.txt")
 
 
 class PythonService:
@@ -47,22 +90,31 @@ class PythonService:
         return self.pidfile.process() is not None
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, **self.settings.env(), "SIGHTSCAN_API_TOKEN": api_token(self.settings),
-                "PYTHONUNBUFFERED": "1"}
+        demo = demo_state(self.settings) or {}
+        return {**os.environ, **self.settings.env(), **demo.get("env", {}),
+                "SIGHTSCAN_API_TOKEN": api_token(self.settings), "PYTHONUNBUFFERED": "1"}
+
+    def started_with(self, env: Mapping[str, str]) -> bool:
+        """Whether the running process has these environment variables (False when it does not run)."""
+        proc = self.pidfile.process()
+        try:
+            return proc is not None and all(proc.environ().get(k) == v for k, v in env.items())
+        except psutil.Error:
+            return False
 
     def healthy(self) -> bool:
         if not self.running():
             return False
-        if self.name == "gateway":
-            with urllib.request.urlopen(f"http://127.0.0.1:{gateway_port()}/healthz", timeout=2) as resp:
+        if self.spec.probe:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.spec.port}{self.spec.probe}", timeout=2) as resp:
                 return resp.status == 200
         return True
 
     def start(self) -> None:
         if self.running():
             return
-        if self.name == "gateway":
-            require_free_port(gateway_port(), "the gateway", "DOS_PORT")
+        if self.spec.port is not None:
+            require_free_port(self.spec.port, f"the {self.name} service", self.spec.port_env)
         proc = start_detached([sys.executable, *self.spec.argv], self.log_path, env=self.env())
         self.pidfile.write(proc.pid)
         started = time.monotonic()
@@ -90,7 +142,13 @@ def api_token(settings: Settings) -> str:
 
 
 def services(settings: Settings) -> list[PythonService]:
-    return [PythonService(settings, spec) for spec in SERVICES]
+    """The services in start order: the demo's web sources first while a demo runs, the gateway last."""
+    specs = [dataclasses.replace(spec, port=gateway_port(), port_env="DOS_PORT", probe="/healthz")
+             if spec.name == "gateway" else spec for spec in SERVICES]
+    demo = demo_state(settings)
+    if demo is not None:
+        specs.insert(0, demo_sources_spec(demo))
+    return [PythonService(settings, spec) for spec in specs]
 
 
 def start_all(settings: Settings, progress: Callable[[str], None]) -> None:
@@ -103,3 +161,4 @@ def start_all(settings: Settings, progress: Callable[[str], None]) -> None:
 def stop_all(settings: Settings) -> None:
     for svc in reversed(services(settings)):
         svc.stop()
+    demo_state_path(settings).unlink(missing_ok=True)  # the next `up` is the plain system again
