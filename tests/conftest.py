@@ -22,8 +22,6 @@ from sightscan.config import Settings
 from sightscan.stack import LocalStack
 from sightscan.stack.ephemeral import ephemeral_settings
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:

@@ -19,7 +19,6 @@ import dataclasses
 import gc
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,18 +39,17 @@ from consumers.settings import LabellerSettings  # noqa: E402
 from sightscan import db  # noqa: E402
 from sightscan.commands import command_dead_letter_topic  # noqa: E402
 from sightscan.config import Settings  # noqa: E402
+from sightscan.demo.city import render_city  # noqa: E402
 from sightscan.events import command_topic  # noqa: E402
 from sightscan.stack.ephemeral import ephemeral_stack  # noqa: E402
 from tests.fakes.vision_server import FakeVision, VisionServer, box_landmark  # noqa: E402
 
-GENERATOR = ROOT.parent / "shared" / "tools" / "synthetic_city.py"
 REQUEST_SIZE = 16  # LABELLING_BATCH_SIZE: images per labelling request from the stream agent
 
 
 def render(n: int, out: Path) -> tuple[list[dict], dict[str, bytes]]:
     sights = 5
-    subprocess.run([sys.executable, str(GENERATOR), "--out", str(out), "--sights", str(sights), "--per-sight",
-                    str(-(-n // sights)), "--seed", "21", "--city", "Benchville"], check=True, capture_output=True)
+    render_city(out, city="Benchville", seed=21, sights=sights, per_sight=-(-n // sights))
     coco = json.loads((out / "annotations.json").read_text())
     images = coco["images"][:n]
     boxes = {a["image_id"]: a["bbox"] for a in coco["annotations"]}

@@ -3,7 +3,7 @@ model, ONNX Runtime against eager torch (p50/p99, batch 1, the serving input siz
 
     python bench/trainer/run.py [--city DIR] [--epochs N] [--threads N] [--device auto|cpu|cuda] [--json FILE]
 
-Without --city it renders the issue's city (5 sights x 60 images) with ../shared/tools/synthetic_city.py.
+Without --city it renders the issue's city (5 sights x 60 images) with sightscan.demo.city.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,12 +24,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from sightscan.demo.city import render_city  # noqa: E402
 from trainer.data import Tensors, from_coco_folder, split  # noqa: E402
 from trainer.export import check_onnx, export_onnx, session  # noqa: E402
 from trainer.model import ExportWrapper  # noqa: E402
 from trainer.train import TrainConfig, fit  # noqa: E402
-
-GENERATOR = ROOT.parent / "shared" / "tools" / "synthetic_city.py"
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -85,7 +83,7 @@ def latency(detector: torch.nn.Module, onnx_bytes: bytes, size: int, threads: in
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--city", type=Path, help="a folder written by synthetic_city.py (default: render one)")
+    p.add_argument("--city", type=Path, help="a folder written by sightscan.demo.city (default: render one)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
@@ -98,9 +96,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     city = a.city
     if city is None:
-        city = Path(tempfile.mkdtemp(prefix="bench-city-"))
-        subprocess.run([sys.executable, str(GENERATOR), "--out", str(city), "--sights", "5", "--per-sight", "60"],
-                       check=True)
+        city = render_city(Path(tempfile.mkdtemp(prefix="bench-city-")), sights=5, per_sight=60).folder
     ds = from_coco_folder(city)
     train, heldout = split(ds.samples, 0.2, a.seed)
     cfg = TrainConfig(epochs=a.epochs, input_size=a.size, device=a.device, threads=a.threads, seed=a.seed)

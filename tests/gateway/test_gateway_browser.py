@@ -18,38 +18,19 @@ from gw_onnx_builder import build_colour_model
 
 from sightscan import db
 from sightscan.config import Settings
+from sightscan.demo.city import read_y4m, render_city, render_clip
 
-SYNTHETIC = REPO.parent / "shared" / "tools" / "synthetic_city.py"
 DECOY = "Nowhere Gate"  # a class whose colour is in no frame: the page must never name it
-
-
-def read_y4m(path: Path) -> list[np.ndarray]:
-    """Frames of a 4:2:0 YUV4MPEG2 file as HxWx3 RGB floats in 0..1."""
-    data = path.read_bytes()
-    header, rest = data.split(b"\n", 1)
-    fields = {f[:1]: f[1:] for f in header.split()[1:]}
-    w, h = int(fields[b"W"]), int(fields[b"H"])
-    size = w * h * 3 // 2
-    frames = []
-    for chunk in rest.split(b"FRAME\n")[1:]:
-        buf = np.frombuffer(chunk[:size], dtype=np.uint8).astype(np.float32)
-        y = buf[: w * h].reshape(h, w)
-        cb = buf[w * h: w * h * 5 // 4].reshape(h // 2, w // 2).repeat(2, 0).repeat(2, 1) - 128
-        cr = buf[w * h * 5 // 4:].reshape(h // 2, w // 2).repeat(2, 0).repeat(2, 1) - 128
-        rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
-        frames.append(np.clip(rgb, 0, 255) / 255.0)
-    return frames
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], bytes]:
     """A fake-webcam clip of three synthetic sights and a colour model fitted to it (mean colour per sight)."""
     out = tmp_path_factory.mktemp("clip")
-    video = out / "clip.y4m"
-    subprocess.run([sys.executable, str(SYNTHETIC), "--out", str(out), "--sights", "3", "--per-sight", "1",
-                    "--seed", "11", "--video", str(video), "--seconds", "6", "--fps", "10"], check=True)
+    info = render_city(out, city="Synthetica", seed=11, sights=3, per_sight=1)
+    video = render_clip(out / "clip.y4m", info, seconds=6, fps=10)
     meta = json.loads((out / "video_annotations.json").read_text())["frames"]
-    frames = read_y4m(video)
+    frames = [f.astype(np.float32) / 255.0 for f in read_y4m(video)]  # what the camera delivers
     names = list(dict.fromkeys(f["sight"] for f in meta))
     feats = np.array([f.mean(axis=(0, 1)) for f in frames])
     labels = np.array([names.index(f["sight"]) for f in meta])
