@@ -24,18 +24,36 @@ def document() -> dict[str, Any]:
             "schemas": {
                 "Error": {"type": "object", "required": ["error", "message"],
                           "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
+                "Figure": {
+                    "type": "object", "required": ["key", "name", "value", "display", "basis"],
+                    "description": "one figure of a model's metrics, named and readable (sightscan/model_metrics.py)",
+                    "properties": {
+                        "key": {"type": "string", "description": "the metrics key it comes from, e.g. top1"},
+                        "name": {"type": "string",
+                                 "description": "what was measured, e.g. 'Box mAP@0.5 (true boxes only)'"},
+                        "value": {"description": "the raw value; for 'confusion': {classes, matrix}, rows = true "
+                                                 "sight, columns = predicted; null: not measured"},
+                        "display": {"type": "string", "description": "the value as text, e.g. '97.5 %'"},
+                        "basis": {"type": ["string", "null"],
+                                  "description": "what it was measured on, e.g. '40 held-out images, image-level "
+                                                 "labels'"}}},
                 "CityStatus": {"type": "object", "properties": {
                     "id": {"type": "integer"}, "name": {"type": "string"},
                     "status": {"enum": ["requested", "crawling", "labelling", "training", "live", "failed"]},
                     "sights": {"type": "integer"}, "images": {"type": "integer"},
                     "labelled_images": {"type": "integer"},
                     "model": {"type": ["object", "null"], "properties": {
-                        "version": {"type": "integer"}, "metrics": {"type": "object"},
+                        "version": {"type": "integer"},
+                        "metrics": {"type": "object", "description": "the model row's metrics JSON, as stored"},
+                        "figures": {"type": "array", "items": {"$ref": "#/components/schemas/Figure"},
+                                    "description": "the metrics, named and readable, most telling first"},
+                        "created_at": {"type": "string", "format": "date-time"},
                         "classes": {"type": "array", "items": {"type": "string"}}}},
                     "mart": {"type": ["object", "null"]}}},
                 "ModelMeta": {"type": "object", "properties": {
                     "version": {"type": "integer"}, "classes": {"type": "array", "items": {"type": "string"}},
                     "input_size": {"type": "integer"}, "metrics": {"type": "object"},
+                    "figures": {"type": "array", "items": {"$ref": "#/components/schemas/Figure"}},
                     "sha256": {"type": "string"}, "download": {"type": "string"}}},
             },
         },

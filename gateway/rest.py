@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.imaging import ImageRejected, validate_upload
 from gateway.state import STATE, GatewayState
 from sightscan import db
+from sightscan.model_metrics import figures
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -144,8 +145,8 @@ async def upload_image(request: web.Request) -> web.Response:
 def _model_meta(model: db.StoredModel, city: db.City) -> dict[str, Any]:
     return {"city": city.name, "city_id": city.id, "model_id": model.id, "version": model.version,
             "classes": model.classes, "input_size": model.input_size, "metrics": model.metrics,
-            "bytes": len(model.onnx), "sha256": hashlib.sha256(model.onnx).hexdigest(),
-            "download": f"/api/cities/{city.name}/model.onnx"}
+            "figures": figures(model.metrics), "bytes": len(model.onnx),
+            "sha256": hashlib.sha256(model.onnx).hexdigest(), "download": f"/api/cities/{city.name}/model.onnx"}
 
 
 async def _latest(request: web.Request) -> tuple[db.City, db.StoredModel]:

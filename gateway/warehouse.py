@@ -13,6 +13,7 @@ import psycopg2.extensions
 
 from sightscan import db
 from sightscan.config import Settings
+from sightscan.model_metrics import figures
 
 T = TypeVar("T")
 
@@ -38,8 +39,9 @@ def _iso(value: Any) -> str | None:
 
 
 def _status_row(r: tuple[Any, ...]) -> dict[str, Any]:
-    model = None if r[8] is None else {"version": r[8], "metrics": r[9], "created_at": _iso(r[10]),
-                                       "classes": r[11]}
+    # `metrics` is the row's JSON as stored (for integrators); `figures` the same, named and readable (the page).
+    model = None if r[8] is None else {"version": r[8], "metrics": r[9], "figures": figures(r[9]),
+                                       "created_at": _iso(r[10]), "classes": r[11]}
     mart = None if r[12] is None else {"images": r[12], "labelled_images": r[13], "no_landmark_images": r[14],
                                        "models": r[15], "updated_at": _iso(r[16])}
     return {"id": r[0], "name": r[1], "status": r[2], "requested_at": _iso(r[3]), "updated_at": _iso(r[4]),

@@ -42,18 +42,50 @@ async function refreshStatus() {
                   ["Labelled", c.labelled_images],
                   ["Model", c.model ? `v${c.model.version}` : "none yet"],
                   ["Serving", c.serving_version ? `v${c.serving_version}` : "—"]];
-    if (c.model && c.model.metrics) {
-      for (const [k, v] of Object.entries(c.model.metrics)) {
-        if (typeof v === "number") rows.push([k, Number.isInteger(v) ? v : v.toFixed(3)]);
-      }
-    }
     dl.replaceChildren(...rows.flatMap(([k, v]) => {
       const dt = document.createElement("dt"); dt.textContent = k;
       const dd = document.createElement("dd"); dd.textContent = String(v);
       dd.dataset.field = k.toLowerCase();
       return [dt, dd];
     }));
+    showFigures(c.model ? c.model.figures || [] : []);
   } catch (e) { setText($("error"), `status: ${e}`); }
+}
+
+// The model's figures as the server names them (sightscan/model_metrics.py): name, value as text, and what it
+// was measured on; the confusion matrix as a small table.
+function showFigures(figures) {
+  const list = $("figures"), table = $("confusion");
+  const scalar = figures.filter((f) => f.key !== "confusion");
+  list.replaceChildren(...scalar.flatMap((f) => {
+    const dt = document.createElement("dt"); dt.textContent = f.name;
+    const dd = document.createElement("dd"); dd.textContent = f.display;
+    dd.dataset.figure = f.key;
+    if (f.basis) {
+      const basis = document.createElement("small"); basis.textContent = f.basis;
+      dd.append(document.createElement("br"), basis);
+    }
+    return [dt, dd];
+  }));
+  $("figures-title").hidden = scalar.length === 0;
+  const confusion = figures.find((f) => f.key === "confusion");
+  table.hidden = !confusion;
+  if (!confusion) { table.replaceChildren(); return; }
+  const { classes, matrix } = confusion.value;
+  const cell = (tag, text, cls) => {
+    const el = document.createElement(tag); el.textContent = String(text);
+    if (cls) el.className = cls;
+    return el;
+  };
+  const caption = cell("caption", `${confusion.name} · ${confusion.display}`);
+  const head = document.createElement("tr");
+  head.append(cell("th", "true ↓ predicted →"), ...classes.map((c) => cell("th", c)));
+  const body = matrix.map((row, i) => {
+    const tr = document.createElement("tr");
+    tr.append(cell("th", classes[i]), ...row.map((n, j) => cell("td", n, i === j ? "hit" : n ? "miss" : "")));
+    return tr;
+  });
+  table.replaceChildren(caption, head, ...body);
 }
 
 // Websocket --------------------------------------------------------------------------------------------

@@ -169,11 +169,51 @@ def test_status_includes_model(gateway: Gateway, make_city) -> None:
     assert row["model"]["version"] == 1 and row["model"]["metrics"] == {"map50": 0.9}
 
 
+IMAGE_LEVEL_METRICS = {
+    "top1": 0.975, "map50": None, "map": None, "box_images_heldout": 0, "heldout_images": 40, "train_images": 160,
+    "labels": {"image_level": 160, "boxes": 0},
+    "method": "CAM pseudo-boxes + PSOL box regression, 1 self-training round",
+    "confusion": {"classes": ["Red Gate", "Green Tower", "Blue Hall"], "matrix": [[13, 1, 0], [0, 13, 0], [0, 0, 13]]},
+    "backbone": "resnet18", "pretrained": False, "train_seconds": 75.0, "epochs_run": 20, "best_epoch": 17,
+    "device": "cpu"}
+
+
+def test_cities_list_the_models_figures_by_readable_name(gateway: Gateway, make_city, pg: Settings) -> None:
+    legacy = make_city()  # v1 metrics {"map50": 0.9}: scored against whole-image weak boxes
+    made = make_city()
+    with db.transaction(pg) as cur:
+        db.insert_model(cur, made.city.id, made.model.onnx, made.model.classes, 64, IMAGE_LEVEL_METRICS)
+    status, listing = call_json(gateway, "GET", "/api/cities", token=None)
+    assert status == 200
+    rows = {c["id"]: c for c in listing["cities"]}
+    model = rows[made.city.id]["model"]
+    assert model["version"] == 2 and model["metrics"] == IMAGE_LEVEL_METRICS  # kept as is for integrators
+    figures = {f["key"]: f for f in model["figures"]}
+    assert [f["key"] for f in model["figures"]][:4] == ["top1", "map50", "map", "confusion"]
+    assert (figures["top1"]["name"], figures["top1"]["display"], figures["top1"]["basis"]) == (
+        "Held-out top-1 sight accuracy", "97.5 %", "40 held-out images, image-level labels")
+    assert (figures["map50"]["name"], figures["map50"]["value"], figures["map50"]["basis"]) == (
+        "Box mAP@0.5 (true boxes only)", None, "no true boxes in the held-out split")
+    assert figures["confusion"]["value"] == IMAGE_LEVEL_METRICS["confusion"]
+    assert figures["backbone"]["display"] == "resnet18, trained from scratch (no ImageNet weights)"
+    [old] = rows[legacy.city.id]["model"]["figures"]
+    assert (old["name"], old["display"], old["basis"]) == (
+        "Box mAP@0.5 (legacy: whole-image weak boxes)", "0.900",
+        "agreement with whole-image weak boxes, not a measure of recognition")
+    # The same figures on one city's status (the page's pipeline panel) and on its model's metadata.
+    status, row = call_json(gateway, "GET", f"/api/cities/{made.city.name}", token=None)
+    assert status == 200 and row["model"]["figures"] == model["figures"]
+    status, meta = call_json(gateway, "GET", f"/api/cities/{made.city.name}/model", token=None)
+    assert status == 200 and meta["figures"] == model["figures"]
+
+
 def test_openapi_health_and_metrics(gateway: Gateway) -> None:
     status, doc = call_json(gateway, "GET", "/openapi.json", token=None)
     assert status == 200 and doc["openapi"].startswith("3.")
     assert {"/api/cities", "/api/cities/{city}/images", "/api/cities/{city}/model.onnx", "/ws/detect"} <= set(
         doc["paths"])
+    city_model = doc["components"]["schemas"]["CityStatus"]["properties"]["model"]["properties"]
+    assert city_model["figures"]["items"] == {"$ref": "#/components/schemas/Figure"}
     assert call_json(gateway, "GET", "/healthz", token=None) == (200, {"ok": True})
     status, ready = call_json(gateway, "GET", "/readyz", token=None)
     assert status == 200 and ready["checks"] == {"warehouse": "ok", "model_events": "ok"}
