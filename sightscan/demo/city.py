@@ -265,6 +265,15 @@ def render_city(out: Path, *, city: str = "Synthetica", seed: int = 7, sights: i
 # The webcam clip ------------------------------------------------------------------------------------------------
 
 
+def _clip_rng(info: CityInfo) -> random.Random:
+    return random.Random(info.seed * 7919 + 104729)  # the clip's own stream: independent of the photos
+
+
+def clip_background(info: CityInfo) -> np.ndarray:
+    """The clip's street with no sight in view (H x W x 3 uint8): every frame is it with one sight pasted in."""
+    return np.asarray(background(_clip_rng(info)))
+
+
 def clip_frames(info: CityInfo, *, seconds: float = 6.0, fps: int = 10) -> Iterator[ClipFrame]:
     """The frames of a webcam panning across the city, each with its ground truth.
 
@@ -275,7 +284,7 @@ def clip_frames(info: CityInfo, *, seconds: float = 6.0, fps: int = 10) -> Itera
     if fps <= 0 or seconds <= 0:
         raise ValueError("seconds and fps must be > 0")
     names, sprites = info.sights, city_sprites(info.seed, len(info.sights))
-    rng = random.Random(info.seed * 7919 + 104729)  # the clip's own stream: independent of the photos
+    rng = _clip_rng(info)
     scene = background(rng)
     total = max(len(names), round(seconds * fps))
     starts = [round(k * total / len(names)) for k in range(len(names) + 1)]
