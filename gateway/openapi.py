@@ -25,7 +25,7 @@ def document() -> dict[str, Any]:
                 "Error": {"type": "object", "required": ["error", "message"],
                           "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
                 "Figure": {
-                    "type": "object", "required": ["key", "name", "value", "display", "basis"],
+                    "type": "object", "required": ["key", "name", "value", "display", "basis", "group"],
                     "description": "one figure of a model's metrics, named and readable (sightscan/model_metrics.py)",
                     "properties": {
                         "key": {"type": "string", "description": "the metrics key it comes from, e.g. top1"},
@@ -36,7 +36,9 @@ def document() -> dict[str, Any]:
                         "display": {"type": "string", "description": "the value as text, e.g. '97.5 %'"},
                         "basis": {"type": ["string", "null"],
                                   "description": "what it was measured on, e.g. '40 held-out images, image-level "
-                                                 "labels'"}}},
+                                                 "labels'"},
+                        "group": {"enum": ["measured", "training"],
+                                  "description": "how well the model does, or how it was made"}}},
                 "CityStatus": {"type": "object", "properties": {
                     "id": {"type": "integer"}, "name": {"type": "string"},
                     "status": {"enum": ["requested", "crawling", "labelling", "training", "live", "failed"]},

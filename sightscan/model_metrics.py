@@ -6,9 +6,10 @@ trained on weak image-level labels are judged by held-out top-1 sight accuracy; 
 whole-image weak boxes, which measures agreement with those boxes, not recognition. The REST API (/api/cities) and
 the web page both show `figures(metrics)`, so a number is never shown without its name and basis.
 
-Each figure is {"key", "name", "value", "display", "basis"}: `key` is the metrics key it comes from, `value` the
-raw value (for "confusion": {"classes", "matrix"}, rows = true sight, columns = predicted), `display` the value as
-text, `basis` what it was measured on (or None). Absent or malformed values are left out.
+Each figure is {"key", "name", "value", "display", "basis", "group"}: `key` is the metrics key it comes from,
+`value` the raw value (for "confusion": {"classes", "matrix"}, rows = true sight, columns = predicted), `display`
+the value as text, `basis` what it was measured on (or None), `group` "measured" (how well the model does) or
+"training" (how it was made). Absent or malformed values are left out.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def _figure(key: str, name: str, value: Any, display: str, basis: str | None = None) -> Figure:
-    return {"key": key, "name": name, "value": value, "display": display, "basis": basis}
+def _figure(key: str, name: str, value: Any, display: str, basis: str | None = None,
+            group: str = "measured") -> Figure:
+    return {"key": key, "name": name, "value": value, "display": display, "basis": basis, "group": group}
 
 
 def _duration(seconds: float) -> str:
@@ -90,32 +92,34 @@ def _training_figures(metrics: dict[str, Any]) -> list[Figure]:
     labels = metrics.get("labels") if isinstance(metrics.get("labels"), dict) else {}
     weak, boxes = _count(labels.get("image_level")), _count(labels.get("boxes"))
     train = _count(metrics.get("train_images"))
+    if train is None and (weak is not None or boxes is not None):
+        train = (weak or 0) + (boxes or 0)
     if train is not None:
-        parts = [f"{n} {what}" for n, what in ((weak, "with image-level labels"), (boxes, "with true boxes"))
+        parts = [f"{n} {what}" for n, what in ((weak, "with weak image-level labels"), (boxes, "with true boxes"))
                  if n is not None]
-        out.append(_figure("train_images", "Training images", train, str(train), ", ".join(parts) or None))
-    if weak is not None:
-        out.append(_figure("labels.image_level", "Training images with weak image-level labels", weak, str(weak)))
-    if boxes is not None:
-        out.append(_figure("labels.boxes", "Training images with true boxes", boxes, str(boxes)))
+        out.append(_figure("train_images", "Training images", train, str(train), ", ".join(parts) or None,
+                           group="training"))
     if isinstance(metrics.get("method"), str) and metrics["method"].strip():
-        out.append(_figure("method", "Training method", metrics["method"], metrics["method"].strip()))
+        out.append(_figure("method", "Training method", metrics["method"], metrics["method"].strip(),
+                           group="training"))
     backbone = metrics.get("backbone") if isinstance(metrics.get("backbone"), str) else None
     pretrained = metrics.get("pretrained") if isinstance(metrics.get("pretrained"), bool) else None
     if backbone or pretrained is not None:
         start = {True: "ImageNet-pretrained", False: "trained from scratch (no ImageNet weights)", None: None}
         text = ", ".join(p for p in (backbone, start[pretrained]) if p)
-        out.append(_figure("backbone", "Backbone", {"backbone": backbone, "pretrained": pretrained}, text))
+        out.append(_figure("backbone", "Backbone", {"backbone": backbone, "pretrained": pretrained}, text,
+                           group="training"))
     epochs, best = _count(metrics.get("epochs_run")), _count(metrics.get("best_epoch"))
     if epochs is not None:
         out.append(_figure("epochs_run", "Epochs run", epochs,
                            f"{epochs} (best: {best})" if best is not None else str(epochs),
-                           "weights kept from the best held-out epoch" if best is not None else None))
+                           "weights kept from the best held-out epoch" if best is not None else None,
+                           group="training"))
     seconds = _number(metrics.get("train_seconds"))
     if seconds is not None and seconds >= 0:
-        out.append(_figure("train_seconds", "Training time", seconds, _duration(seconds)))
+        out.append(_figure("train_seconds", "Training time", seconds, _duration(seconds), group="training"))
     if isinstance(metrics.get("device"), str) and metrics["device"]:
-        out.append(_figure("device", "Trained on", metrics["device"], metrics["device"]))
+        out.append(_figure("device", "Trained on", metrics["device"], metrics["device"], group="training"))
     return out
 
 

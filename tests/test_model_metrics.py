@@ -20,19 +20,21 @@ def by_key(metrics: dict) -> dict[str, dict]:
 
 def test_new_metrics_are_named_with_their_basis() -> None:
     figs = figures(NEW)
-    assert all(set(f) == {"key", "name", "value", "display", "basis"} for f in figs)
+    assert all(set(f) == {"key", "name", "value", "display", "basis", "group"} for f in figs)
+    assert [f["key"] for f in figs if f["group"] == "measured"] == ["top1", "map50", "map", "confusion",
+                                                                    "heldout_images"]
     assert [f["key"] for f in figs][:4] == ["top1", "map50", "map", "confusion"]  # the telling ones first
     f = by_key(NEW)
     assert f["top1"] == {"key": "top1", "name": "Held-out top-1 sight accuracy", "value": 0.975,
-                         "display": "97.5 %", "basis": "40 held-out images, image-level labels"}
+                         "display": "97.5 %", "basis": "40 held-out images, image-level labels",
+                         "group": "measured"}
     assert (f["map50"]["name"], f["map50"]["display"], f["map50"]["basis"]) == (
         "Box mAP@0.5 (true boxes only)", "0.612", "12 held-out images with true boxes")
     assert f["map"]["name"] == "Box mAP@0.5:0.95 (true boxes only)"
     assert f["confusion"]["value"] == NEW["confusion"]
     assert f["confusion"]["display"] == "39 of 40 held-out images on the diagonal"
     assert "rows: true sight, columns: predicted" in f["confusion"]["name"]
-    assert f["train_images"]["basis"] == "150 with image-level labels, 10 with true boxes"
-    assert (f["labels.image_level"]["value"], f["labels.boxes"]["value"]) == (150, 10)
+    assert f["train_images"]["basis"] == "150 with weak image-level labels, 10 with true boxes"
     assert f["method"]["display"].startswith("CAM pseudo-boxes")
     assert f["backbone"]["display"] == "resnet18, trained from scratch (no ImageNet weights)"
     assert (f["epochs_run"]["display"], f["train_seconds"]["display"], f["device"]["display"]) == (
@@ -42,12 +44,13 @@ def test_new_metrics_are_named_with_their_basis() -> None:
 
 
 def test_null_map50_says_there_were_no_true_boxes_rather_than_a_number() -> None:
-    f = by_key({**NEW, "map50": None, "map": None, "box_images_heldout": 0, "labels": {"image_level": 160}})
+    f = by_key({**NEW, "map50": None, "map": None, "box_images_heldout": 0, "labels": {"image_level": 160},
+                "train_images": None})
     assert f["map50"] == {"key": "map50", "name": "Box mAP@0.5 (true boxes only)", "value": None,
-                          "display": "not measured", "basis": NO_TRUE_BOXES}
+                          "display": "not measured", "basis": NO_TRUE_BOXES, "group": "measured"}
     assert f["map"]["value"] is None and f["map"]["basis"] == NO_TRUE_BOXES
     assert f["top1"]["display"] == "97.5 %"
-    assert f["train_images"]["basis"] == "160 with image-level labels" and "labels.boxes" not in f
+    assert (f["train_images"]["value"], f["train_images"]["basis"]) == (160, "160 with weak image-level labels")
 
 
 def test_a_legacy_row_is_marked_as_weak_box_agreement() -> None:

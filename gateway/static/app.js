@@ -53,11 +53,9 @@ async function refreshStatus() {
 }
 
 // The model's figures as the server names them (sightscan/model_metrics.py): name, value as text, and what it
-// was measured on; the confusion matrix as a small table.
-function showFigures(figures) {
-  const list = $("figures"), table = $("confusion");
-  const scalar = figures.filter((f) => f.key !== "confusion");
-  list.replaceChildren(...scalar.flatMap((f) => {
+// was measured on; how well it does first, then the confusion matrix as a small table, then how it was trained.
+function figureList(list, title, figures) {
+  list.replaceChildren(...figures.flatMap((f) => {
     const dt = document.createElement("dt"); dt.textContent = f.name;
     const dd = document.createElement("dd"); dd.textContent = f.display;
     dd.dataset.figure = f.key;
@@ -67,7 +65,14 @@ function showFigures(figures) {
     }
     return [dt, dd];
   }));
-  $("figures-title").hidden = scalar.length === 0;
+  title.hidden = figures.length === 0;
+}
+
+function showFigures(figures) {
+  const table = $("confusion");
+  const scalar = figures.filter((f) => f.key !== "confusion");
+  figureList($("figures"), $("figures-title"), scalar.filter((f) => f.group !== "training"));
+  figureList($("training"), $("training-title"), scalar.filter((f) => f.group === "training"));
   const confusion = figures.find((f) => f.key === "confusion");
   table.hidden = !confusion;
   if (!confusion) { table.replaceChildren(); return; }
