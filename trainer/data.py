@@ -1,5 +1,9 @@
 """Training data: samples from the warehouse (or a COCO-style folder), filtering, the stratified split, augmentation.
 
+A sample is either box-labelled (true boxes, e.g. Google Vision's landmarks) or weak: an image-level label, the
+sight the image was crawled for. A weak sample's box says nothing about where the sight is; the trainer localises
+it itself (trainer/pseudo_boxes.py) and never trains the box head on the stored box.
+
 Boxes are kept normalised (x_min, y_min, x_max, y_max in 0..1 of the frame) end to end, as the warehouse stores
 them and as the model contract outputs them, so stretching a frame to the square input never changes a box.
 """
@@ -34,10 +38,12 @@ class Sample:
     jpeg: bytes                        # encoded bytes, decoded lazily
     boxes: tuple[tuple[float, float, float, float], ...]
     labels: tuple[int, ...]            # indices into the class list
+    weak: bool = False                 # image-level label only: `boxes` are not locations (see the module doc)
 
     @property
     def primary(self) -> int:
-        """The sight the image is mostly of (largest box): what the split stratifies on."""
+        """The sight the image is mostly of (largest box; a weak sample's one label): what the split stratifies on
+        and what top-1 accuracy is scored against."""
         areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in self.boxes]
         return self.labels[int(np.argmax(areas))]
 
@@ -60,15 +66,25 @@ def from_warehouse(rows: Iterable[LabelledImage], min_images_per_label: int) -> 
     index = {sid: i for i, sid in enumerate(kept)}
     samples = []
     for image_id, labels in sorted(by_image.items()):
-        boxes = [(tuple(map(float, r.box)), index[r.sight_id]) for r in labels if r.sight_id in index]
+        kept_labels = [r for r in labels if r.sight_id in index]
         # An image whose only sights were dropped would teach "this building is background": leave it out.
-        if boxes:
-            samples.append(Sample(image_id, labels[0].data, tuple(b for b, _ in boxes), tuple(c for _, c in boxes)))
+        if not kept_labels:
+            continue
+        # The labeller gives an image either true boxes or its one weak label, never both; were both there, the
+        # true boxes win (they carry strictly more information).
+        true_boxes = [r for r in kept_labels if not r.weak]
+        chosen, weak = (true_boxes, False) if true_boxes else (kept_labels[:1], True)
+        samples.append(Sample(image_id, labels[0].data, tuple(tuple(map(float, r.box)) for r in chosen),
+                              tuple(index[r.sight_id] for r in chosen), weak))
     return Dataset([names[sid] for sid in kept], samples, list(kept))
 
 
-def from_coco_folder(folder: Path) -> Dataset:
-    """A folder written by shared/tools/synthetic_city.py (COCO-style annotations.json with pixel boxes)."""
+def from_coco_folder(folder: Path, weak: bool = False) -> Dataset:
+    """A COCO-style folder (annotations.json with pixel boxes), as sightscan.demo.city renders a synthetic city.
+
+    weak=True keeps only what the offline loop knows: each image's query sight as an image-level label. Its true
+    box is kept in `boxes` so that benchmarks can score localisation, but marked weak, so training ignores it.
+    """
     coco = json.loads((folder / "annotations.json").read_text())
     cats = sorted(coco["categories"], key=lambda c: c["id"])
     index = {c["id"]: i for i, c in enumerate(cats)}
@@ -83,8 +99,13 @@ def from_coco_folder(folder: Path) -> Dataset:
         w, h = img["width"], img["height"]
         boxes = tuple((a["bbox"][0] / w, a["bbox"][1] / h, (a["bbox"][0] + a["bbox"][2]) / w,
                        (a["bbox"][1] + a["bbox"][3]) / h) for a in anns)
-        samples.append(Sample(img["id"], (folder / img["file_name"]).read_bytes(), boxes,
-                              tuple(index[a["category_id"]] for a in anns)))
+        labels = tuple(index[a["category_id"]] for a in anns)
+        if weak:
+            query = next(c["id"] for c in cats if c["name"] == img["query_sight"])
+            at = [a["category_id"] for a in anns]
+            boxes = (boxes[at.index(query)] if query in at else (0.0, 0.0, 1.0, 1.0),)
+            labels = (index[query],)
+        samples.append(Sample(img["id"], (folder / img["file_name"]).read_bytes(), boxes, labels, weak))
     return Dataset([c["name"] for c in cats], samples, [None] * len(cats))
 
 

@@ -1,4 +1,6 @@
-"""Held-out evaluation with pycocotools: mAP@0.5 and mAP@0.5:0.95, overall and per sight."""
+"""Held-out evaluation: top-1 sight accuracy and the confusion matrix (image labels), and box mAP@0.5 and
+mAP@0.5:0.95 with pycocotools (true boxes only: a weak label's box is not a location, so scoring against it would
+measure nothing)."""
 
 from __future__ import annotations
 
@@ -61,6 +63,20 @@ def coco_map(classes: Sequence[str], truths: Sequence[tuple[Sequence[Sequence[fl
         if (p > -1).any():
             per_sight[classes[cat_id - 1]] = {"map50": _mean(p[0]), "map": _mean(p)}
     return {"map50": float(ev.stats[1]), "map": float(ev.stats[0]), "per_sight": per_sight}
+
+
+def classification_report(classes: Sequence[str], truth: Sequence[int], predicted: Sequence[int]) -> dict[str, Any]:
+    """{"top1", "per_sight_top1", "confusion": {"classes", "matrix"}}; matrix rows are true sights, columns
+    predicted ones."""
+    matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    for t, p in zip(truth, predicted, strict=True):
+        matrix[int(t), int(p)] += 1
+    per_row = matrix.sum(axis=1)
+    return {
+        "top1": float(np.trace(matrix) / max(1, matrix.sum())),
+        "per_sight_top1": {c: float(matrix[i, i] / per_row[i]) for i, c in enumerate(classes) if per_row[i]},
+        "confusion": {"classes": list(classes), "matrix": matrix.tolist()},
+    }
 
 
 def _mean(p: np.ndarray) -> float:

@@ -12,7 +12,7 @@ import onnx
 import torch
 
 from sightscan.detector import INPUT_NAME, OUTPUT_NAMES
-from trainer.model import Detector, ExportWrapper
+from trainer.model import ExportWrapper, SightModel
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,10 @@ class ExportCheck:
     class_agreement: float   # fraction of confident detections whose class matches
 
 
-def export_onnx(detector: Detector, input_size: int, top_k: int = 50) -> bytes:
-    """The detector with decoding, NMS and top-K inside, as ONNX bytes with a dynamic batch axis."""
-    wrapper = ExportWrapper(detector.cpu().eval(), input_size, top_k=top_k).eval()
+def export_onnx(model: SightModel, top_k: int = 50) -> bytes:
+    """The sight model's serving graph (softmax, sorting, boxes inside) as ONNX bytes with a dynamic batch axis."""
+    wrapper = ExportWrapper(model.cpu().eval(), top_k=top_k).eval()
+    input_size = model.input_size
     example = torch.rand(2, 3, input_size, input_size)
     batch = torch.export.Dim("batch", min=1, max=64)
     with warnings.catch_warnings():
@@ -54,7 +55,7 @@ def session(onnx_bytes: bytes, threads: int = 0):  # -> onnxruntime.InferenceSes
     return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
 
 
-def check_onnx(detector: Detector, onnx_bytes: bytes, images: np.ndarray, input_size: int, top_k: int = 50,
+def check_onnx(model: SightModel, onnx_bytes: bytes, images: np.ndarray, top_k: int = 50,
                atol: float = 1e-3, min_score: float = 0.05) -> ExportCheck:
     """Run the same float32 [N,3,S,S] images through eager torch and ONNX Runtime and compare the detections.
 
@@ -62,7 +63,7 @@ def check_onnx(detector: Detector, onnx_bytes: bytes, images: np.ndarray, input_
     matching onnxruntime detection (same class, score within atol) for its box.
     """
     with torch.no_grad():
-        ref = [t.numpy() for t in ExportWrapper(detector.cpu().eval(), input_size, top_k=top_k).eval()(
+        ref = [t.numpy() for t in ExportWrapper(model.cpu().eval(), top_k=top_k).eval()(
             torch.from_numpy(images))]
     got = session(onnx_bytes).run(list(OUTPUT_NAMES), {INPUT_NAME: images})
     for name, r, g in zip(OUTPUT_NAMES, ref, got, strict=True):

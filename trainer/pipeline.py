@@ -59,17 +59,17 @@ def train_dataset(dataset: Dataset, ts: TrainerSettings, progress: Progress | No
     check_trainable(dataset, ts.min_sights)
     train, heldout = split(dataset.samples, ts.heldout_fraction, ts.train.seed)
     log.info("training", extra={"sights": len(dataset.classes), "train_images": len(train),
-                                "heldout_images": len(heldout), "epochs": ts.train.epochs})
-    result = fit(dataset.classes, train, heldout, ts.train, progress)
-    onnx_bytes = export_onnx(result.detector, ts.train.input_size)
+                                "heldout_images": len(heldout), "weak_images": sum(s.weak for s in train),
+                                "epochs": ts.train.epochs})
+    result, _ = fit(dataset.classes, train, heldout, ts.train, progress)
+    onnx_bytes = export_onnx(result.model)
     probe = Tensors.build(heldout[:8], ts.train.input_size).images.numpy().astype(np.float32) / 255.0
-    check = check_onnx(result.detector, onnx_bytes, probe, ts.train.input_size)
+    check = check_onnx(result.model, onnx_bytes, probe)
     metrics = {
         **result.metrics,
         "train_images": len(train), "heldout_images": len(heldout), "epochs_run": result.epochs_run,
-        "best_epoch": result.best_epoch, "train_seconds": round(result.train_seconds, 1), "device": result.device,
-        "backbone": ts.train.backbone, "pretrained": ts.train.backbone_weights is not None,
-        "onnx_check": dataclasses.asdict(check), "evaluated_on": "heldout", "library": "pycocotools",
+        "train_seconds": round(result.train_seconds, 1), "device": result.device,
+        "onnx_check": dataclasses.asdict(check), "evaluated_on": "heldout",
     }
     return result, onnx_bytes, metrics
 
@@ -101,8 +101,9 @@ def train_city(settings: Settings, city: str | int, progress: bool | Progress = 
     with db.transaction(settings) as cur:
         stored = db.insert_model(cur, found.id, onnx_bytes, dataset.classes, ts.train.input_size, metrics)
         cur.execute("UPDATE cities SET status = 'live', updated_at = now() WHERE id = %s", (found.id,))
-    log.info("model stored", extra={"city_id": found.id, "version": stored.version, "map50": metrics["map50"],
-                                    "map": metrics["map"], "bytes": len(onnx_bytes)})
+    log.info("model stored", extra={"city_id": found.id, "version": stored.version, "top1": metrics["top1"],
+                                    "map50": metrics["map50"], "pretrained": metrics["pretrained"],
+                                    "bytes": len(onnx_bytes)})
     return Outcome(found.id, found.name, stored.version, stored.id, dataset.classes, metrics)
 
 
@@ -113,13 +114,11 @@ def _progress(progress: bool | Progress, epochs: int, city: str) -> tuple[Progre
         return None, None
     from tqdm import tqdm
 
-    bar = tqdm(total=epochs, desc=f"training {city}", unit="epoch")
+    bar = tqdm(desc=f"training {city}", unit="epoch")
 
     def update(epoch: int, total: int, record: dict[str, float]) -> None:
+        bar.total = total
         bar.update(epoch - bar.n)
-        shown = {"loss": f"{record['loss']:.3f}"}
-        if "map50" in record:
-            shown["mAP50"] = f"{record['map50']:.3f}"
-        bar.set_postfix(shown)
+        bar.set_postfix({"loss": f"{record['loss']:.3f}"})
 
     return update, bar

