@@ -4,7 +4,7 @@ It renders a synthetic city (sightscan.demo.city) and a webcam clip of it under 
 city on local web sources that speak Wikidata's, Commons' and Maps' APIs (sightscan.demo.web_sources, started as
 a service of the local system), brings up the stack and SightScan's services with the crawler pointed at those
 sources and thresholds sized to the city, requests the city through the gateway's REST API and follows it until
-its model is live.
+it has a model to serve.
 """
 
 from __future__ import annotations
@@ -126,12 +126,15 @@ def city_status(gateway: str, city: str) -> dict[str, Any]:
     return _http("GET", f"{gateway}/api/cities/{quote(city)}")
 
 
+def model_version(row: Mapping[str, Any]) -> int | None:
+    """The city's newest model: what the gateway serves (it loads a city's model on the first frame sent)."""
+    return (row.get("model") or {}).get("version")
+
+
 def progress_line(row: Mapping[str, Any], expected: int) -> str:
-    model = (row.get("model") or {}).get("version")
-    live = row.get("serving_version")
+    model = model_version(row)
     return (f"{row.get('status', '?'):<10} sights {row.get('sights', 0)}  crawled {row.get('images', 0)}/{expected}"
-            f"  labelled {row.get('labelled_images', 0)}  model {f'v{model}' if model else '-'}"
-            f"  live {f'v{live}' if live else '-'}")
+            f"  labelled {row.get('labelled_images', 0)}  model {f'v{model}' if model else '-'}")
 
 
 def start_system(settings: Settings, opts: DemoOptions, info: CityInfo, clip: Path,
@@ -165,7 +168,8 @@ def start_system(settings: Settings, opts: DemoOptions, info: CityInfo, clip: Pa
 
 def run_demo(settings: Settings, opts: DemoOptions, progress: Callable[[str], None],
              say: Callable[[str], None] = print) -> int:
-    """The demo; 0 once the city's model is live (or at once with timeout 0), 1 when the timeout passes first."""
+    """The demo; 0 once the city has a model to serve (or at once with timeout 0), 1 when the timeout passes
+    first (the system keeps running)."""
     from sightscan.stack.services import api_token, gateway_port
 
     info, clip = prepare_city(settings, opts, progress)
@@ -184,16 +188,16 @@ def run_demo(settings: Settings, opts: DemoOptions, progress: Callable[[str], No
         if line != last:
             say(f"{time.monotonic() - started:6.0f} s  {line}")
             last = line
-        if row.get("serving_version"):
+        if model_version(row):
             break
         if time.monotonic() - started > opts.timeout:
-            say(f"no live model for {opts.city} after {opts.timeout:g} s; the system keeps running "
+            say(f"no model for {opts.city} yet after {opts.timeout:g} s; the system keeps running "
                 "(./dev status, logs under " f"{settings.home / 'logs'}; ./dev down stops it)")
             _how_to_watch(say, gateway, opts.city, clip)
             return 1
         time.sleep(opts.poll_s)
-    if row.get("serving_version"):
-        say(f"{opts.city} has a live model (v{row['serving_version']})")
+    if model_version(row):
+        say(f"{opts.city} has a model (v{model_version(row)}): the page recognises its sights")
     _how_to_watch(say, gateway, opts.city, clip)
     return 0
 

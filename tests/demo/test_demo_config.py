@@ -102,7 +102,6 @@ def test_the_demo_city_and_clip_are_rendered_once_under_the_stack_home(home_sett
 def test_what_the_demo_prints() -> None:
     assert page_url("http://127.0.0.1:8080", "Saint Anselm's") == "http://127.0.0.1:8080/?city=Saint%20Anselm%27s"
     assert page_url("http://h", "A", autostart=True) == "http://h/?city=A&autostart=1"
-    row = {"status": "training", "sights": 5, "images": 200, "labelled_images": 150, "model": {"version": 2},
-           "serving_version": 1}
-    assert progress_line(row, 200) == "training   sights 5  crawled 200/200  labelled 150  model v2  live v1"
-    assert progress_line({"status": "requested"}, 200).endswith("model -  live -")
+    row = {"status": "live", "sights": 5, "images": 200, "labelled_images": 150, "model": {"version": 2}}
+    assert progress_line(row, 200) == "live       sights 5  crawled 200/200  labelled 150  model v2"
+    assert progress_line({"status": "requested"}, 200).endswith("crawled 0/200  labelled 0  model -")
