@@ -2,10 +2,13 @@
 """Gateway benchmark: frames/s and frame-to-detection latency with 1, 4 and 16 webcam clients at 10 fps each,
 the gateway against a naive server, in one run on this machine.
 
-    .venv/bin/python bench/gateway/bench.py [--seconds 6] [--clients 1,4,16] [--size 320] [--width 1.0]
+    .venv/bin/python bench/gateway/run.py [--models sight,colour] [--seconds 6] [--clients 1,4,16]
 
-Both servers run in their own process and serve the same ONNX model (a colour classifier behind a 4-layer strided
-convolution backbone, built with the `onnx` helper API: no torch here) on the same 640x480 JPEG frames.
+Both servers run in their own process and serve the same ONNX model on the same 640x480 JPEG frames. Models:
+  sight:   the trainer's default, an ImageNet MobileNetV2 sight model at 224 px (trainer.model.SightModel, heads
+           untrained: the cost is the same), exported as the trainer exports it;
+  colour:  the earlier benchmark model, a colour classifier behind a 4-layer strided convolution backbone at
+           320 px (built with the `onnx` helper API), about the cost of the earlier tiny from-scratch detector.
   gateway: the real app (gateway.app.make_app) with a fixed model instead of PostgreSQL and no Kafka: decoding on
            worker threads, ONNX Runtime off the event loop, latest frame wins, frames of clients batched.
   naive:   every frame decoded and run through ONNX Runtime (per frame, synchronously on the event loop: torch is
@@ -215,45 +218,71 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=6.0, help="load per configuration")
     p.add_argument("--clients", default="1,4,16")
     p.add_argument("--fps", type=float, default=10.0, help="frames per second per client")
-    p.add_argument("--size", type=int, default=320, help="model input size")
-    p.add_argument("--width", type=float, default=1.0, help="backbone width multiplier")
+    p.add_argument("--models", default="sight,colour", help="comma-separated: sight (default model), colour")
     p.add_argument("--json", type=Path, help="also write the results here")
     a = p.parse_args(argv)
-    builder = _builder()
-    names = list(CLASSES)
-    onnx, _ = builder.solid_colour_model(CLASSES, backbone=True) if a.width == 1.0 else (
-        builder.build_colour_model(np.array([CLASSES[n] for n in names]) / 255.0,
-                                   np.tile([[0.1, 0.1, 0.9, 0.9]], (len(names), 1)), backbone=True, width=a.width),
-        names)
-    model = Path(os.environ.get("TMPDIR", "/tmp")) / f"sightscan-bench-{os.getpid()}.onnx"
-    model.write_bytes(onnx)
-    results: dict[str, list[dict[str, Any]]] = {}
-    try:
-        for mode in ("naive", "gateway"):
-            proc, port = start_server(mode, model, a.size)
-            try:
-                url = f"ws://127.0.0.1:{port}/ws/detect?city=Bench"
-                asyncio.run(load(url, 1, 1.0, a.fps))  # warm-up
-                results[mode] = [asyncio.run(load(url, int(n), a.seconds, a.fps)) for n in a.clients.split(",")]
-            finally:
-                proc.terminate()
-                proc.wait(10)
-    finally:
-        model.unlink(missing_ok=True)
-    print(f"model input {a.size}px, backbone width {a.width}, {os.cpu_count()} CPUs, {a.fps:g} fps per client, "
-          f"{a.seconds:g} s per run")
-    print(f"{'server':8} {'clients':>7} {'sent':>6} {'answered':>8} {'dropped':>7} {'frames/s':>9} {'p50 ms':>8} "
-          f"{'p99 ms':>8}")
-    for mode, rows in results.items():
-        for r in rows:
-            print(f"{mode:8} {r['clients']:>7} {r['sent']:>6} {r['answered']:>8} {r['dropped']:>7} {r['fps']:>9.1f} "
-                  f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f}")
-    for naive, gw in zip(results["naive"], results["gateway"], strict=True):
-        print(f"{gw['clients']:>2} clients: gateway/naive frames/s x{gw['fps'] / naive['fps']:.2f}, "
-              f"p99 naive/gateway x{naive['p99_ms'] / gw['p99_ms']:.1f}")
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for name in a.models.split(","):
+        onnx, size = build_model(name)
+        model = Path(os.environ.get("TMPDIR", "/tmp")) / f"sightscan-bench-{os.getpid()}-{name}.onnx"
+        model.write_bytes(onnx)
+        try:
+            results[name] = run_servers(model, size, a)
+        finally:
+            model.unlink(missing_ok=True)
+    print(f"{os.cpu_count()} CPUs, {a.fps:g} fps per client, {a.seconds:g} s per run")
+    print(f"{'model':7} {'server':8} {'clients':>7} {'sent':>6} {'answered':>8} {'dropped':>7} {'frames/s':>9} "
+          f"{'p50 ms':>8} {'p99 ms':>8}")
+    for name, by_mode in results.items():
+        for mode, rows in by_mode.items():
+            for r in rows:
+                print(f"{name:7} {mode:8} {r['clients']:>7} {r['sent']:>6} {r['answered']:>8} {r['dropped']:>7} "
+                      f"{r['fps']:>9.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f}")
+        for naive, gw in zip(by_mode["naive"], by_mode["gateway"], strict=True):
+            print(f"{name:7} {gw['clients']:>2} clients: gateway/naive frames/s x{gw['fps'] / naive['fps']:.2f}, "
+                  f"p99 naive/gateway x{naive['p99_ms'] / gw['p99_ms']:.1f}")
+    if "sight" in results and "colour" in results:
+        for new, old in zip(results["sight"]["gateway"], results["colour"]["gateway"], strict=True):
+            print(f"gateway, {new['clients']:>2} clients: sight model {new['fps']:.1f} frames/s p99 "
+                  f"{new['p99_ms']:.1f} ms; colour model {old['fps']:.1f} frames/s p99 {old['p99_ms']:.1f} ms")
     if a.json:
         a.json.write_text(json.dumps(results, indent=1))
     return 0
+
+
+def build_model(name: str) -> tuple[bytes, int]:
+    """(ONNX bytes, input size) of a benchmark model."""
+    if name == "colour":
+        onnx, _ = _builder().solid_colour_model(CLASSES, backbone=True)
+        return onnx, 320
+    if name != "sight":
+        raise SystemExit(f"unknown model {name!r}: sight or colour")
+    import torch
+
+    from trainer.backbones import build, choose_backbone
+    from trainer.export import export_onnx
+    from trainer.model import SightModel
+
+    torch.manual_seed(0)
+    choice = choose_backbone("mobilenet_v2", None)
+    if not choice.pretrained:
+        print(f"warning: {choice.reason}", file=sys.stderr)
+    model = SightModel(build(choice), len(CLASSES), 224).eval()
+    return export_onnx(model), 224
+
+
+def run_servers(model: Path, size: int, a: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    results: dict[str, list[dict[str, Any]]] = {}
+    for mode in ("naive", "gateway"):
+        proc, port = start_server(mode, model, size)
+        try:
+            url = f"ws://127.0.0.1:{port}/ws/detect?city=Bench"
+            asyncio.run(load(url, 1, 1.0, a.fps))  # warm-up
+            results[mode] = [asyncio.run(load(url, int(n), a.seconds, a.fps)) for n in a.clients.split(",")]
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return results
 
 
 if __name__ == "__main__":
