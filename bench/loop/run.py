@@ -1,0 +1,178 @@
+"""The whole loop, timed and scored live: request a synthetic city, then watch it become a model that recognises
+its sights in the city's webcam clip, on a private stack with every service (the `sightscan demo` system).
+
+    .venv/bin/python bench/loop/run.py [--seeds 31 32 33] [--sights 5] [--per-sight 40] [--timeout 600]
+
+Per seed, from the city request (POST /api/cities):
+  - when the first photo is stored, the crawl ends, the training threshold's label is written, the first model is
+    stored and first serves a frame, and when a model covering every sight serves (stages: crawl, label, train,
+    swap);
+  - then the clip through /ws/detect with the newest model: top-1, mean IoU of the right sight's box, and the
+    frame-to-detections latency seen by the client (p50/p99).
+Targets (issue "Recognition", 2-core CPU, 5 sights x 40 photos): request -> live model with every sight <= 90 s;
+clip top-1 >= 0.98; mean IoU >= 0.7.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from PIL import Image  # noqa: E402
+
+from bench.stats import exit_cleanly_on_sigterm, report, summary_ms  # noqa: E402
+from sightscan import db  # noqa: E402
+from sightscan.config import Settings  # noqa: E402
+from sightscan.demo.city import ClipFrame, clip_frames  # noqa: E402
+from sightscan.demo.scoring import ClipScore, normalised  # noqa: E402
+from sightscan.demo.system import DemoOptions, prepare_city, request_city, start_system  # noqa: E402
+from sightscan.stack import LocalStack  # noqa: E402
+from sightscan.stack.ephemeral import ephemeral_settings  # noqa: E402
+from sightscan.stack.services import api_token, stop_all  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _jpeg(frame: ClipFrame) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(frame.rgb).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+async def _ask(ws: Any, payload: bytes, timeout: float = 30) -> dict[str, Any]:  # noqa: ANN401 - aiohttp ws
+    """Send one frame and wait for its detections (other messages, e.g. model swaps, are skipped)."""
+    await ws.send_bytes(payload)
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = await ws.receive(timeout=max(0.1, deadline - time.monotonic()))
+        body = json.loads(msg.data)
+        if body["type"] in ("detections", "error"):
+            return body
+
+
+async def watch(ws_url: str, settings: Settings, city: str, sights: int, frames: list[ClipFrame],
+                timeout: float) -> tuple[dict[str, float], ClipScore, list[float], int]:
+    """From the request on, a frame every 0.5 s until a model with every sight answers; then the clip, scored."""
+    import aiohttp
+
+    seen: dict[str, float] = {}
+    started = time.monotonic()
+    payloads = [_jpeg(f) for f in frames]
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"{ws_url}?city={quote(city)}") as ws:
+        i = 0
+        while True:
+            if time.monotonic() - started > timeout:
+                raise SystemExit(f"{city}: no model with all {sights} sights served within {timeout:g} s")
+            body = await _ask(ws, payloads[i % len(payloads)])
+            i += 1
+            version = body.get("model_version") or 0
+            if version and "first_live" not in seen:
+                seen["first_live"] = time.monotonic() - started
+            if version:
+                with db.transaction(settings) as cur:
+                    cur.execute("SELECT m.classes FROM models m JOIN cities c ON c.id = m.city_id"
+                                " WHERE c.name = %s AND m.version = %s", (city, version))
+                    row = cur.fetchone()
+                if row and len(row[0]) == sights:
+                    seen["all_sights_live"] = time.monotonic() - started
+                    seen["all_sights_version"] = version
+                    break
+            await asyncio.sleep(0.5)
+        score, latencies = ClipScore(), []
+        for frame, payload in zip(frames, payloads, strict=True):
+            sent = time.perf_counter()
+            body = await _ask(ws, payload)
+            latencies.append(time.perf_counter() - sent)
+            top = body["detections"][0] if body.get("detections") else None
+            score.add(frame.sight, normalised(frame.bbox), top and top["sight"], top and top["box"])
+    return seen, score, latencies, int(seen["all_sights_version"])
+
+
+def stage_times(settings: Settings, city: str, threshold: int) -> dict[str, float]:
+    """Seconds after the request, from the warehouse's own timestamps."""
+    with db.transaction(settings) as cur:
+        cur.execute("""
+            SELECT extract(epoch FROM (SELECT min(i.created_at) FROM images i WHERE i.city_id = c.id) - c.requested_at),
+                   extract(epoch FROM (SELECT max(i.created_at) FROM images i WHERE i.city_id = c.id) - c.requested_at),
+                   extract(epoch FROM (SELECT l.created_at FROM labels l WHERE l.city_id = c.id
+                                       ORDER BY l.created_at, l.id OFFSET %s LIMIT 1) - c.requested_at),
+                   extract(epoch FROM (SELECT min(m.created_at) FROM models m WHERE m.city_id = c.id)
+                                      - c.requested_at),
+                   (SELECT (m.metrics->>'total_seconds')::float FROM models m WHERE m.city_id = c.id
+                    ORDER BY m.version LIMIT 1)
+            FROM cities c WHERE c.name = %s""", (max(0, threshold - 1), city))
+        first_image, crawl_end, threshold_label, first_model, train_s = cur.fetchone()
+    return {"first_image_s": float(first_image), "crawl_done_s": float(crawl_end),
+            "threshold_label_s": float(threshold_label), "first_model_stored_s": float(first_model),
+            "first_model_training_s": float(train_s)}
+
+
+def one_seed(settings: Settings, seed: int, a: argparse.Namespace, sources_port: int, gateway: str) -> dict:
+    opts = DemoOptions(city=f"Loopville {seed}", seed=seed, sights=a.sights, per_sight=a.per_sight,
+                       sources_port=sources_port, timeout=0)
+    info, clip = prepare_city(settings, opts, lambda m: print(f"  {m}", flush=True))
+    start_system(settings, opts, info, clip, lambda m: print(f"  {m}", flush=True))
+    frames = list(clip_frames(info, seconds=2.0 * a.sights, fps=10))
+    threshold = int(os.environ.get("MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING")
+                    or max(1, -(-6 * a.sights * a.per_sight // 10)))
+    request_city(gateway, api_token(settings), opts.city)
+    ws_url = gateway.replace("http://", "ws://") + "/ws/detect"
+    seen, score, latencies, version = asyncio.run(watch(ws_url, settings, opts.city, a.sights, frames, a.timeout))
+    stages = stage_times(settings, opts.city, threshold)
+    out = {"seed": seed, **{k: round(v, 1) for k, v in stages.items()},
+           "first_live_s": round(seen["first_live"], 1), "all_sights_live_s": round(seen["all_sights_live"], 1),
+           "all_sights_model_version": version,
+           "stages_to_first_live_s": {
+               "crawl_to_first_photo": round(stages["first_image_s"], 1),
+               "crawl_and_label_to_threshold": round(stages["threshold_label_s"] - stages["first_image_s"], 1),
+               "train_and_store": round(stages["first_model_stored_s"] - stages["threshold_label_s"], 1),
+               "swap_to_first_answer": round(seen["first_live"] - stages["first_model_stored_s"], 1)},
+           "clip": score.as_dict(), "clip_latency": summary_ms(latencies)}
+    print(f"  seed {seed}: {json.dumps(out)}", flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[31, 32, 33])
+    p.add_argument("--sights", type=int, default=5)
+    p.add_argument("--per-sight", type=int, default=40)
+    p.add_argument("--timeout", type=float, default=600.0, help="per seed: request -> model with every sight")
+    a = p.parse_args()
+    exit_cleanly_on_sigterm()
+    os.environ["DOS_PORT"] = str(_free_port())  # the private system's gateway; the demo's services read it
+    os.environ.setdefault("TRAINER_THREADS", "2")
+    gateway = f"http://127.0.0.1:{os.environ['DOS_PORT']}"
+    with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
+        settings = ephemeral_settings(Path(tmp) / "stack")
+        stack = LocalStack(settings, progress=lambda m: print(f"  [stack] {m}", flush=True))
+        try:
+            sources_port = _free_port()
+            runs = [one_seed(settings, seed, a, sources_port, gateway) for seed in a.seeds]
+        finally:
+            stop_all(settings)
+            stack.down(purge=True)
+    mean = {key: round(sum(r[key] for r in runs) / len(runs), 2) for key in ("first_live_s", "all_sights_live_s")}
+    mean["clip_top1"] = round(sum(r["clip"]["top1"] for r in runs) / len(runs), 4)
+    mean["clip_mean_iou"] = round(sum(r["clip"]["mean_iou"] for r in runs) / len(runs), 4)
+    report("loop", {"city": f"{a.sights} sights x {a.per_sight} photos", "runs": runs, "mean": mean})
+
+
+if __name__ == "__main__":
+    main()
