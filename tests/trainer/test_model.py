@@ -21,7 +21,7 @@ from trainer.backbones import (
 )
 from trainer.export import check_onnx, export_onnx, session
 from trainer.model import ExportWrapper, SightModel
-from trainer.pseudo_boxes import boxes_of, cam_boxes, largest_component
+from trainer.pseudo_boxes import contrastive_cams, grabcut_box, pseudo_boxes, threshold_box
 
 SIZE = 64
 
@@ -85,20 +85,54 @@ def test_without_the_weights_the_choice_is_from_scratch_and_says_so(monkeypatch)
     assert choice.name == "tiny" and not choice.pretrained and "scratch" in choice.reason
 
 
-def test_largest_component_keeps_only_the_biggest_region():
-    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
-    mask[0, 1:3, 1:3] = True          # 4 pixels
-    mask[0, 4:8, 3:7] = True          # 16 pixels
-    kept = largest_component(mask)
-    assert int(kept.sum()) == 16 and bool(kept[0, 5, 4]) and not bool(kept[0, 1, 1])
-    assert boxes_of(kept)[0].tolist() == [3 / 8, 4 / 8, 7 / 8, 1.0]
-    assert boxes_of(torch.zeros(1, 4, 4, dtype=torch.bool))[0].tolist() == [0.0, 0.0, 1.0, 1.0]
+def test_threshold_box_keeps_only_the_biggest_region():
+    cam = np.zeros((8, 8), np.float32)
+    cam[1:3, 1:3] = 1.0          # 4 pixels
+    cam[4:8, 3:7] = 1.0          # 16 pixels
+    assert threshold_box(cam, 0.5).tolist() == [3 / 8, 4 / 8, 7 / 8, 1.0]
+    assert threshold_box(np.zeros((4, 4), np.float32), 0.5).tolist() == [0.0, 0.0, 1.0, 1.0]
 
 
-def test_cam_boxes_bound_the_activated_region():
-    cam = torch.zeros(2, 7, 7)
-    cam[0, 2:5, 1:3] = 1.0                       # a tall blob left of centre
-    cam[1, 0:2, 4:7] = 1.0                       # top right
-    boxes = cam_boxes(cam, 0.5, resolution=70)
-    assert boxes[0].tolist() == pytest.approx([1 / 7, 2 / 7, 3 / 7, 5 / 7], abs=0.05)
-    assert boxes[1].tolist() == pytest.approx([4 / 7, 0.0, 1.0, 2 / 7], abs=0.05)
+def test_contrastive_cams_remove_what_every_sight_shares():
+    features = torch.zeros(1, 2, 3, 3)
+    features[0, 0] = 1.0                      # channel 0 everywhere: shared by every sight
+    features[0, 1, 1, 2] = 1.0                # channel 1 at one place: only sight 0 uses it
+    weights = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    cam = contrastive_cams(features, weights, torch.tensor([0]))[0]
+    assert float(cam[1, 2]) > 0 and float(cam.abs().sum() - cam[1, 2].abs()) == 0
+
+
+def _scene() -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """Sky over ground with a textured red building at a known place, and a CAM blurrier and wider than it."""
+    rgb = np.zeros((240, 320, 3), np.uint8)
+    rgb[:170] = (150, 190, 235)
+    rgb[170:] = (90, 120, 60)
+    rgb[60:200, 120:200] = (190, 40, 30)
+    rgb[70:190:12, 125:195] = (240, 220, 120)  # windows
+    return rgb, (120 / 320, 60 / 240, 200 / 320, 200 / 240)
+
+
+def _iou(a, b) -> float:
+    iw, ih = max(0, min(a[2], b[2]) - max(a[0], b[0])), max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    return iw * ih / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih)
+
+
+def test_grabcut_tightens_a_blurry_cam_to_the_sight():
+    rgb, truth = _scene()
+    yy, xx = np.mgrid[0:7, 0:7]
+    cam = np.exp(-((xx - 3.0) ** 2 / 4.0 + (yy - 3.5) ** 2 / 6.0)).astype(np.float32)   # peaks on the building
+    loose = threshold_box(cv2_resize(cam), 0.3)
+    tight = grabcut_box(rgb, cam)
+    assert _iou(tight, truth) >= 0.75 and _iou(tight, truth) > _iou(loose, truth), (tight, loose)
+    images = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    boxes = pseudo_boxes(images, torch.from_numpy(cam)[None], torch.from_numpy(cam)[None], seed=3)
+    assert boxes.shape == (1, 4) and torch.equal(boxes, pseudo_boxes(images, torch.from_numpy(cam)[None],
+                                                                     torch.from_numpy(cam)[None], seed=3))
+    with pytest.raises(ValueError, match="unknown pseudo-box method"):
+        pseudo_boxes(images, torch.from_numpy(cam)[None], method="magic")
+
+
+def cv2_resize(cam: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(cam, (112, 112), interpolation=cv2.INTER_CUBIC)
