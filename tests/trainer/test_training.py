@@ -56,10 +56,11 @@ def test_weak_labels_train_a_model_that_names_and_finds_the_sight(weak):
     ds, _, metrics, clip = weak
     assert metrics["labels"] == {"image_level": 240, "boxes": 0}
     assert metrics["pretrained"] and metrics["backbone"] == "mobilenet_v2"
-    # Seeded runs gave top-1 0.93-0.97 on held-out photos, 1.0 on the clip, clip IoU 0.55-0.65.
-    assert metrics["top1"] >= 0.8, metrics["top1"]
+    # This city (seed 7): held-out top-1 0.92, clip top-1 1.0, clip mean IoU 0.74 with every frame >= 0.5. Seeds
+    # 11-13 (bench/trainer): held-out top-1 0.85-0.95, clip top-1 1.0, clip IoU 0.70-0.72, >= 0.5 on 94-100%.
+    assert metrics["top1"] >= 0.75, metrics["top1"]
     assert clip.top1 >= 0.9, clip.as_dict()
-    assert clip.mean_iou >= 0.4 and clip.share_iou_at_least(0.3) >= 0.75, clip.as_dict()
+    assert clip.mean_iou >= 0.55 and clip.share_iou_at_least(0.5) >= 0.8, clip.as_dict()
 
 
 def test_weak_metrics_are_honest(weak):
@@ -84,7 +85,7 @@ def test_true_boxes_train_the_box_head_directly_and_score_map(synthetic_city):
     _, metrics = _train(ds, "true boxes")
     assert metrics["labels"] == {"image_level": 0, "boxes": 240}
     assert metrics["box_images_heldout"] == 60
-    # Seeded runs: held-out mAP@0.5 0.8-0.85 (one box per image: the second sight in a fifth of them is missed).
+    # Seeded runs: held-out mAP@0.5 0.77 (one box per image: the second sight in a fifth of them is missed).
     assert metrics["map50"] >= 0.6 and 0 < metrics["map"] <= metrics["map50"]
     assert metrics["top1"] >= 0.8
 
