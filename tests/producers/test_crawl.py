@@ -227,7 +227,7 @@ def test_a_warehouse_failure_stops_the_crawl_without_finishing_the_city(settings
 
 
 def test_a_synthetic_city_served_alone_is_crawled_whole(settings, tmp_path):
-    """The fake web run alone (python -m sightscan.demo.web_sources) serves a synthetic city: the offline demo source."""
+    """The web sources run alone (python -m sightscan.demo.web_sources) serve a synthetic city: the demo source."""
     city = _unique("Synthetica")
     folder = render_city(tmp_path / "city", sights=2, per_sight=3, seed=3, city=city)
     with WebSources(from_synthetic_city(folder, city)) as web:
