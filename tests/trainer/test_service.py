@@ -56,16 +56,18 @@ def test_request_trains_stores_next_version_and_announces_it(isolated, small_cit
     [event] = _events(topic_reader, isolated, 1)
     assert event["status"] == "succeeded" and event["request_id"] == "req-1" and event["city_id"] == city_id
     assert event["version"] == 2 and sorted(event["classes"]) == sorted(sights)
-    assert {"map50", "map", "per_sight"} <= event["metrics"].keys()
+    # The city's labels are true boxes (load_city): top-1 and the confusion matrix, and box mAP on them.
+    assert {"top1", "confusion", "map50", "map", "per_sight_map"} <= event["metrics"].keys()
+    assert event["metrics"]["labels"] == {"image_level": 0, "boxes": event["metrics"]["train_images"]}
     assert event["metrics"]["evaluated_on"] == "heldout" and event["metrics"]["heldout_images"] >= 3
 
     with db.transaction(isolated) as cur:
         stored = db.latest_model(cur, city_id)
         cur.execute("SELECT status FROM cities WHERE id = %s", (city_id,))
         assert cur.fetchone()[0] == "live"
-    assert stored.version == 2 and stored.input_size == 256 and stored.classes == event["classes"]
-    outputs = session(stored.onnx).run(list(OUTPUT_NAMES), {INPUT_NAME: np.zeros((1, 3, 256, 256), np.float32)})
-    assert outputs[0].shape == (1, 50, 4) and outputs[2].dtype == np.int64
+    assert stored.version == 2 and stored.input_size == 224 and stored.classes == event["classes"]
+    outputs = session(stored.onnx).run(list(OUTPUT_NAMES), {INPUT_NAME: np.zeros((1, 3, 224, 224), np.float32)})
+    assert outputs[0].shape == (1, len(sights), 4) and outputs[2].dtype == np.int64
 
     # Debezium's change event announces the new model (metadata only) to the gateways.
     msgs = models.collect(lambda ms: any(m["value"] and m["value"]["after"] and
@@ -73,7 +75,7 @@ def test_request_trains_stores_next_version_and_announces_it(isolated, small_cit
     change = next(parse_change("models", m["value"]) for m in msgs
                   if m["value"] and m["value"]["after"] and m["value"]["after"]["id"] == stored.id)
     assert change.op == "c" and change.row["version"] == 2 and change.row["city_id"] == city_id
-    assert change.row["metrics"]["map50"] == pytest.approx(event["metrics"]["map50"])
+    assert change.row["metrics"]["top1"] == pytest.approx(event["metrics"]["top1"])
 
     # The offset was committed after the outcome was published: the group has nothing left to read.
     group = Consumer({"bootstrap.servers": isolated.kafka_bootstrap_servers, "group.id": service.ts.group_id})
