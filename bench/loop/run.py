@@ -9,6 +9,8 @@ Per seed, from the city request (POST /api/cities):
     swap);
   - then the clip through /ws/detect with the newest model: top-1, mean IoU of the right sight's box, and the
     frame-to-detections latency seen by the client (p50/p99).
+Seeds run one after another on one system; each starts once the trainer has answered every request of the one
+before (its retrainings as the data grew), so each is timed from an idle trainer.
 Targets (issue "Recognition", 2-core CPU, 5 sights x 40 photos): request -> live model with every sight <= 90 s;
 clip top-1 >= 0.98; mean IoU >= 0.7.
 """
@@ -104,6 +106,30 @@ async def watch(ws_url: str, settings: Settings, city: str, sights: int, frames:
     return seen, score, latencies, int(seen["all_sights_version"])
 
 
+def wait_trainer_idle(settings: Settings, timeout: float = 600) -> float:
+    """Wait until the trainer has answered every training request (its group's committed offsets are at the end):
+    the next seed must not queue behind this city's retrainings. Returns the seconds waited."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from sightscan.events import command_topic
+    from trainer.config import load
+
+    topic = command_topic("training", settings.topic_prefix)
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": load(settings).group_id})
+    started = time.monotonic()
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
+        while time.monotonic() - started < timeout:
+            committed = consumer.committed(parts, timeout=10)
+            ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts]
+            if all(end == 0 or tp.offset == end for tp, end in zip(committed, ends, strict=True)):
+                break
+            time.sleep(2)
+    finally:
+        consumer.close()
+    return time.monotonic() - started
+
+
 def stage_times(settings: Settings, city: str, threshold: int) -> dict[str, float]:
     """Seconds after the request, from the warehouse's own timestamps."""
     with db.transaction(settings) as cur:
@@ -135,6 +161,8 @@ def one_seed(settings: Settings, seed: int, a: argparse.Namespace, sources_port:
     ws_url = gateway.replace("http://", "ws://") + "/ws/detect"
     seen, score, latencies, version = asyncio.run(watch(ws_url, settings, opts.city, a.sights, frames, a.timeout))
     stages = stage_times(settings, opts.city, threshold)
+    waited = wait_trainer_idle(settings)
+    print(f"  seed {seed}: the trainer finished this city's retrainings {waited:.0f} s after the clip", flush=True)
     out = {"seed": seed, **{k: round(v, 1) for k, v in stages.items()},
            "first_live_s": round(seen["first_live"], 1), "all_sights_live_s": round(seen["all_sights_live"], 1),
            "all_sights_model_version": version,
