@@ -76,6 +76,35 @@ def _service(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
     return subprocess.Popen([sys.executable, "-m", *argv], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
+def _private_groups(settings: Settings, app_id: str) -> dict[str, str]:
+    """The crawler's, labeller's and trainer's consumer groups for this loop (as settings), and the stream worker's
+    rekey group for `app_id`, each starting at the end of its topics."""
+    groups = {"CRAWLER_GROUP_ID": f"{app_id}-crawl", "LABELLER_GROUP_ID": f"{app_id}-label",
+              "TRAINER_GROUP_ID": f"{app_id}-train"}
+    for group, kind in zip(groups.values(), ("crawl", "labelling", "training"), strict=True):
+        _group_at_end(settings, group, [command_topic(kind)])
+    _group_at_end(settings, rekey_group(app_id), [*(change_topic(t) for t in WATCHED_TABLES),
+                                                  training_events_topic()])
+    return groups
+
+
+def _start_services(env: dict[str, str], logs: Path) -> list[subprocess.Popen]:
+    """The crawler, the labeller and the trainer as services."""
+    return [_service(["producers", "serve"], env, logs / "crawler.log"),
+            _service(["consumers", "serve"], env, logs / "labeller.log"),
+            _service(["trainer", "serve"], env, logs / "trainer.log")]
+
+
+def _stop_services(services: list[subprocess.Popen]) -> None:
+    for proc in services:
+        proc.terminate()
+    for proc in services:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def test_city_request_becomes_a_trained_model(settings, tmp_path, topic_reader):
     name = f"Loopton {uuid.uuid4().hex[:6]}"
     folder = render_city(tmp_path / "city", sights=3, per_sight=14, seed=5, city=name)
@@ -93,23 +122,15 @@ def test_city_request_becomes_a_trained_model(settings, tmp_path, topic_reader):
     web = WebSources(from_synthetic_city(folder, name)).start()
     vision_server = VisionServer(vision).start()
 
-    run = uuid.uuid4().hex[:8]
-    groups = {"CRAWLER_GROUP_ID": f"loop-crawl-{run}", "LABELLER_GROUP_ID": f"loop-label-{run}",
-              "TRAINER_GROUP_ID": f"loop-train-{run}"}
-    for group, kind in zip(groups.values(), ("crawl", "labelling", "training"), strict=True):
-        _group_at_end(settings, group, [command_topic(kind)])
-    # The stream worker's rekey stage too: it starts at the end of the change topics.
-    _group_at_end(settings, rekey_group(f"loop-{run}"), [*(change_topic(t) for t in WATCHED_TABLES),
-                                                         training_events_topic()])
+    app_id = f"loop-{uuid.uuid4().hex[:8]}"
+    groups = _private_groups(settings, app_id)
     env = {**os.environ, **settings.env(), **LOOP_SETTINGS, **web.env(), **groups,
            "GOOGLE_VISION_ENDPOINT": vision_server.endpoint, "TRAINER_THREADS": "2"}
 
     readers = {kind: topic_reader(command_topic(kind), from_now=True) for kind in ("crawl", "labelling", "training")}
     outcomes = topic_reader(training_events_topic(), from_now=True)
-    worker = Worker(settings, f"loop-{run}", tmp_path / "streams.log", LOOP_SETTINGS).start()
-    services = [_service(["producers", "serve"], env, tmp_path / "crawler.log"),
-                _service(["consumers", "serve"], env, tmp_path / "labeller.log"),
-                _service(["trainer", "serve"], env, tmp_path / "trainer.log")]
+    worker = Worker(settings, app_id, tmp_path / "streams.log", LOOP_SETTINGS).start()
+    services = _start_services(env, tmp_path)
     try:
         # A user asks for the city; nothing else is done by hand from here on.
         with db.transaction(settings) as cur:
@@ -162,13 +183,7 @@ def test_city_request_becomes_a_trained_model(settings, tmp_path, topic_reader):
         assert found and all(d.sight in model.classes and 0 <= d.score <= 1 for d in found)
     finally:
         worker.stop()
-        for proc in services:
-            proc.terminate()
-        for proc in services:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _stop_services(services)
         web.stop()
         vision_server.stop()
 
@@ -204,19 +219,12 @@ def test_offline_loop_recognises_the_city_live(settings, tmp_path, topic_reader)
     name = f"Offlineton {uuid.uuid4().hex[:6]}"
     info = demo_city.render_city(tmp_path / "city", city=name, seed=21, sights=4, per_sight=20)
     web = WebSources(from_synthetic_city(info.folder, name)).start()
-    run = uuid.uuid4().hex[:8]
-    groups = {"CRAWLER_GROUP_ID": f"offline-crawl-{run}", "LABELLER_GROUP_ID": f"offline-label-{run}",
-              "TRAINER_GROUP_ID": f"offline-train-{run}"}
-    for group, kind in zip(groups.values(), ("crawl", "labelling", "training"), strict=True):
-        _group_at_end(settings, group, [command_topic(kind)])
-    _group_at_end(settings, rekey_group(f"offline-{run}"), [*(change_topic(t) for t in WATCHED_TABLES),
-                                                            training_events_topic()])
+    app_id = f"offline-{uuid.uuid4().hex[:8]}"
+    groups = _private_groups(settings, app_id)
     env = {**os.environ, **settings.env(), **OFFLINE_SETTINGS, **web.env(), **groups, "TRAINER_THREADS": "2"}
     outcomes = topic_reader(training_events_topic(), from_now=True)
-    worker = Worker(settings, f"offline-{run}", tmp_path / "streams.log", OFFLINE_SETTINGS).start()
-    services = [_service(["producers", "serve"], env, tmp_path / "crawler.log"),
-                _service(["consumers", "serve"], env, tmp_path / "labeller.log"),
-                _service(["trainer", "serve"], env, tmp_path / "trainer.log")]
+    worker = Worker(settings, app_id, tmp_path / "streams.log", OFFLINE_SETTINGS).start()
+    services = _start_services(env, tmp_path)
     gateway = start_gateway(settings, tmp_path / "gateway.log", GATEWAY_INFERENCE_THREADS="2")
     try:
         with db.transaction(settings) as cur:
@@ -242,11 +250,5 @@ def test_offline_loop_recognises_the_city_live(settings, tmp_path, topic_reader)
     finally:
         stop_gateway(gateway)
         worker.stop()
-        for proc in services:
-            proc.terminate()
-        for proc in services:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _stop_services(services)
         web.stop()

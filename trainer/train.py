@@ -35,7 +35,7 @@ from torchvision.ops import generalized_box_iou_loss
 from trainer.backbones import BackboneChoice, build, choose_backbone
 from trainer.data import Sample, Tensors, augment
 from trainer.evaluate import classification_report, coco_map
-from trainer.model import ExportWrapper, SightModel
+from trainer.model import SightModel
 from trainer.pseudo_boxes import contrastive_cams, pseudo_boxes
 
 log = logging.getLogger(__name__)
@@ -358,6 +358,3 @@ def fit(classes: list[str], train: list[Sample], heldout: list[Sample], cfg: Tra
     return TrainResult(model.cpu(), list(classes), metrics, epochs_run, train_seconds, str(device), choice,
                        history), predictions
 
-
-def serving_graph(model: SightModel) -> ExportWrapper:
-    return ExportWrapper(model).eval()
