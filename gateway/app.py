@@ -14,8 +14,10 @@ from aiohttp import web
 from aiohttp.web_runner import GracefulExit
 
 from gateway import openapi, rest, ws
+from gateway.decoding import Decoder
 from gateway.follower import ModelEventFollower
 from gateway.metrics import Metrics
+from gateway.protocol import GatewayRunner
 from gateway.registry import ModelRegistry
 from gateway.settings import GatewaySettings
 from gateway.state import STATE, GatewayState
@@ -30,6 +32,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 @web.middleware
 async def _count(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                  ) -> web.StreamResponse:
+    """Counts every request by route and status; a bug becomes a plain JSON 500, its traceback only logged."""
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     status = 500
     try:
@@ -38,9 +41,23 @@ async def _count(request: web.Request, handler: Callable[[web.Request], Awaitabl
         return response
     except web.HTTPException as exc:
         status = exc.status
+        if status >= 400 and exc.content_type != "application/json":
+            return as_json(exc)
         raise
+    except Exception:
+        log.exception("request failed", extra={"route": route, "method": request.method})
+        return web.json_response({"error": "internal", "message": "the gateway failed on this request; it is "
+                                  "logged"}, status=500)
     finally:
         request.app[STATE].metrics.http_requests.labels(route, str(status)).inc()
+
+
+def as_json(exc: web.HTTPException) -> web.Response:
+    """aiohttp's own errors (no route, wrong method, body too large) in the API's JSON shape."""
+    message = (exc.text or exc.reason).removeprefix(f"{exc.status}: ")
+    headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+    return web.json_response({"error": exc.reason.lower().replace(" ", "_"), "message": message},
+                             status=exc.status, headers=headers)
 
 
 async def _index(request: web.Request) -> web.FileResponse:
@@ -60,9 +77,8 @@ def make_app(settings: GatewaySettings, core: Settings, warehouse: Warehouse | N
     # One inference thread: ONNX Runtime parallelises inside a run, and a second concurrent run on 2 cores only
     # fights the first for them. Decoding gets its own threads so it overlaps inference.
     inference_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-    decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
     registry = ModelRegistry(warehouse, settings, inference_pool, metrics)
-    app[STATE] = GatewayState(settings, core, warehouse, registry, metrics, decode_pool, inference_pool)
+    app[STATE] = GatewayState(settings, core, warehouse, registry, metrics, Decoder(settings), inference_pool)
     app.add_routes(rest.routes)
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/ws/detect", ws.detect_handler)
@@ -83,7 +99,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if state.follower is not None:
         await asyncio.get_running_loop().run_in_executor(None, state.follower.stop)
     await state.registry.close()
-    state.decode_pool.shutdown(wait=False, cancel_futures=True)
+    state.decoder.close()
     state.inference_pool.shutdown(wait=False, cancel_futures=True)
     close = getattr(state.warehouse, "close", None)
     if close is not None:
@@ -123,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _serve(app: web.Application, settings: GatewaySettings, announce: Callable[[int], None]) -> None:
-    runner = web.AppRunner(app, handle_signals=True, shutdown_timeout=5)
+    runner = GatewayRunner(app, handle_signals=True, shutdown_timeout=5)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()

@@ -2,6 +2,7 @@
 
     python -m gateway.client --city Lisbon                       # webcam 0, drawn in a window
     python -m gateway.client --city Lisbon --video in.mp4 --out annotated.avi
+    GATEWAY_WS_TOKEN=... python -m gateway.client --city Lisbon   # a gateway that needs its websocket token
 
 Needs opencv-python (for the window; opencv-python-headless is enough with --out). Frames are sent as JPEG at
 most --fps per second, with at most two unanswered on the wire: the gateway answers the newest, so a slow
@@ -13,11 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import cv2
@@ -62,12 +65,12 @@ def draw(frame: np.ndarray, detections: list[dict[str, Any]]) -> np.ndarray:
 
 def _ws_url(url: str, city: str) -> str:
     base = url.rstrip("/").replace("https://", "wss://").replace("http://", "ws://")
-    return f"{base}/ws/detect?city={city}"
+    return f"{base}/ws/detect?city={quote(city, safe='')}"
 
 
 async def stream(url: str, city: str, source: str | int, out: str | None = None, show: bool = False,
                  fps: float = 10.0, max_frames: int | None = None, quality: int = 80,
-                 verbose: bool = False) -> Summary:
+                 verbose: bool = False, ws_token: str = "") -> Summary:
     """Stream `source` (camera index or file) to the gateway until it ends or max_frames were read."""
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
@@ -75,7 +78,10 @@ async def stream(url: str, city: str, source: str | int, out: str | None = None,
     summary, latest, answered = Summary(), [], 0
     writer: cv2.VideoWriter | None = None
     loop = asyncio.get_running_loop()
-    async with aiohttp.ClientSession() as http, http.ws_connect(_ws_url(url, city), max_msg_size=0) as ws:
+    # The token as a subprotocol, as the web page sends it: it stays out of URLs and access logs.
+    protocols = ("sightscan", f"sightscan.token.{ws_token}") if ws_token else ()
+    async with aiohttp.ClientSession() as http, http.ws_connect(_ws_url(url, city), max_msg_size=0,
+                                                                protocols=protocols) as ws:
 
         async def receive() -> None:
             nonlocal latest, answered
@@ -144,10 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fps", type=float, default=10.0)
     p.add_argument("--max-frames", type=int)
     p.add_argument("--verbose", action="store_true", help="print every message from the gateway")
+    p.add_argument("--ws-token", default=os.environ.get("GATEWAY_WS_TOKEN", ""),
+                   help="the gateway's GATEWAY_WS_TOKEN, if it has one (default: that variable)")
     a = p.parse_args(argv)
     source: str | int = a.video if a.video else a.camera
-    summary = asyncio.run(stream(a.url, a.city, source, a.out, show=not a.no_window, fps=a.fps,
-                                 max_frames=a.max_frames, verbose=a.verbose))
+    try:
+        summary = asyncio.run(stream(a.url, a.city, source, a.out, show=not a.no_window, fps=a.fps,
+                                     max_frames=a.max_frames, verbose=a.verbose, ws_token=a.ws_token))
+    except aiohttp.WSServerHandshakeError as exc:
+        hint = {401: "it needs its websocket token: --ws-token or GATEWAY_WS_TOKEN",
+                403: "it refused this client's Origin"}.get(exc.status, exc.message)
+        p.exit(1, f"the gateway refused the websocket ({exc.status}): {hint}\n")
     print(json.dumps(summary.as_json()), flush=True)
     return 0 if summary.answers else 1
 

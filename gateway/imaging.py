@@ -1,7 +1,9 @@
 """Decoding and validating images from the network: webcam frames and uploads.
 
-Pillow reads the header first, so a decompression bomb is refused from its declared size before any pixel is
-decoded; only JPEG, WebP and PNG are accepted.
+Pillow reads the header first, so an image is refused from its declared size before any pixel is decoded: a
+decompression bomb (a few KB declaring tens of megapixels) costs a header parse, not its pixels. Frames have
+their own, smaller pixel limit than uploads: a camera frame needs a few megapixels at most. Only JPEG, WebP and
+PNG are accepted. Messages are for the client: they name what is wrong, never an exception class.
 """
 
 from __future__ import annotations
@@ -33,45 +35,50 @@ class DecodedFrame:
     height: int
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def probe(data: bytes, max_pixels: int, what: str = "image") -> Image.Image:
+    """Open `data` reading only its header, and refuse it unless it is a JPEG, WebP or PNG of at most
+    `max_pixels` pixels. Nothing is decoded yet: the caller decides how much decoding it needs."""
     if not data:
-        raise ImageRejected("not_an_image", "empty message")
+        raise ImageRejected("not_an_image", f"the {what} is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=list(FORMATS))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected("too_large", f"too many pixels: {exc}") from exc
+        raise ImageRejected("too_large", f"the {what} declares too many pixels (more than {max_pixels})") from exc
     except Exception as exc:  # Pillow raises many types (UnidentifiedImageError, SyntaxError, struct.error...)
-        raise ImageRejected("not_an_image", f"not a JPEG, WebP or PNG image: {type(exc).__name__}") from exc
+        raise ImageRejected("not_an_image", f"the {what} is not a JPEG, WebP or PNG image") from exc
     width, height = img.size
-    if width <= 0 or height <= 0 or width * height > max_pixels:
-        raise ImageRejected("too_large", f"{width}x{height} pixels is more than the {max_pixels} accepted")
+    if width <= 0 or height <= 0:
+        raise ImageRejected("not_an_image", f"the {what} declares an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageRejected("too_large", f"the {what} is {width}x{height} = {width * height} pixels; "
+                            f"at most {max_pixels} are accepted")
     return img
 
 
-def _load_rgb(img: Image.Image) -> np.ndarray:
+def _decode(img: Image.Image, what: str, mode: str | None) -> Image.Image:
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # truncated-file and EXIF chatter: a frame either decodes or not
-            rgb = img.convert("RGB")
-            arr = np.asarray(rgb)
+            warnings.simplefilter("ignore")  # truncated-file and EXIF chatter: an image either decodes or not
+            img.load()
+            return img.convert(mode) if mode is not None and img.mode != mode else img
     except Exception as exc:
-        raise ImageRejected("not_an_image", f"the image does not decode: {type(exc).__name__}: {exc}") from exc
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.size == 0:
-        raise ImageRejected("not_an_image", f"unexpected decoded shape {arr.shape}")
-    return arr
+        raise ImageRejected("not_an_image", f"the {what} does not decode: it is truncated or corrupt") from exc
 
 
 def decode_frame(data: bytes, size: int, max_pixels: int) -> DecodedFrame:
     """A webcam frame -> the model's input tensor. Runs on a worker thread (Pillow releases the GIL)."""
-    img = _open(data, max_pixels)
+    img = probe(data, max_pixels, "frame")
     width, height = img.size
     if img.format == "JPEG":
         # Decode at the smallest DCT scale still >= the model's input: 2-4x less work for webcam-sized frames,
         # and the resize to SxS below averages the same pixels anyway.
         img.draft("RGB", (size, size))
-    return DecodedFrame(preprocess(_load_rgb(img), size), width, height)
+    arr = np.asarray(_decode(img, "frame", "RGB"))
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.size == 0:
+        raise ImageRejected("not_an_image", "the frame does not decode to an RGB picture")
+    return DecodedFrame(preprocess(arr, size), width, height)
 
 
 @dataclass(frozen=True)
@@ -83,9 +90,14 @@ class ValidatedUpload:
 
 
 def validate_upload(data: bytes, max_pixels: int) -> ValidatedUpload:
-    """Check an uploaded file decodes completely as a supported image; returns what the images row needs."""
-    img = _open(data, max_pixels)
+    """Check an uploaded file decodes completely as a supported image; returns what the images row needs.
+
+    The pixels are decoded in the file's own mode (no RGB copy), and a JPEG at 1/8 scale: every byte of the
+    stream is still read and checked, at a fraction of the memory."""
+    img = probe(data, max_pixels, "upload")
     mime = FORMATS[img.format or ""]
     width, height = img.size
-    _load_rgb(img)
+    if img.format == "JPEG":
+        img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
+    _decode(img, "upload", None)
     return ValidatedUpload(data, mime, width, height)

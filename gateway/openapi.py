@@ -7,9 +7,19 @@ from typing import Any
 from gateway import ws
 
 _ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-_CITY = {"name": "city", "in": "path", "required": True, "schema": {"type": "string"},
-         "description": "city name (case and blanks do not matter)"}
+_CITY = {"name": "city", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1},
+         "description": "city name, URL-encoded. Names are compared after Unicode NFKC normalisation, case folding, "
+                        "and removing control and format characters and extra blanks (sightscan/names.py); a name "
+                        "with nothing printable left is a 400"}
 _AUTH = [{"bearer": []}]
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(s): _ERR for s in statuses}
 
 
 def document() -> dict[str, Any]:
@@ -52,6 +62,14 @@ def document() -> dict[str, Any]:
                         "created_at": {"type": "string", "format": "date-time"},
                         "classes": {"type": "array", "items": {"type": "string"}}}},
                     "mart": {"type": ["object", "null"]}}},
+                "CityRequested": {"type": "object", "required": ["id", "name", "status", "created"], "properties": {
+                    "id": {"type": "integer"}, "name": {"type": "string", "description": "as stored (normalised)"},
+                    "status": {"type": "string"}, "created": {"type": "boolean"}}},
+                "Uploaded": {"type": "object", "required": ["id", "duplicate", "sha256"], "properties": {
+                    "id": {"type": ["integer", "null"], "description": "null: the city already had these bytes"},
+                    "duplicate": {"type": "boolean"}, "sha256": {"type": "string"},
+                    "mime_type": {"enum": ["image/jpeg", "image/webp", "image/png"]},
+                    "width": {"type": "integer"}, "height": {"type": "integer"}}},
                 "ModelMeta": {"type": "object", "properties": {
                     "version": {"type": "integer"}, "classes": {"type": "array", "items": {"type": "string"}},
                     "input_size": {"type": "integer"}, "metrics": {"type": "object"},
@@ -61,44 +79,60 @@ def document() -> dict[str, Any]:
         },
         "paths": {
             "/api/cities": {
-                "get": {"summary": "every city with its pipeline status", "responses": {"200": {
-                    "description": "cities", "content": {"application/json": {"schema": {
-                        "type": "object", "properties": {"cities": {
-                            "type": "array", "items": {"$ref": "#/components/schemas/CityStatus"}}}}}}}}},
+                "get": {"summary": "every city with its pipeline status", "responses": {"200": _json({
+                    "type": "object", "required": ["cities"], "properties": {"cities": {
+                        "type": "array", "items": {"$ref": "#/components/schemas/CityStatus"}}}}, "cities")}},
                 "post": {"summary": "request a city (the pipeline starts from its change event)", "security": _AUTH,
                          "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                             "type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}}},
-                         "responses": {"201": {"description": "created"}, "200": {"description": "already there"},
-                                       "400": _ERR, "401": _ERR, "403": _ERR, "503": _ERR}},
+                             "type": "object", "required": ["name"], "properties": {"name": {
+                                 "type": "string", "minLength": 1, "maxLength": 200,
+                                 "description": "normalised as the city path parameter; nothing printable: 400"}}}}}},
+                         "responses": {"201": _json({"$ref": "#/components/schemas/CityRequested"}, "created"),
+                                       "200": _json({"$ref": "#/components/schemas/CityRequested"},
+                                                    "already there (the same name after normalisation)"),
+                                       **_errors(400, 401, 403, 413, 503)}},
             },
-            "/api/cities/{city}": {"get": {"summary": "one city's pipeline status", "parameters": [_CITY],
-                                           "responses": {"200": {"description": "status", "content": {
-                                               "application/json": {"schema": {
-                                                   "$ref": "#/components/schemas/CityStatus"}}}}, "404": _ERR}}},
+            "/api/cities/{city}": {"get": {
+                "summary": "one city's pipeline status", "parameters": [_CITY],
+                "responses": {"200": _json({"$ref": "#/components/schemas/CityStatus"}, "status"),
+                              **_errors(400, 404)}}},
             "/api/cities/{city}/images": {"post": {
-                "summary": "upload an image (decoded and validated; stored as sent)", "parameters": [_CITY],
-                "security": _AUTH,
+                "summary": "upload an image (its size is checked from its header, then it is decoded off the "
+                           "event loop; stored as sent)", "parameters": [_CITY], "security": _AUTH,
                 "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                     "type": "object", "required": ["image"], "properties": {
-                        "image": {"type": "string", "format": "binary", "description": "JPEG, WebP or PNG"},
+                        "image": {"type": "string", "format": "binary",
+                                  "description": "JPEG, WebP or PNG; at most GATEWAY_MAX_UPLOAD_BYTES bytes and "
+                                                 "GATEWAY_MAX_PIXELS pixels"},
                         "sight": {"type": "string", "description": "the sight it shows, if known"}}}}}},
-                "responses": {"201": {"description": "stored"}, "200": {"description": "duplicate, not stored"},
-                              "400": _ERR, "401": _ERR, "403": _ERR, "404": _ERR, "413": _ERR, "415": _ERR}}},
+                "responses": {"201": _json({"$ref": "#/components/schemas/Uploaded"}, "stored"),
+                              "200": _json({"$ref": "#/components/schemas/Uploaded"}, "duplicate, not stored"),
+                              **_errors(400, 401, 403, 404, 413, 415, 503)}}},
             "/api/cities/{city}/model": {"get": {
                 "summary": "the latest model's version and metadata", "parameters": [_CITY],
-                "responses": {"200": {"description": "model", "content": {"application/json": {"schema": {
-                    "$ref": "#/components/schemas/ModelMeta"}}}}, "404": _ERR}}},
+                "responses": {"200": _json({"$ref": "#/components/schemas/ModelMeta"}, "model"),
+                              **_errors(400, 404)}}},
             "/api/cities/{city}/model.onnx": {"get": {
                 "summary": "download the latest model (ONNX; X-Model-Version header)", "parameters": [_CITY],
                 "responses": {"200": {"description": "ONNX bytes", "content": {"application/octet-stream": {}}},
-                              "404": _ERR}}},
+                              **_errors(400, 404)}}},
             "/ws/detect": {"get": {
                 "summary": "websocket: binary frames in, JSON detections out (see the description)",
-                "parameters": [{"name": "city", "in": "query", "required": True, "schema": {"type": "string"}}],
-                "responses": {"101": {"description": "switching protocols"}, "403": {"description": "bad Origin"}}}},
-            "/healthz": {"get": {"summary": "the process is up", "responses": {"200": {"description": "up"}}}},
-            "/readyz": {"get": {"summary": "PostgreSQL answers and model events are assigned",
-                                "responses": {"200": {"description": "ready"}, "503": {"description": "not yet"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+                "parameters": [{"name": "city", "in": "query", "required": True, "schema": {"type": "string"}},
+                               {"name": "token", "in": "query", "required": False, "schema": {"type": "string"},
+                                "description": "GATEWAY_WS_TOKEN, when the gateway has one"}],
+                "responses": {"101": {"description": "switching protocols"},
+                              "400": {**_ERR, "description": "not a websocket handshake"},
+                              "401": {**_ERR, "description": "GATEWAY_WS_TOKEN is set and was not sent"},
+                              "403": {**_ERR, "description": "a browser page of another origin"}}}},
+            "/healthz": {"get": {"summary": "the process is up", "responses": {"200": _json({
+                "type": "object", "required": ["ok"], "properties": {"ok": {"const": True}}}, "up")}}},
+            "/readyz": {"get": {"summary": "PostgreSQL answers and model events are assigned", "responses": {
+                s: _json({"type": "object", "required": ["ready", "checks"], "properties": {
+                    "ready": {"type": "boolean"}, "checks": {"type": "object",
+                                                             "additionalProperties": {"type": "string"}}}}, d)
+                for s, d in (("200", "ready"), ("503", "not yet"))}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
+                "description": "Prometheus text format", "content": {"text/plain": {}}}}}},
         },
     }

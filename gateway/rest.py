@@ -6,29 +6,22 @@ import hashlib
 import hmac
 import json
 import logging
-from typing import Any, NoReturn
+from typing import Any
+from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.imaging import ImageRejected, validate_upload
+from gateway.errors import HTTPTooLarge, fail, read_json
+from gateway.imaging import ImageRejected
 from gateway.state import STATE, GatewayState
 from sightscan import db
 from sightscan.model_metrics import figures
+from sightscan.names import MAX_NAME_CHARS, BadName
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
-
-
-class HTTPTooLarge(web.HTTPClientError):
-    """413 without aiohttp's own HTTPRequestEntityTooLarge signature (which wants both sizes)."""
-
-    status_code = 413
-
-
-def fail(status: type[web.HTTPException], code: str, message: str, **headers: str) -> NoReturn:
-    raise status(text=json.dumps({"error": code, "message": message}), content_type="application/json",
-                 headers=headers or None)
 
 
 def require_token(request: web.Request) -> None:
@@ -45,8 +38,19 @@ def require_token(request: web.Request) -> None:
         fail(web.HTTPForbidden, "bad_token", "the token is not valid")
 
 
+def _raw_name(value: object, what: str = "name") -> str:
+    # As sent, before normalisation: the documented limit, and it keeps normalising on the event loop cheap.
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME_CHARS:
+        fail(web.HTTPBadRequest, f"bad_{what}", f"{what} must be a non-empty string of at most {MAX_NAME_CHARS} "
+             "characters")
+    return value
+
+
 async def _city(state: GatewayState, name: str) -> db.City:
-    city = await state.pg.find_city(name)
+    try:
+        city = await state.pg.find_city(_raw_name(name))
+    except BadName as exc:
+        fail(web.HTTPBadRequest, "bad_name", str(exc))
     if city is None:
         fail(web.HTTPNotFound, "unknown_city", f"no city named {name!r}; request it with POST /api/cities")
     return city
@@ -60,7 +64,7 @@ async def list_cities(request: web.Request) -> web.Response:
     return web.json_response({"cities": await request.app[STATE].pg.city_status()})
 
 
-@routes.get("/api/cities/{city}")
+@routes.get("/api/cities/{city:[^/]+}")
 async def get_city(request: web.Request) -> web.Response:
     state = request.app[STATE]
     city = await _city(state, request.match_info["city"])
@@ -74,14 +78,12 @@ async def get_city(request: web.Request) -> web.Response:
 @routes.post("/api/cities")
 async def post_city(request: web.Request) -> web.Response:
     require_token(request)
+    body = await read_json(request, '{"name": "Lisbon"}')
+    name = _raw_name(body.get("name") if isinstance(body, dict) else None)
     try:
-        body = await request.json()
-    except ValueError:
-        fail(web.HTTPBadRequest, "bad_json", 'send a JSON body like {"name": "Lisbon"}')
-    name = body.get("name") if isinstance(body, dict) else None
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        fail(web.HTTPBadRequest, "bad_name", "name must be a non-empty string of at most 200 characters")
-    city, created = await request.app[STATE].pg.request_city(name)
+        city, created = await request.app[STATE].pg.request_city(name)
+    except BadName as exc:
+        fail(web.HTTPBadRequest, "bad_name", str(exc))
     log.info("city requested", extra={"city_id": city.id, "city": city.name, "new_city": created})
     return web.json_response({"id": city.id, "name": city.name, "status": city.status, "created": created},
                              status=201 if created else 200)
@@ -110,27 +112,45 @@ async def _read_upload(request: web.Request, limit: int) -> tuple[bytes, str | N
                     chunks.append(chunk)
                 data = b"".join(chunks)
             elif part.name == "sight":
-                sight = (await part.text())[:200].strip() or None
-    except (ValueError, AssertionError) as exc:  # aiohttp's multipart parser on a malformed body
-        fail(web.HTTPBadRequest, "bad_multipart", f"malformed multipart body: {exc}")
+                sight = await _read_sight(part)
+    except (ValueError, AssertionError, BadHttpMessage):  # aiohttp's multipart parser on a malformed body
+        fail(web.HTTPBadRequest, "bad_multipart", "the multipart body is malformed (a part's headers or "
+             "boundaries); send multipart/form-data with a file field 'image'")
     if data is None:
         fail(web.HTTPBadRequest, "image_required", "no file field named 'image'")
     return data, sight
 
 
-@routes.post("/api/cities/{city}/images")
+async def _read_sight(part: BodyPartReader) -> str | None:
+    raw = b""
+    while chunk := await part.read_chunk(4096):
+        raw += chunk
+        if len(raw) > 4 * MAX_NAME_CHARS:  # UTF-8: at most 4 bytes a character
+            fail(web.HTTPBadRequest, "bad_sight", f"sight must be a name of at most {MAX_NAME_CHARS} characters")
+    try:
+        text = raw.decode(part.get_charset("utf-8"))
+    except (UnicodeDecodeError, LookupError):
+        fail(web.HTTPBadRequest, "bad_sight", "the sight field is not valid UTF-8 text")
+    return _raw_name(text, "sight") if text.strip() else None
+
+
+@routes.post("/api/cities/{city:[^/]+}/images")
 async def upload_image(request: web.Request) -> web.Response:
     require_token(request)
     state = request.app[STATE]
     city = await _city(state, request.match_info["city"])
-    data, sight = await _read_upload(request, state.settings.max_upload_bytes)
-    try:
-        checked = validate_upload(data, state.settings.max_pixels)
-    except ImageRejected as exc:
-        fail(HTTPTooLarge if exc.code == "too_large" else web.HTTPBadRequest, exc.code, str(exc))
+    async with state.decoder.upload_slot():  # bounds the upload bodies in memory and the decodes at once
+        data, sight = await _read_upload(request, state.settings.max_upload_bytes)
+        try:
+            checked = await state.decoder.upload(data)
+        except ImageRejected as exc:
+            fail(HTTPTooLarge if exc.code == "too_large" else web.HTTPBadRequest, exc.code, str(exc))
     image = db.NewImage(city_id=city.id, data=checked.data, mime_type=checked.mime_type, width=checked.width,
                         height=checked.height, origin="upload")
-    image_id = await state.pg.insert_image(image, sight)
+    try:
+        image_id = await state.pg.insert_image(image, sight)
+    except BadName as exc:
+        fail(web.HTTPBadRequest, "bad_sight", str(exc))
     sha = hashlib.sha256(checked.data).hexdigest()
     if image_id is None:
         return web.json_response({"id": None, "duplicate": True, "sha256": sha}, status=200)
@@ -146,7 +166,8 @@ def _model_meta(model: db.StoredModel, city: db.City) -> dict[str, Any]:
     return {"city": city.name, "city_id": city.id, "model_id": model.id, "version": model.version,
             "classes": model.classes, "input_size": model.input_size, "metrics": model.metrics,
             "figures": figures(model.metrics), "bytes": len(model.onnx),
-            "sha256": hashlib.sha256(model.onnx).hexdigest(), "download": f"/api/cities/{city.name}/model.onnx"}
+            "sha256": hashlib.sha256(model.onnx).hexdigest(),
+            "download": f"/api/cities/{quote(city.name, safe='')}/model.onnx"}
 
 
 async def _latest(request: web.Request) -> tuple[db.City, db.StoredModel]:
@@ -158,13 +179,13 @@ async def _latest(request: web.Request) -> tuple[db.City, db.StoredModel]:
     return city, model
 
 
-@routes.get("/api/cities/{city}/model")
+@routes.get("/api/cities/{city:[^/]+}/model")
 async def model_meta(request: web.Request) -> web.Response:
     city, model = await _latest(request)
     return web.json_response(_model_meta(model, city))
 
 
-@routes.get("/api/cities/{city}/model.onnx")
+@routes.get("/api/cities/{city:[^/]+}/model.onnx")
 async def model_download(request: web.Request) -> web.Response:
     city, model = await _latest(request)
     meta = _model_meta(model, city)
@@ -193,7 +214,8 @@ async def readyz(request: web.Request) -> web.Response:
             await ping()
         checks["warehouse"] = "ok"
     except Exception as exc:
-        checks["warehouse"] = f"down: {type(exc).__name__}"
+        log.warning("readiness: the warehouse does not answer", extra={"error": str(exc)})
+        checks["warehouse"] = "down: PostgreSQL does not answer"
     if state.follower is not None:
         checks["model_events"] = "ok" if state.follower.ready else "waiting for partitions"
     ready = all(v == "ok" for v in checks.values())

@@ -5,7 +5,9 @@ DOS_PORT keeps the original orchestration service's name for its port.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from sightscan.config import ServiceSettings, boolean, non_negative_int, positive_float, positive_int, unit_interval
 from sightscan.config import env_field as _env
@@ -18,12 +20,32 @@ def _port(raw: str) -> int:
     return value
 
 
+def normal_origin(raw: str) -> str:
+    """An origin as browsers send it: scheme://host[:port], lower-case, no path, no default port."""
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/") or parts.query \
+            or parts.fragment or parts.username is not None:
+        raise ValueError(f"{raw.strip()!r} is not an origin like https://sightscan.example.org")
+    default = {"http": 80, "https": 443}[parts.scheme]
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    port = "" if parts.port in (None, default) else f":{parts.port}"
+    return f"{parts.scheme}://{host}{port}"
+
+
 def _origins(raw: str) -> tuple[str, ...]:
-    items = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
-    for origin in items:
-        if origin != "*" and not origin.startswith(("http://", "https://")):
-            raise ValueError(f"{origin!r} is not an origin like https://example.org or *")
-    return items
+    return tuple("*" if o.strip() == "*" else normal_origin(o) for o in raw.split(",") if o.strip())
+
+
+def _public_url(raw: str) -> str:
+    return normal_origin(raw) if raw.strip() else ""
+
+
+def _ws_token(raw: str) -> str:
+    # URL-safe characters only: the token travels as a query parameter or inside a subprotocol name.
+    token = raw.strip()
+    if token and not re.fullmatch(r"[A-Za-z0-9._~-]{16,256}", token):
+        raise ValueError("must be 16 to 256 characters among A-Z a-z 0-9 . _ ~ -")
+    return token
 
 
 @dataclass(frozen=True)
@@ -31,13 +53,20 @@ class GatewaySettings(ServiceSettings):
     host: str = _env("GATEWAY_HOST", "127.0.0.1", doc="interface the gateway listens on")
     port: int = _env("DOS_PORT", 8080, _port, "gateway HTTP port (the original orchestration service's name)")
     api_token: str = _env("SIGHTSCAN_API_TOKEN", "", doc="bearer token for writes; unset: writes are refused")
+    public_url: str = _env("GATEWAY_PUBLIC_URL", "", _public_url,
+                           "the origin browsers load the page from (https://sightscan.example.org) when it is not "
+                           "this machine's loopback or IP address; allowed on the websocket")
     allowed_origins: tuple[str, ...] = _env(
         "GATEWAY_ALLOWED_ORIGINS", "", _origins,
-        "extra browser origins allowed on the websocket and writes, comma-separated; * for any")
+        "more browser origins allowed on the websocket, comma-separated; * for any")
+    ws_token: str = _env("GATEWAY_WS_TOKEN", "", _ws_token,
+                         "if set, /ws/detect needs it: ?token=... or the subprotocol sightscan.token.<token>")
     max_frame_bytes: int = _env("GATEWAY_MAX_FRAME_BYTES", 1_048_576, positive_int, "largest webcam frame accepted")
     max_upload_bytes: int = _env("GATEWAY_MAX_UPLOAD_BYTES", 10_485_760, positive_int, "largest uploaded image")
     max_pixels: int = _env("GATEWAY_MAX_PIXELS", 40_000_000, positive_int,
-                           "largest decoded image, width x height (guards against decompression bombs)")
+                           "largest uploaded image, width x height, checked from its header before decoding")
+    max_frame_pixels: int = _env("GATEWAY_MAX_FRAME_PIXELS", 8_294_400, positive_int,
+                                 "largest webcam frame, width x height (a 4K frame), checked from its header")
     idle_timeout_s: float = _env("GATEWAY_IDLE_TIMEOUT_S", 60.0, positive_float,
                                  "close a websocket that sent nothing for this long")
     score_threshold: float = _env("GATEWAY_SCORE_THRESHOLD", 0.3, unit_interval, "drop detections scoring below this")
@@ -45,6 +74,8 @@ class GatewaySettings(ServiceSettings):
     inference_threads: int = _env("GATEWAY_INFERENCE_THREADS", 0, non_negative_int,
                                   "ONNX Runtime threads per inference; 0 = all cores")
     decode_threads: int = _env("GATEWAY_DECODE_THREADS", 2, positive_int, "threads decoding frames")
+    upload_threads: int = _env("GATEWAY_UPLOAD_THREADS", 1, positive_int,
+                               "uploads read and validated at once (each on its own thread); more wait their turn")
     follow_models: bool = _env("GATEWAY_FOLLOW_MODELS", "true", boolean,
                                "follow model change events on Kafka and hot-swap models")
     no_model_recheck_s: float = _env("GATEWAY_NO_MODEL_RECHECK_S", 10.0, positive_float,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway.decoding import Decoder
 from gateway.follower import ModelEventFollower
 from gateway.metrics import Metrics
 from gateway.registry import ModelRegistry
@@ -22,7 +23,7 @@ class GatewayState:
     warehouse: Warehouse
     registry: ModelRegistry
     metrics: Metrics
-    decode_pool: ThreadPoolExecutor
+    decoder: Decoder
     inference_pool: ThreadPoolExecutor
     follower: ModelEventFollower | None = None
 

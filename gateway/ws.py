@@ -8,6 +8,9 @@ Protocol (documented for clients in the OpenAPI description and the README):
                      "latency_ms", "dropped", "width", "height"}
                     {"type": "model", "model_version", "classes", ...}  after a live swap
                     {"type": "error", "code", "message", "frame"?}     the connection stays open
+Handshake: browsers must come from this gateway's own origin (GATEWAY_PUBLIC_URL, GATEWAY_ALLOWED_ORIGINS); if
+GATEWAY_WS_TOKEN is set, the client sends it as ?token=TOKEN or offers the subprotocols "sightscan" and
+"sightscan.token.TOKEN" (a browser page cannot set headers; the subprotocol keeps the token out of URLs and logs).
 Latest frame wins: each connection holds at most one frame waiting and one in work; a frame arriving while one
 waits replaces it (counted in "dropped"), so a slow server answers fresh frames instead of building a backlog.
 """
@@ -15,30 +18,76 @@ waits replaces it (counted in "dropped"), so a slow server answers fresh frames 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import json
 import logging
 import time
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from sightscan.names import BadName
 
-from gateway.imaging import ImageRejected, decode_frame
+from gateway.errors import fail
+from gateway.imaging import ImageRejected
 from gateway.registry import LoadedModel
+from gateway.settings import GatewaySettings, normal_origin
 from gateway.state import STATE, GatewayState
 from sightscan import db
 
 log = logging.getLogger(__name__)
 
 
-def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
+TOKEN_SUBPROTOCOL = "sightscan.token."  # + the token: how a browser page sends GATEWAY_WS_TOKEN
+SUBPROTOCOL = "sightscan"                # the protocol the server selects when a client offers it
+MAX_TEXT_CHARS = 4096                    # a select message is tiny; longer text is refused before parsing
+
+
+def own_origins(request: web.Request) -> set[str]:
+    """The origins of this gateway as the socket the client reached says, never as the client's Host header says
+    (a DNS-rebinding page controls Host). An IP literal of the local address always; the loopback names too when
+    the client came in over loopback. Anything else (a domain, a TLS proxy) is GATEWAY_PUBLIC_URL."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not sockname:
+        return set()
+    try:
+        address = ipaddress.ip_address(str(sockname[0]).split("%")[0])
+    except ValueError:
+        return set()
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    port = "" if sockname[1] == 80 else f":{sockname[1]}"
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    origins = {f"http://{literal}{port}"}
+    if address.is_loopback:
+        origins |= {f"http://localhost{port}", f"http://127.0.0.1{port}", f"http://[::1]{port}"}
+    return origins
+
+
+def origin_allowed(request: web.Request, settings: GatewaySettings) -> bool:
     """Browsers always send Origin: it must be this gateway's own or a configured one. Non-browser clients
     (the OpenCV client, curl) send none and are let through: Origin guards against other sites' pages."""
     origin = request.headers.get("Origin")
     if origin is None:
         return True
-    origin = origin.rstrip("/")
-    own = f"{request.scheme}://{request.host}"
-    return origin == own or origin in allowed or "*" in allowed
+    allowed = settings.allowed_origins
+    if "*" in allowed:
+        return True
+    try:
+        origin = normal_origin(origin)
+    except ValueError:  # "null" (a sandboxed page or a file), or garbage
+        return False
+    return origin == settings.public_url or origin in allowed or origin in own_origins(request)
+
+
+def ws_token_ok(request: web.Request, expected: str) -> bool:
+    """GATEWAY_WS_TOKEN, from ?token= or from an offered subprotocol sightscan.token.<token>."""
+    offered = [request.query.get("token", "")]
+    for protocol in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+        protocol = protocol.strip()
+        if protocol.startswith(TOKEN_SUBPROTOCOL):
+            offered.append(protocol[len(TOKEN_SUBPROTOCOL):])
+    return any(hmac.compare_digest(t.encode(), expected.encode()) for t in offered if t)
 
 
 class DetectSession:
@@ -113,9 +162,13 @@ class DetectSession:
             self._wake.set()
 
     async def _on_text(self, text: str) -> None:
+        if len(text) > MAX_TEXT_CHARS:
+            await self.error("text_too_large", f"a text message may have at most {MAX_TEXT_CHARS} characters; "
+                             'the only one is {"type": "select", "city": NAME}')
+            return
         try:
             message = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
             message = None
         if isinstance(message, dict) and message.get("type") == "select" and isinstance(message.get("city"), str):
             await self.select(message["city"])
@@ -133,6 +186,9 @@ class DetectSession:
             return
         try:
             city = await self.state.warehouse.find_city(name)
+        except BadName as exc:
+            await self.error("bad_name", str(exc))
+            return
         except Exception:
             log.exception("city lookup failed")
             await self.error("unavailable", "the warehouse cannot be reached; try again")
@@ -174,10 +230,8 @@ class DetectSession:
         if model is None:
             await self.error("no_model", f"{city.name} has no model yet (status: {city.status})", frame)
             return
-        loop = asyncio.get_running_loop()
         try:
-            decoded = await loop.run_in_executor(state.decode_pool, decode_frame, data, model.input_size,
-                                                 state.settings.max_pixels)
+            decoded = await state.decoder.frame(data, model.input_size)
         except ImageRejected as exc:
             await self.error(exc.code, str(exc), frame)
             return
@@ -201,13 +255,20 @@ class DetectSession:
 
 async def detect_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    if not origin_allowed(request, state.settings.allowed_origins):
-        raise web.HTTPForbidden(text=f"origin {request.headers.get('Origin')!r} is not allowed; "
-                                "set GATEWAY_ALLOWED_ORIGINS to allow it")
+    if not origin_allowed(request, state.settings):
+        fail(web.HTTPForbidden, "origin_not_allowed", "this page's origin may not use the websocket; set "
+             "GATEWAY_PUBLIC_URL to the URL the page is served from, or add it to GATEWAY_ALLOWED_ORIGINS")
+    if state.settings.ws_token and not ws_token_ok(request, state.settings.ws_token):
+        fail(web.HTTPUnauthorized, "ws_token_required", "this gateway needs its websocket token: "
+             f"/ws/detect?city=NAME&token=TOKEN, or the subprotocol {TOKEN_SUBPROTOCOL}TOKEN")
     limit = state.settings.max_frame_bytes
     # Frames over max_frame_bytes get an error and the connection stays open; aiohttp still needs a hard cap
     # so one message cannot take unbounded memory: beyond it the connection is closed (1009).
-    ws = web.WebSocketResponse(max_msg_size=max(4 * limit, limit + 1_048_576), compress=False)
+    ws = web.WebSocketResponse(max_msg_size=max(4 * limit, limit + 1_048_576), compress=False,
+                               protocols=(SUBPROTOCOL,))
+    if not ws.can_prepare(request).ok:
+        fail(web.HTTPBadRequest, "websocket_required", "this is a websocket: connect with a websocket client to "
+             "/ws/detect?city=NAME")
     await ws.prepare(request)
     await DetectSession(ws, state).run(request.query.get("city"))
     return ws

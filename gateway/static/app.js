@@ -95,11 +95,24 @@ function showFigures(figures) {
 
 // Websocket --------------------------------------------------------------------------------------------
 
+// GATEWAY_WS_TOKEN, when the gateway has one: open the page as /#token=TOKEN (a fragment never reaches a server
+// or its logs); it is kept for this tab only. It travels as a websocket subprotocol, the one thing a page may set.
+function wsToken() {
+  const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fromHash) {
+    sessionStorage.setItem("sightscan.wsToken", fromHash);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem("sightscan.wsToken") || "";
+}
+
 function connect() {
   if (state.ws) state.ws.close();
   if (!state.city) return;
   const proto = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${proto}://${location.host}/ws/detect?city=${encodeURIComponent(state.city)}`);
+  const token = wsToken();
+  const ws = new WebSocket(`${proto}://${location.host}/ws/detect?city=${encodeURIComponent(state.city)}`,
+                           token ? ["sightscan", `sightscan.token.${token}`] : []);
   ws.binaryType = "arraybuffer";
   state.ws = ws; state.sent = 0; state.answered = 0;
   ws.onopen = () => setText($("conn"), `connected to ${state.city}`);

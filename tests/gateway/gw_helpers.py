@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -110,3 +115,39 @@ def metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[-1])
     raise AssertionError(f"no metric {name}")
+
+
+def call(gateway: Gateway, method: str, path: str, body: bytes | None = None, token: str | None = TOKEN,
+         content_type: str = "application/json") -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(gateway.url + urllib.parse.quote(path, safe="/%?=&"), data=body, method=method)
+    if body is not None:
+        req.add_header("Content-Type", content_type)
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=20) as res:
+            return res.status, dict(res.headers), res.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def call_json(gateway: Gateway, method: str, path: str, payload: Any = None, **kw: Any) -> tuple[int, Any]:
+    body = None if payload is None else (payload if isinstance(payload, bytes) else json.dumps(payload).encode())
+    status, _, data = call(gateway, method, path, body, **kw)
+    return status, json.loads(data)
+
+
+def multipart(fields: dict[str, tuple[str, bytes] | str]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    out = io.BytesIO()
+    for name, value in fields.items():
+        out.write(f"--{boundary}\r\n".encode())
+        if isinstance(value, tuple):
+            out.write(f'Content-Disposition: form-data; name="{name}"; filename="{value[0]}"\r\n'
+                      "Content-Type: application/octet-stream\r\n\r\n".encode())
+            out.write(value[1])
+        else:
+            out.write(f'Content-Disposition: form-data; name="{name}"\r\n\r\n{value}'.encode())
+        out.write(b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue(), f"multipart/form-data; boundary={boundary}"

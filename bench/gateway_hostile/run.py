@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""The gateway under hostile input (issue 10's targets), against a real gateway on a private stack:
+
+  1. schemathesis: N generated requests (valid and invalid) per operation of /openapi.json, with the token;
+     counts the 5xx and the answers that do not match the document (target: 0 x 5xx in 10,000);
+  2. 100 decompression-bomb frames (a 12 KB 1-bit PNG declaring 39.9 MP) on one websocket: the gateway's RSS
+     before and after (target: within 50 MB) and the time each bomb costs;
+  3. /healthz latency p50/p99 while bomb frames and 39.9 MP bomb uploads run (target: p99 <= 50 ms), next to
+     /healthz on the idle gateway measured in the same run.
+
+    .venv/bin/python bench/gateway_hostile/run.py [--requests 10000] [--bombs 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "gateway"))
+
+import aiohttp  # noqa: E402
+import schemathesis  # noqa: E402
+from gw_helpers import TOKEN, Gateway, jpeg, next_message, start_gateway, stop_gateway  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from schemathesis.core.failures import FailureGroup  # noqa: E402
+from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
+from test_gateway_hostile import _bomb_png  # noqa: E402
+
+from bench.stats import exit_cleanly_on_sigterm, report, summary_ms  # noqa: E402
+from gateway import openapi  # noqa: E402
+from sightscan import db  # noqa: E402
+from sightscan.stack import LocalStack  # noqa: E402
+from sightscan.stack.ephemeral import ephemeral_settings  # noqa: E402
+
+
+def fuzz(gateway: Gateway, requests: int) -> dict[str, Any]:
+    schema = schemathesis.openapi.from_dict(openapi.document()).exclude(path="/ws/detect")
+    operations = [r.ok() for r in schema.get_all_operations()]
+    per_operation = max(1, requests // len(operations))
+    statuses: collections.Counter[int] = collections.Counter()
+    mismatches: collections.Counter[str] = collections.Counter()
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    started = time.perf_counter()
+    for operation in operations:
+        @given(case=operation.as_strategy())
+        @settings(max_examples=per_operation, deadline=None, database=None, phases=[Phase.generate],
+                  suppress_health_check=list(HealthCheck))
+        def run(case: schemathesis.Case, label: str = operation.label) -> None:
+            response = case.call(base_url=gateway.url, headers=headers, timeout=30)
+            statuses[response.status_code] += 1
+            try:
+                case.validate_response(response, excluded_checks=[positive_data_acceptance])
+            except FailureGroup as group:
+                for failure in group.exceptions:
+                    mismatches[f"{label}: {failure.title}"] += 1
+            except AssertionError as failure:
+                mismatches[f"{label}: {str(failure).splitlines()[0][:80]}"] += 1
+
+        run()
+    took = time.perf_counter() - started
+    total = sum(statuses.values())
+    return {"requests": total, "operations": len(operations), "seconds": round(took, 1),
+            "5xx": sum(n for s, n in statuses.items() if s >= 500),
+            "statuses": dict(sorted(statuses.items())), "schema_mismatches": sum(mismatches.values()),
+            "mismatch_kinds": dict(mismatches.most_common(8))}
+
+
+async def _healthz(gateway: Gateway, until: asyncio.Future[Any] | None, count: int = 200) -> list[float]:
+    latencies: list[float] = []
+    async with aiohttp.ClientSession() as http:
+        while (until is None and len(latencies) < count) or (until is not None and not until.done()):
+            start = time.perf_counter()
+            async with http.get(gateway.url + "/healthz") as res:
+                await res.read()
+            latencies.append(time.perf_counter() - start)
+            await asyncio.sleep(0.01)
+    return latencies
+
+
+async def _bombs(gateway: Gateway, city: str, count: int) -> list[float]:
+    bomb, each = _bomb_png(), []
+    async with aiohttp.ClientSession() as http, http.ws_connect(f"{gateway.ws_url}?city={city}") as ws:
+        await next_message(ws, "hello")
+        for _ in range(count):
+            start = time.perf_counter()
+            await ws.send_bytes(bomb)
+            assert (await next_message(ws, ("error", "detections")))["code"] == "too_large"
+            each.append(time.perf_counter() - start)
+        await ws.send_bytes(jpeg((220, 30, 30)))
+        await next_message(ws, ("detections", "error"))
+    return each
+
+
+async def _uploads(gateway: Gateway, city: str, count: int) -> list[int]:
+    async with aiohttp.ClientSession() as http:
+        async def one(i: int) -> int:
+            form = aiohttp.FormData()
+            form.add_field("image", _bomb_png(seed=i), filename="bomb.png", content_type="image/png")
+            async with http.post(f"{gateway.url}/api/cities/{city}/images", data=form,
+                                 headers={"Authorization": f"Bearer {TOKEN}"}) as res:
+                return res.status
+
+        return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+async def _under_attack(gateway: Gateway, city: str, bombs: int, uploads: int) -> dict[str, Any]:
+    idle = await _healthz(gateway, None)
+    work = asyncio.ensure_future(asyncio.gather(_bombs(gateway, city, bombs), _uploads(gateway, city, uploads)))
+    busy = await _healthz(gateway, work)
+    (each_bomb, statuses) = await work
+    return {"healthz_idle": summary_ms(idle), "healthz_under_bombs_and_uploads": summary_ms(busy),
+            "bomb_frame_round_trip": summary_ms(each_bomb), "bomb_uploads_statuses": statuses}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=10_000, help="schemathesis requests in all")
+    parser.add_argument("--bombs", type=int, default=100, help="bomb frames on one websocket")
+    parser.add_argument("--uploads", type=int, default=8, help="39.9 MP bomb uploads at once, during the bombs")
+    args = parser.parse_args()
+    exit_cleanly_on_sigterm()
+    with tempfile.TemporaryDirectory(prefix="sightscan-bench-hostile-") as home:
+        stack = LocalStack(ephemeral_settings(Path(home)), progress=lambda m: print(f"  [stack] {m}", flush=True))
+        stack.up()
+        gateway = None
+        try:
+            gateway = start_gateway(stack.settings, Path(home) / "gateway.log", GATEWAY_DECODE_THREADS="2")
+            from gw_onnx_builder import solid_colour_model
+            with db.transaction(stack.settings) as cur:
+                city, _ = db.request_city(cur, "Bench Bombs")
+                onnx, classes = solid_colour_model({"Red Gate": (220, 30, 30), "Blue Hall": (30, 40, 210)})
+                db.insert_model(cur, city.id, onnx, classes, 64, {})
+            asyncio.run(_bombs(gateway, city.name, 3))  # warm-up
+            rss_before = gateway.rss_kib() / 1024
+            attack = asyncio.run(_under_attack(gateway, city.name, args.bombs, args.uploads))
+            rss_after = gateway.rss_kib() / 1024
+            report("gateway under bombs", {**attack, "rss_before_mib": round(rss_before, 1),
+                                           "rss_after_mib": round(rss_after, 1),
+                                           "rss_growth_mib": round(rss_after - rss_before, 1)})
+            report("gateway schemathesis", fuzz(gateway, args.requests))
+        finally:
+            if gateway is not None:
+                stop_gateway(gateway)
+            stack.down(purge=True)
+
+
+if __name__ == "__main__":
+    main()
