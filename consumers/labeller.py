@@ -29,6 +29,7 @@ from consumers.settings import LabellerSettings
 from consumers.vision import ImageAnswer, VisionClient, VisionUnavailable
 from sightscan import db
 from sightscan.config import Settings
+from sightscan.names import nameable
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Outcome:
     weak: int = 0
     over_budget: int = 0
     degenerate_boxes: int = 0
+    unnamed_landmarks: int = 0    # Vision answered a landmark whose description names nothing (sightscan.names)
     new_sights: list[str] = field(default_factory=list)
     left_unlabelled: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)   # image id -> a per-image error that will not pass
@@ -57,7 +59,7 @@ class Outcome:
 
     def add(self, other: Outcome) -> None:
         for name in ("requested", "skipped_labelled", "skipped_missing", "sent_to_vision", "landmark_labels",
-                     "no_landmark", "weak", "over_budget", "degenerate_boxes", "labelled_images"):
+                     "no_landmark", "weak", "over_budget", "degenerate_boxes", "unnamed_landmarks", "labelled_images"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.new_sights += other.new_sights
         self.left_unlabelled += other.left_unlabelled
@@ -189,6 +191,9 @@ class Labeller:
                 box = normalise_box(lm.normalised_vertices, image.width, image.height, normalised=True)
             if box is None:
                 outcome.degenerate_boxes += 1
+                continue
+            if not nameable(lm.description):
+                outcome.unnamed_landmarks += 1
                 continue
             match = matcher.match(lm.description, lm.mid)
             sight_id = match.sight_id

@@ -67,11 +67,6 @@ def _get(url: str, params: dict[str, Any]) -> str:
     return f"{url}?{urlencode(params)}"
 
 
-def name_key(name: str) -> str:
-    """As the warehouse's name_key(): case and blanks do not make a new sight."""
-    return " ".join(name.split()).lower()
-
-
 def plain_text(value: str | None, limit: int = 500) -> str | None:
     """Commons' Artist field is HTML (links, spans): keep its text."""
     if not value:

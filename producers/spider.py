@@ -42,9 +42,10 @@ from twisted.python.failure import Failure
 
 from producers.report import CrawlReport, SightTally
 from producers.settings import CrawlerSettings
-from producers.sources import Call, CommonsImages, SightSource, SourceError, name_key, page_size
+from producers.sources import Call, CommonsImages, SightSource, SourceError, page_size
 from producers.validate import ImageLimits
 from producers.warehouse import Warehouse
+from sightscan.names import BadName, clean_name, name_key
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ class SightSpider(scrapy.Spider):
             yield from self._source_failed(f"{self.sight_source.kind}: {exc}")
             return
         self.found.extend(listing.names)
-        if listing.next is not None and len({name_key(n) for n in self.found}) < self.plan.sights_limit:
+        if listing.next is not None and len(_distinct(self.found)) < self.plan.sights_limit:
             yield self._api(listing.next, self._on_sights, self._on_sights_error)
             return
         yield from self._sights_ready()
@@ -196,11 +197,7 @@ class SightSpider(scrapy.Spider):
         yield from self._sights_ready()  # with the names of the pages that did answer, if any
 
     def _sights_ready(self) -> Iterator[scrapy.Request]:
-        names: dict[str, str] = {}
-        for name in self.found:
-            if name.strip() and name_key(name) not in names:
-                names[name_key(name)] = name.strip()
-        chosen = list(names.items())[: self.plan.sights_limit]
+        chosen = list(_distinct(self.found).items())[: self.plan.sights_limit]
         self.total_sights = len(chosen)
         log.info("sights found", extra={"city": self.plan.city, "source": self.sight_source.kind,
                                         "sights": [n for _, n in chosen]})
@@ -309,3 +306,15 @@ class SightSpider(scrapy.Spider):
         for state in self.states.values():
             if not state.done:
                 self._finish(state)
+
+
+def _distinct(names: list[str]) -> dict[str, str]:
+    """key -> cleaned name, first spelling kept, as the warehouse will key the sights; names naming nothing
+    (blank, only invisible characters) are dropped."""
+    out: dict[str, str] = {}
+    for name in names:
+        try:
+            out.setdefault(name_key(name), clean_name(name))
+        except BadName:
+            continue
+    return out

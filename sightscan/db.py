@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from sightscan.config import Settings
+from sightscan.names import clean_name, name_key
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,9 @@ def transaction(settings: Settings) -> Iterator[psycopg2.extensions.cursor]:
 
 
 def migrate(settings: Settings, directory: Path = MIGRATIONS_DIR) -> list[str]:
-    """Apply every migration not yet applied, each in its own transaction; returns the ones applied now."""
+    """Apply every migration not yet applied, in name order, all in one transaction under an advisory lock;
+    returns the ones applied now. A migration is a .sql file, or a .py file whose `apply(cur)` does the work
+    (for data changes SQL cannot express, such as re-keying names with sightscan.names)."""
     applied_now: list[str] = []
     with transaction(settings) as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
@@ -47,14 +51,38 @@ def migrate(settings: Settings, directory: Path = MIGRATIONS_DIR) -> list[str]:
                     " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
         cur.execute("SELECT version FROM schema_migrations")
         done = {row[0] for row in cur.fetchall()}
-        for path in sorted(directory.glob("*.sql")):
+        for path in _migration_files(directory):
             if path.stem in done:
                 continue
             log.info("applying migration", extra={"migration": path.name})
-            cur.execute(path.read_text())
+            if path.suffix == ".py":
+                _load_module(path).apply(cur)
+            else:
+                cur.execute(path.read_text())
             cur.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (path.stem,))
             applied_now.append(path.stem)
     return applied_now
+
+
+def _migration_files(directory: Path) -> list[Path]:
+    """The .sql and .py migrations in name order; two with one version (0005_x.sql and 0005_x.py) are refused, as
+    schema_migrations would record only one of them."""
+    paths = sorted([*directory.glob("*.sql"), *directory.glob("*.py")], key=lambda p: p.name)
+    stems = [p.stem for p in paths]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise RuntimeError(f"two migrations share a version in {directory}: {', '.join(twice)}")
+    return paths
+
+
+def _load_module(path: Path) -> Any:
+    """A .py migration as a module (its name starts with a digit, so it cannot be imported by name)."""
+    spec = importlib.util.spec_from_file_location(f"sightscan_migration_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load migration {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # Cities -----------------------------------------------------------------------------------------------
@@ -67,34 +95,44 @@ class City:
     status: str
 
 
+def _name_and_key(name: str) -> tuple[str, str]:
+    """(display name, key) as stored; BadName for a name that names nothing. The key is taken of the clean name,
+    so the length limit is clean_name's (MAX_NAME_CHARS) for lookups too."""
+    display = clean_name(name)
+    return display, name_key(display)
+
+
 def request_city(cur: psycopg2.extensions.cursor, name: str) -> tuple[City, bool]:
-    """Create the city if new (names are matched case- and blank-insensitively); returns (city, created)."""
-    if not name or not name.strip():
-        raise ValueError("a city name must not be empty")
-    cur.execute(
-        "INSERT INTO cities (name) VALUES (%s) ON CONFLICT ((name_key(name))) DO NOTHING RETURNING id, name, status",
-        (name.strip(),),
-    )
+    """Create the city if new; returns (city, created). Names are matched by sightscan.names.name_key, so case,
+    blanks, invisible characters and Unicode forms do not make a new city. BadName: it names nothing."""
+    display, key = _name_and_key(name)
+    cur.execute("INSERT INTO cities (name, name_key) VALUES (%s, %s) ON CONFLICT (name_key) DO NOTHING "
+                "RETURNING id, name, status", (display, key))
     row = cur.fetchone()
     if row:
         return City(*row), True
-    existing = find_city(cur, name)
-    assert existing is not None  # the insert conflicted, so the row exists
-    return existing, False
+    # The insert conflicted, so a committed row has this key (the insert waited for its transaction); a new
+    # statement's snapshot sees it (READ COMMITTED). No row here means a stricter isolation level hid it.
+    cur.execute("SELECT id, name, status FROM cities WHERE name_key = %s", (key,))
+    row = cur.fetchone()
+    if row is None:
+        raise RuntimeError(f"city {display!r} conflicted on insert but cannot be read back")
+    return City(*row), False
 
 
 def find_city(cur: psycopg2.extensions.cursor, name: str) -> City | None:
-    """Find by name, normalised as the unique index does (sql function name_key)."""
-    cur.execute("SELECT id, name, status FROM cities WHERE name_key(name) = name_key(%s)", (name,))
+    """The city of this name (compared by name_key); BadName when the name names nothing."""
+    cur.execute("SELECT id, name, status FROM cities WHERE name_key = %s", (_name_and_key(name)[1],))
     row = cur.fetchone()
     return City(*row) if row else None
 
 
 def ensure_sight(cur: psycopg2.extensions.cursor, city_id: int, name: str, source: str = "unknown") -> int:
+    """The sight's id, created if new (names compared by name_key within the city); BadName: it names nothing."""
     cur.execute(
-        "INSERT INTO sights (city_id, name, source) VALUES (%s, %s, %s) "
-        "ON CONFLICT (city_id, (name_key(name))) DO UPDATE SET source = sights.source RETURNING id",
-        (city_id, name.strip(), source),
+        "INSERT INTO sights (city_id, name, name_key, source) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (city_id, name_key) DO UPDATE SET source = sights.source RETURNING id",
+        (city_id, *_name_and_key(name), source),
     )
     return cur.fetchone()[0]
 

@@ -28,7 +28,8 @@ def test_city_insert_update_delete_reach_kafka(settings, topic_reader):
         city, created = db.request_city(cur, "  Cdc   Town ")
     assert created
     created_event = _event(reader.collect(_by_id("cities", city.id, "c")), "cities", city.id, "c")
-    assert created_event.after["name"] == "Cdc   Town".strip() and created_event.after["status"] == "requested"
+    assert created_event.after["name"] == "Cdc Town" and created_event.after["status"] == "requested"
+    assert created_event.after["name_key"] == "cdc town"  # the clean name, and its key (sightscan.names)
     assert created_event.lsn is not None
 
     with db.transaction(settings) as cur:
@@ -39,7 +40,7 @@ def test_city_insert_update_delete_reach_kafka(settings, topic_reader):
     with db.transaction(settings) as cur:
         cur.execute("DELETE FROM cities WHERE id = %s", (city.id,))
     deleted = _event(reader.collect(_by_id("cities", city.id, "d")), "cities", city.id, "d")
-    assert deleted.after is None and deleted.before["name"] == "Cdc   Town".strip()
+    assert deleted.after is None and deleted.before["name"] == "Cdc Town"
 
 
 def test_image_event_has_metadata_but_no_bytes(settings, topic_reader):
