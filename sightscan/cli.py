@@ -8,6 +8,7 @@ import sys
 
 from sightscan import db, log
 from sightscan.config import ConfigError, Settings, describe
+from sightscan.names import BadName
 
 
 def _stack(args: argparse.Namespace, settings: Settings) -> int:
@@ -123,8 +124,12 @@ def _config(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _city(args: argparse.Namespace, settings: Settings) -> int:
-    with db.transaction(settings) as cur:
-        city, created = db.request_city(cur, args.name)
+    try:
+        with db.transaction(settings) as cur:
+            city, created = db.request_city(cur, args.name)
+    except BadName as exc:
+        print(f"sightscan request-city: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps({"id": city.id, "name": city.name, "status": city.status, "created": created}))
     return 0
 

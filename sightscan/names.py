@@ -22,6 +22,10 @@ MAX_NAME_CHARS = 200
 MAX_KEY_CHARS = 3 * MAX_NAME_CHARS
 
 _DROPPED_CATEGORIES = ("Cf", "Cc")  # format (invisible) and control characters
+# Default-ignorable code points (Unicode DerivedCoreProperties) that are not Cf: fillers and variation selectors
+# render as nothing, so they must not tell two names apart either.
+_IGNORABLE = frozenset([0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x3164, 0xFFA0,
+                        *range(0x180B, 0x1810), *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)])
 
 
 class BadName(ValueError):
@@ -40,7 +44,7 @@ def _clean(raw: str) -> str:
     for ch in text:
         if ch.isspace():  # before the category test: \n, \t and \r are control characters too, but blanks
             kept.append(" ")
-        elif unicodedata.category(ch) not in _DROPPED_CATEGORIES:
+        elif unicodedata.category(ch) not in _DROPPED_CATEGORIES and ord(ch) not in _IGNORABLE:
             kept.append(ch)
     # Again: a removed character may have kept a base letter and its combining mark apart (e + ZWSP + U+0301).
     text = " ".join(unicodedata.normalize("NFKC", "".join(kept)).split())

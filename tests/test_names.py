@@ -38,6 +38,9 @@ def test_nfc_and_nfd_are_one_name() -> None:
     ("Hidden\u2066burg\u2069", "Hiddenburg"),  # bidi isolates
     ("Hidden\x00burg", "Hiddenburg"),          # NUL: psycopg2 refuses it in a literal
     ("Hidden\x07burg", "Hiddenburg"),          # other control characters
+    ("Hiddenburg\u3164", "Hiddenburg"),        # Hangul filler: default-ignorable, though a letter (Lo)
+    ("Hidden\u034fburg", "Hiddenburg"),        # combining grapheme joiner
+    ("Hiddenburg\ufe0f", "Hiddenburg"),        # variation selector
 ])
 def test_format_and_control_characters_are_removed(raw: str, display: str) -> None:
     assert clean_name(raw) == display

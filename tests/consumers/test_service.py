@@ -42,6 +42,8 @@ def _teach(fake, city) -> dict[str, object]:
                                                 score=0.6)])
     # Only a degenerate polygon (a line): no usable landmark.
     fake.know_image(arch[3].data, [Landmark("Market Arch", [(10, 10), (300, 10)], 0.9)])
+    # A landmark whose description names nothing (sightscan.names): skipped, no sight made, the batch goes on.
+    fake.know_image(lighthouse[3].data, [box_landmark("\u200b\u202e", lighthouse[3].pixel_box, score=0.9)])
     return {"no_landmark": {lighthouse[3].id, arch[3].id}, "fountain_image": arch[2].id}
 
 
