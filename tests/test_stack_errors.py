@@ -53,3 +53,11 @@ def test_malformed_setting_names_the_variable():
 def test_required_setting_missing_says_how_to_set_it():
     with pytest.raises(ConfigError, match="export MAPS_KEY="):
         Settings.from_env({}).require("MAPS_KEY", environ={})
+
+
+def test_kafka_cluster_ids_never_look_like_an_option():
+    # One base64url UUID in 64 starts with "-", which kafka-storage's parser took for an option.
+    from sightscan.stack.kafka import random_cluster_id
+
+    ids = [random_cluster_id() for _ in range(2000)]
+    assert not any(i.startswith("-") for i in ids) and len(set(ids)) == 2000 and {len(i) for i in ids} == {22}

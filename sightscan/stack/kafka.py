@@ -15,6 +15,7 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient
 
 from sightscan.config import Settings
+from sightscan.kafka import client_config
 from sightscan.stack.proc import (
     PidFile,
     StackError,
@@ -148,10 +149,9 @@ class Kafka(_JavaService):
             return
         id_file = self.root / "cluster.id"
         if not id_file.exists():
-            # What `StorageTool random-uuid` prints (a base64url UUID), without paying for a second JVM start.
-            id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+            id_file.write_text(random_cluster_id())
         result = subprocess.run(
-            self.java_cmd("kafka.tools.StorageTool", "format", "-t", id_file.read_text().strip(),
+            self.java_cmd("kafka.tools.StorageTool", "format", f"--cluster-id={id_file.read_text().strip()}",
                           "-c", str(self.config_path), "--ignore-formatted"),
             capture_output=True, text=True)
         if result.returncode != 0:
@@ -165,10 +165,19 @@ class Kafka(_JavaService):
     def healthy(self) -> bool:
         if not port_in_use(self.port()):  # spares librdkafka's connection-refused noise while the JVM starts
             return False
-        admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap_servers,
-                             "logger": _QUIET})
+        admin = AdminClient(client_config(self.settings, logger=_QUIET))
         meta = admin.list_topics(timeout=2)
         return bool(meta.brokers)
+
+
+def random_cluster_id() -> str:
+    """What `StorageTool random-uuid` prints (a base64url UUID), without paying for a second JVM start. Like
+    Kafka's Uuid.randomUuid, never one starting with "-": the tool's argument parser would take it for an option
+    (one stack in 64 failed to format its storage that way)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 class Connect(_JavaService):
