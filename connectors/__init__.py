@@ -15,7 +15,7 @@ import urllib.request
 from typing import Any
 
 from sightscan.config import Settings
-from sightscan.events import WATCHED_TABLES
+from sightscan.topics import WATCHED_TABLES
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,10 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException
 
+from sightscan import kafka
 from sightscan.config import Settings
-from sightscan.events import ChangeEvent, PoisonEvent, change_topic, parse_change
+from sightscan.events import ChangeEvent, PoisonEvent, parse_change
+from sightscan.topics import change_topic
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,8 @@ class ModelEventFollower:
         self.topic_missing = False  # no model was ever stored: nothing to miss, it is read from its start later
         self._checked_topic = 0.0
         self.error: str | None = None
-        self._consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
-            "group.id": f"sightscan-gateway-{uuid.uuid4().hex[:12]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,  # the group is private and thrown away: nothing to resume from
+        # A private group, thrown away on exit: it reads every model event from the start and commits nothing.
+        self._consumer = kafka.consumer(settings, f"sightscan-gateway-{uuid.uuid4().hex[:12]}", **{
             # The topic appears only when the first model row is written; look for it often, not every 5 min.
             "topic.metadata.refresh.interval.ms": 2000,
             "allow.auto.create.topics": False,

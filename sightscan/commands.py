@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg2
-from confluent_kafka import Consumer, KafkaException, Message, Producer
+from confluent_kafka import KafkaException, Message
 
+from sightscan import kafka
 from sightscan.config import Settings
-from sightscan.events import command_topic
-from sightscan.topics import ensure_topics
+from sightscan.topics import command_dead_letter_topic, command_topic, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,6 @@ class BadCommand(ValueError):
 
 class RetryLater(RuntimeError):
     """A passing failure (quota, outage): the command is retried from the same offset after a backoff."""
-
-
-def command_dead_letter_topic(prefix: str = "sightscan") -> str:
-    return f"{prefix}.commands.dead-letter"
 
 
 def parse_command(value: bytes | None, required: dict[str, type]) -> dict[str, Any]:
@@ -71,14 +67,17 @@ class CommandWorker:
     """Runs `handle(command, message)` for each command of one kind, in a consumer group.
 
     `handle` receives the parsed JSON object; it raises BadCommand or RetryLater, or returns a summary dict that is
-    logged. Stop with close() (also on SIGTERM/SIGINT when run from the main thread via serve_forever()).
+    logged. `on_dead_letter(message, reason)`, if given, runs after a command was dead-lettered and before its
+    offset is committed (the trainer announces the failure on its outcomes topic). Stop with close() (also on
+    SIGTERM/SIGINT when run from the main thread via serve_forever()).
     """
 
     def __init__(self, settings: Settings, kind: str, group_id: str,
                  handle: Callable[[dict[str, Any], Message], dict[str, Any] | None],
                  required: dict[str, type] | None = None, backoff: Backoff | None = None,
-                 max_attempts: int | None = None, max_poll_interval_s: float = 3600.0) -> None:
-        self.settings, self.kind, self.handle = settings, kind, handle
+                 max_attempts: int | None = None, max_poll_interval_s: float = 3600.0,
+                 on_dead_letter: Callable[[Message, str], None] | None = None) -> None:
+        self.settings, self.kind, self.handle, self.on_dead_letter = settings, kind, handle, on_dead_letter
         self.required = required or {"city_id": int}
         self.backoff = backoff or Backoff()
         self.max_attempts = max_attempts  # None: retry a passing failure until it passes (or we are stopped)
@@ -87,15 +86,11 @@ class CommandWorker:
         ensure_topics(settings, [self.topic, self.dead_letters])
         self.stopping = threading.Event()
         self.handled = 0
-        self.producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers,
-                                  "enable.idempotence": True, "acks": "all"})
-        self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "max.poll.interval.ms": int(max_poll_interval_s * 1000),
-        })
+        self.idle_exit = False  # run() returned because it was idle for idle_exit_s
+        self.producer = kafka.producer(settings)
+        # A command may take long (a crawl, a training): the group must not think the worker died meanwhile.
+        self.consumer = kafka.consumer(settings, group_id,
+                                       **{"max.poll.interval.ms": int(max_poll_interval_s * 1000)})
         self.consumer.subscribe([self.topic])
 
     def close(self) -> None:
@@ -116,6 +111,7 @@ class CommandWorker:
                 msg = self.consumer.poll(0.5)
                 if msg is None:
                     if idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
+                        self.idle_exit = True
                         break
                     continue
                 if msg.error():
@@ -157,14 +153,8 @@ class CommandWorker:
             return True
 
     def _dead_letter(self, msg: Message, reason: str) -> None:
-        value = msg.value()
-        record = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
-                  "key": msg.key().decode("utf-8", "replace") if msg.key() else None,
-                  "value": value.decode("utf-8", "replace") if value else None,
-                  "reason": reason, "ts_ms": int(time.time() * 1000)}
         log.warning(f"{self.kind} command dead-lettered: {reason}", extra={"reason": reason})
-        errors: list[Any] = []
-        self.producer.produce(self.dead_letters, json.dumps(record).encode(), key=msg.key(),
-                              on_delivery=lambda err, _m: errors.append(err) if err else None)
-        if self.producer.flush(30) or errors:
-            raise KafkaException(errors[0] if errors else "dead letter not delivered in 30 s")
+        kafka.deliver(self.producer, self.dead_letters, kafka.dead_letter_bytes(kafka.dead_letter_of(msg, reason)),
+                      key=msg.key())
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(msg, reason)

@@ -1,4 +1,4 @@
-"""Event schemas and topic names: Debezium change events from the warehouse, and SightScan's own commands.
+"""Change events: Debezium's records of the warehouse's tables, parsed (their topics: sightscan/topics.py).
 
 Change events are Debezium's JSON envelope with converter schemas disabled (connectors/), so a message value is
     {"before": {...} | null, "after": {...} | null, "op": "c"|"u"|"d"|"r", "ts_ms": ...,
@@ -13,16 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-WATCHED_TABLES = ("cities", "sights", "images", "labels", "models")
 JSONB_COLUMNS = {"models": ("classes", "metrics")}
 OPS = {"c": "create", "u": "update", "d": "delete", "r": "read"}  # r = snapshot read
-
-
-def change_topic(table: str, prefix: str = "sightscan") -> str:
-    """The Kafka topic Debezium writes a table's changes to, e.g. sightscan.public.images."""
-    if table not in WATCHED_TABLES:
-        raise ValueError(f"{table!r} is not a watched table; expected one of {', '.join(WATCHED_TABLES)}")
-    return f"{prefix}.public.{table}"
 
 
 class PoisonEvent(ValueError):
@@ -83,36 +75,3 @@ def parse_change(table: str, value: bytes | str | dict[str, Any] | None) -> Chan
     source = value.get("source") or {}
     return ChangeEvent(table, op, before, after, source.get("lsn"), source.get("txId"),
                        source.get("ts_ms", value.get("ts_ms")))
-
-
-# Commands and outcomes --------------------------------------------------------------------------------
-#
-# Commands are emitted by the stream agents (streams/), each on its own topic, keyed by city id (as text) so one
-# city's work stays ordered. Values are JSON objects; every command has a deterministic `request_id`: a command
-# redelivered after a crash carries the same id, so consumers deduplicate by it.
-#
-#   <prefix>.commands.crawl       {"request_id": "crawl-<city>", "city_id", "city", "max_sights_per_city",
-#                                  "max_images_per_sight", "ts_ms"}
-#   <prefix>.commands.labelling   {"request_id": "label-<city>-<seq>", "city_id", "city", "image_ids": [...],
-#                                  "ts_ms"}            (an image is never in two outstanding requests)
-#   <prefix>.commands.training    {"request_id": "train-<city>-<seq>", "city_id", "city", "epochs", "classes": [...],
-#                                  "labelled_images", "reason": "threshold" | "growth", "ts_ms"}
-#   <prefix>.events.training      {"request_id", "city_id", "status": "succeeded" | "failed", "reason"?, "version"?}
-#                                  (published by the trainer)
-#   <prefix>.streams.dead-letter  {"topic", "partition", "offset", "key", "value", "reason", "ts_ms"}
-
-COMMAND_KINDS = ("crawl", "labelling", "training")
-
-
-def command_topic(kind: str, prefix: str = "sightscan") -> str:
-    if kind not in COMMAND_KINDS:
-        raise ValueError(f"unknown command {kind!r}; expected one of {', '.join(COMMAND_KINDS)}")
-    return f"{prefix}.commands.{kind}"
-
-
-def training_events_topic(prefix: str = "sightscan") -> str:
-    return f"{prefix}.events.training"
-
-
-def dead_letter_topic(prefix: str = "sightscan") -> str:
-    return f"{prefix}.streams.dead-letter"

@@ -24,24 +24,23 @@ import json
 import logging
 import os
 import socket
-import time
 from typing import Any
 
 import faust
 import mode
 
-from sightscan import db
+from sightscan import db, kafka
 from sightscan import log as sightscan_log
 from sightscan.config import Settings
-from sightscan.events import (
+from sightscan.topics import (
     COMMAND_KINDS,
     WATCHED_TABLES,
     change_topic,
     command_topic,
     dead_letter_topic,
+    ensure_topics,
     training_events_topic,
 )
-from sightscan.topics import ensure_topics
 from streams import rebalance_fix
 from streams.marts import write_marts
 from streams.rekey import Rekeyer
@@ -63,14 +62,6 @@ def thresholds(settings: Settings) -> Thresholds:
         max_sights_per_city=settings.max_sights_per_city,
         max_images_per_sight=settings.max_images_per_sight,
     )
-
-
-def _dead_letter(topic: str, partition: int | None, offset: int | None, key: Any, value: Any,
-                 reason: str) -> dict[str, Any]:
-    def text(v: Any) -> Any:
-        return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-    return {"topic": topic, "partition": partition, "offset": offset, "key": text(key), "value": text(value),
-            "reason": reason, "ts_ms": int(time.time() * 1000)}
 
 
 def create_app(settings: Settings | None = None, declare_topics: bool = True) -> faust.App:
@@ -150,8 +141,7 @@ def create_app(settings: Settings | None = None, declare_topics: bool = True) ->
     async def in_pg(fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pg, fn, *args)
 
-    rekeyer = Rekeyer(settings, app_id, table_of_topic, outcomes_topic, facts_topic, dead_letter_topic(prefix),
-                      _dead_letter)
+    rekeyer = Rekeyer(settings, app_id, table_of_topic, outcomes_topic, facts_topic, dead_letter_topic(prefix))
 
     @app.service
     class RekeyService(mode.Service):
@@ -184,7 +174,7 @@ def create_app(settings: Settings | None = None, declare_topics: bool = True) ->
                     if stored is None:
                         if not await in_pg(_city_exists, fact["city_id"]):
                             reason = f"unknown city {fact['city_id']}"
-                            await dead_letters.send(key=key.encode(), value=_dead_letter(
+                            await dead_letters.send(key=key.encode(), value=kafka.dead_letter(
                                 facts.get_topic_name(), None, None, key, json.dumps(fact), reason), force=True)
                             continue
                         stored = new_state(fact["city_id"])

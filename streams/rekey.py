@@ -19,18 +19,16 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from sightscan import kafka
 from sightscan.config import Settings
 from sightscan.events import PoisonEvent
 from streams.facts import fact_from_change, fact_from_training_outcome
 
 log = logging.getLogger("streams.rekey")
 
-DeadLetter = Callable[[str, int | None, int | None, Any, Any, str], dict[str, Any]]
 
 
 def rekey_group(app_id: str) -> str:
@@ -42,11 +40,11 @@ class Rekeyer(threading.Thread):
     """Reads the change topics (and the trainer's outcomes) in consumer group `<app_id>-rekey`; one per worker."""
 
     def __init__(self, settings: Settings, app_id: str, table_of_topic: dict[str, str], outcomes_topic: str,
-                 facts_topic: str, dead_letter_topic: str, dead_letter: DeadLetter, batch_size: int = 1000) -> None:
+                 facts_topic: str, dead_letter_topic: str, batch_size: int = 1000) -> None:
         super().__init__(name="rekey", daemon=True)
         self.settings, self.app_id = settings, app_id
         self.table_of_topic, self.outcomes_topic = table_of_topic, outcomes_topic
-        self.facts_topic, self.dead_letter_topic, self.dead_letter = facts_topic, dead_letter_topic, dead_letter
+        self.facts_topic, self.dead_letter_topic = facts_topic, dead_letter_topic
         self.batch_size = batch_size
         self.stopping = threading.Event()
         self.failure: BaseException | None = None
@@ -63,15 +61,12 @@ class Rekeyer(threading.Thread):
             log.exception("rekey stopped")
 
     def _run(self) -> None:
-        brokers = self.settings.kafka_bootstrap_servers
-        consumer = Consumer({
-            "bootstrap.servers": brokers, "group.id": rekey_group(self.app_id), "enable.auto.commit": False,
-            "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+        consumer = kafka.consumer(self.settings, rekey_group(self.app_id), **{
+            "isolation.level": "read_committed",  # only facts of committed transactions, never an aborted one
             # A killed worker's partitions move after 10 s, as the Faust agents' do.
             "session.timeout.ms": 10000, "heartbeat.interval.ms": 2000,
         })
-        producer = Producer({
-            "bootstrap.servers": brokers, "transactional.id": f"{self.app_id}-rekey-{uuid.uuid4().hex[:12]}",
+        producer = kafka.transactional_producer(self.settings, f"{self.app_id}-rekey-{uuid.uuid4().hex[:12]}", **{
             "linger.ms": 5, "transaction.timeout.ms": 30000,
             # Java's partitioner, as Faust's producer uses: a city's facts and its table changelog records must
             # land in the same partition number (the marts table relies on it).
@@ -136,8 +131,8 @@ class Rekeyer(threading.Thread):
         except (PoisonEvent, ValueError, TypeError) as exc:
             log.warning(f"dead letter {topic}@{msg.partition()}:{msg.offset()}: {exc}",
                         extra={"topic": topic, "offset": msg.offset(), "reason": str(exc)})
-            record = self.dead_letter(topic, msg.partition(), msg.offset(), msg.key(), value, str(exc))
-            producer.produce(self.dead_letter_topic, json.dumps(record).encode(), key=msg.key())
+            record = kafka.dead_letter_of(msg, str(exc))
+            producer.produce(self.dead_letter_topic, kafka.dead_letter_bytes(record), key=msg.key())
             return
         if fact is not None:
             producer.produce(self.facts_topic, json.dumps(fact).encode(), key=str(fact["city_id"]).encode())

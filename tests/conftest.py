@@ -16,8 +16,9 @@ from typing import Any
 
 import psutil
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
+from sightscan import kafka
 from sightscan.config import Settings
 from sightscan.stack import LocalStack
 from sightscan.stack.ephemeral import ephemeral_settings
@@ -73,11 +74,7 @@ class TopicReader:
 
     def __init__(self, settings: Settings, topic: str, from_now: bool = False) -> None:
         self.topic = topic
-        self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
-            "group.id": f"test-{uuid.uuid4()}",
-            "enable.auto.commit": False,
-        })
+        self.consumer = kafka.consumer(settings, f"test-{uuid.uuid4()}")
         self.assigned = False
         self.start: dict[int, int] = {}
         if from_now:

@@ -6,8 +6,9 @@ import hashlib
 
 import connectors
 from sightscan import db
-from sightscan.events import change_topic, parse_change
+from sightscan.events import parse_change
 from sightscan.stack import LocalStack
+from sightscan.topics import change_topic
 
 
 def _by_id(table: str, row_id: int, op: str):

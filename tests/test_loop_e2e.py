@@ -22,15 +22,14 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from PIL import Image
 
-from sightscan import db
+from sightscan import db, kafka
 from sightscan.config import Settings
 from sightscan.demo import city as demo_city
 from sightscan.demo.city import clip_frames
 from sightscan.demo.scoring import ClipScore, normalised
 from sightscan.demo.web_sources import WebSources, from_synthetic_city
 from sightscan.detector import OnnxDetector, preprocess
-from sightscan.events import WATCHED_TABLES, change_topic, command_topic, training_events_topic
-from sightscan.topics import ensure_topics
+from sightscan.topics import WATCHED_TABLES, change_topic, command_topic, ensure_topics, training_events_topic
 from streams.rekey import rekey_group
 from streams.testing import Worker, wait_marts_match
 from tests.fakes.vision_server import FakeVision, VisionServer, box_landmark
@@ -62,7 +61,7 @@ def _group_at_end(settings: Settings, group: str, topics: list[str]) -> None:
     """A new consumer group that starts after everything already on the topics: the other tests' cities, which
     this loop's services must neither replay nor touch."""
     ensure_topics(settings, topics)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": group})
+    consumer = kafka.consumer(settings, group)
     ends = []
     for topic in topics:
         for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:

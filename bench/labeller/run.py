@@ -31,17 +31,15 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from confluent_kafka import Producer  # noqa: E402
-from confluent_kafka.admin import AdminClient  # noqa: E402
 
 from bench.stats import exit_cleanly_on_sigterm, report  # noqa: E402
 from consumers.service import LabellerService  # noqa: E402
 from consumers.settings import LabellerSettings  # noqa: E402
-from sightscan import db  # noqa: E402
-from sightscan.commands import command_dead_letter_topic  # noqa: E402
+from sightscan import db, kafka  # noqa: E402
 from sightscan.config import Settings  # noqa: E402
 from sightscan.demo.city import render_city  # noqa: E402
-from sightscan.events import command_topic  # noqa: E402
 from sightscan.stack.ephemeral import ephemeral_stack  # noqa: E402
+from sightscan.topics import command_dead_letter_topic, command_topic  # noqa: E402
 from tests.fakes.vision_server import FakeVision, VisionServer, box_landmark  # noqa: E402
 
 REQUEST_SIZE = 16  # LABELLING_BATCH_SIZE: images per labelling request from the stream agent
@@ -99,7 +97,7 @@ def run_mode(base: Settings, server: VisionServer, images: list[dict], data: dic
     service = LabellerService(settings, lsettings)
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    producer = kafka.producer(settings)
     try:
         warm_city, warm_ids = seed(settings, images[:2], data, "Warmup")  # group join, connections, imports
         publish(producer, settings, warm_city, warm_ids)
@@ -125,7 +123,7 @@ def run_mode(base: Settings, server: VisionServer, images: list[dict], data: dic
 
 def delete_topics(settings: Settings) -> None:
     """This mode's command topics: a reused stack (--stack-home) would otherwise keep them."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    admin = kafka.admin(settings)
     names = [command_topic("labelling", settings.topic_prefix), command_dead_letter_topic(settings.topic_prefix)]
     for future in admin.delete_topics(names, operation_timeout=30).values():
         with contextlib.suppress(Exception):  # one never created is fine

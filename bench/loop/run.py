@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from PIL import Image  # noqa: E402
 
 from bench.stats import exit_cleanly_on_sigterm, report, summary_ms  # noqa: E402
-from sightscan import db  # noqa: E402
+from sightscan import db, kafka  # noqa: E402
 from sightscan.config import Settings  # noqa: E402
 from sightscan.demo.city import ClipFrame, clip_frames  # noqa: E402
 from sightscan.demo.scoring import ClipScore, normalised  # noqa: E402
@@ -109,13 +109,13 @@ async def watch(ws_url: str, settings: Settings, city: str, sights: int, frames:
 def wait_trainer_idle(settings: Settings, timeout: float = 600) -> float:
     """Wait until the trainer has answered every training request (its group's committed offsets are at the end):
     the next seed must not queue behind this city's retrainings. Returns the seconds waited."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
-    from sightscan.events import command_topic
+    from sightscan.topics import command_topic
     from trainer.config import load
 
     topic = command_topic("training", settings.topic_prefix)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": load(settings).group_id})
+    consumer = kafka.consumer(settings, load(settings).group_id)
     started = time.monotonic()
     try:
         parts = [TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]

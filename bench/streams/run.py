@@ -18,13 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from confluent_kafka import Consumer, TopicPartition  # noqa: E402
+from confluent_kafka import TopicPartition  # noqa: E402
 
 from bench.stats import exit_cleanly_on_sigterm, report, summary_ms  # noqa: E402
-from sightscan import db  # noqa: E402
-from sightscan.events import change_topic, command_topic  # noqa: E402
+from sightscan import db, kafka  # noqa: E402
 from sightscan.stack import LocalStack  # noqa: E402
 from sightscan.stack.ephemeral import ephemeral_settings  # noqa: E402
+from sightscan.topics import change_topic, command_topic  # noqa: E402
 from streams.testing import Worker  # noqa: E402
 
 ENV = {"MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING": "10", "MIN_IMAGE_NUMBER_PER_LABEL": "3"}
@@ -43,7 +43,7 @@ def mart_images(settings, city_id: int, conn=None) -> int:
 
 
 def topic_size(settings, topic: str) -> int:
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "bench-size"})
+    c = kafka.consumer(settings, "bench-size")
     parts = c.list_topics(topic, timeout=10).topics[topic].partitions
     total = sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
     c.close()
@@ -120,8 +120,7 @@ def commit_to_mart(settings, samples: int) -> list[float]:
 
 
 def crossing_to_command(settings, crossings: int) -> list[float]:
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "bench-cmd",
-                         "fetch.wait.max.ms": 10})
+    consumer = kafka.consumer(settings, "bench-cmd", **{"fetch.wait.max.ms": 10})
     topic = command_topic("training")
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p))[1])

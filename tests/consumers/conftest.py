@@ -6,9 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient
 
-from sightscan import db
+from sightscan import db, kafka
 from sightscan.config import Settings
 from tests.consumers.labelling_helpers import PREFIXES
 from tests.fakes.vision_server import VisionServer
@@ -41,7 +40,7 @@ def _delete_test_topics(request: pytest.FixtureRequest) -> Iterator[None]:
     if not PREFIXES:
         return
     settings = request.getfixturevalue("settings")
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    admin = kafka.admin(settings)
     names = [t for t in admin.list_topics(timeout=10).topics if t.split(".", 1)[0] in PREFIXES]
     PREFIXES.clear()
     for future in admin.delete_topics(names, operation_timeout=10).values() if names else ():

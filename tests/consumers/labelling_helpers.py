@@ -14,13 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
-
 from consumers.service import LabellerService
 from consumers.settings import LabellerSettings
-from sightscan import db
+from sightscan import db, kafka
 from sightscan.config import Settings
-from sightscan.events import command_topic
+from sightscan.topics import command_topic
 
 PREFIXES: list[str] = []  # topic prefixes made by isolated(); conftest deletes their topics after each test
 
@@ -97,7 +95,7 @@ def publish(settings: Settings, city: SeededCity, image_ids: list[int], seq: int
     """A labelling request as the stream agent sends it."""
     command = {"request_id": f"label-{city.id}-{seq}", "city_id": city.id, "city": city.name,
                "image_ids": image_ids, "ts_ms": int(time.time() * 1000)}
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    producer = kafka.producer(settings)
     producer.produce(command_topic("labelling", settings.topic_prefix), json.dumps(command).encode(),
                      key=str(city.id).encode())
     assert producer.flush(10) == 0

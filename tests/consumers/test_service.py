@@ -11,7 +11,7 @@ import pytest
 
 from consumers.service import LabellerService
 from sightscan import db
-from sightscan.commands import command_dead_letter_topic
+from sightscan.topics import command_dead_letter_topic
 from tests.consumers.labelling_helpers import (
     costs_of,
     isolated,

@@ -9,12 +9,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka.admin import AdminClient
 
-from sightscan.commands import command_dead_letter_topic
+from sightscan import kafka
 from sightscan.config import Settings
 from sightscan.demo.web_sources import FakeWeb, WebSources
-from sightscan.events import command_topic
+from sightscan.topics import command_dead_letter_topic, command_topic
 from tests.synthetic import render_city
 
 
@@ -38,7 +37,7 @@ def isolated(settings: Settings) -> Iterator[Settings]:
     own = dataclasses.replace(settings, topic_prefix=f"crawltest-{uuid.uuid4().hex[:8]}")
     yield own
     topics = [command_topic("crawl", own.topic_prefix), command_dead_letter_topic(own.topic_prefix)]
-    admin = AdminClient({"bootstrap.servers": own.kafka_bootstrap_servers})
+    admin = kafka.admin(own)
     for future in admin.delete_topics(topics, operation_timeout=10).values():
         with contextlib.suppress(Exception):  # never created (the test failed early): nothing to delete
             future.result(15)

@@ -15,19 +15,18 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import Producer
 
 from producers.service import CrawlerService, crawl_in_child
 from producers.settings import CrawlerSettings
-from sightscan import db
-from sightscan.commands import BadCommand, RetryLater, command_dead_letter_topic
+from sightscan import db, kafka
+from sightscan.commands import BadCommand, RetryLater
 from sightscan.demo.web_sources import FakeCity, FakeFile
-from sightscan.events import change_topic, command_topic
+from sightscan.topics import change_topic, command_dead_letter_topic, command_topic
 from tests.producers.crawl_helpers import FAST, ROOT, city_row, crawler_env, stored_images
 
 
 def _publish(settings, messages: list[tuple[bytes, bytes]]) -> None:
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    producer = kafka.producer(settings)
     for key, value in messages:
         producer.produce(command_topic("crawl", settings.topic_prefix), value, key=key)
     assert producer.flush(30) == 0

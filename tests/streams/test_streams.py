@@ -10,13 +10,12 @@ import uuid
 from collections import defaultdict
 
 import pytest
-from confluent_kafka import Producer
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from sightscan import db
-from sightscan.events import change_topic, command_topic, dead_letter_topic
+from sightscan import db, kafka
+from sightscan.topics import change_topic, command_topic, dead_letter_topic
 from streams.testing import Worker, wait_marts_match
 
 THRESHOLDS = {
@@ -213,7 +212,7 @@ def test_retraining_request_when_labelled_data_grows(settings, worker_factory, t
 def test_poison_events_go_to_dead_letter_and_the_agent_keeps_going(settings, worker_factory, topic_reader):
     worker_factory(_app_id()).start()
     dlq = topic_reader(dead_letter_topic(), from_now=True)
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    producer = kafka.producer(settings)
     topic = change_topic("images")
     run = random.randrange(10**8, 10**9)  # this run's poison, told apart from any earlier run's
     ghost_city = run

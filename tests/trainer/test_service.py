@@ -9,17 +9,18 @@ import uuid
 import boto3
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import TopicPartition
 from trainer_helpers import load_city
 
-from sightscan import db
+from sightscan import db, kafka
 from sightscan.config import Settings
 from sightscan.detector import INPUT_NAME, OUTPUT_NAMES
-from sightscan.events import change_topic, parse_change
+from sightscan.events import parse_change
+from sightscan.topics import change_topic, command_topic, training_events_topic
 from trainer import cloud
 from trainer.config import CloudConfig, load
 from trainer.export import session
-from trainer.service import TrainerService, topics
+from trainer.service import TrainerService
 
 ENV = {"TRAINER_THREADS": "2"}
 
@@ -31,14 +32,12 @@ def isolated(settings: Settings) -> Settings:
 
 
 def _request(settings: Settings, payload: dict | bytes, key: str) -> None:
-    p = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
-    p.produce(topics(settings)[0], payload if isinstance(payload, bytes) else json.dumps(payload).encode(),
-              key=key.encode())
-    assert p.flush(30) == 0
+    value = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    kafka.deliver(kafka.producer(settings), command_topic("training", settings.topic_prefix), value, key.encode())
 
 
 def _events(topic_reader, settings: Settings, n: int) -> list[dict]:
-    reader = topic_reader(topics(settings)[1])
+    reader = topic_reader(training_events_topic(settings.topic_prefix))
     return [m["value"] for m in reader.collect(lambda msgs: len(msgs) >= n, timeout=60)]
 
 
@@ -78,8 +77,8 @@ def test_request_trains_stores_next_version_and_announces_it(isolated, small_cit
     assert change.row["metrics"]["top1"] == pytest.approx(event["metrics"]["top1"])
 
     # The offset was committed after the outcome was published: the group has nothing left to read.
-    group = Consumer({"bootstrap.servers": isolated.kafka_bootstrap_servers, "group.id": service.ts.group_id})
-    topic = topics(isolated)[0]
+    group = kafka.consumer(isolated, service.ts.group_id)
+    topic = command_topic("training", isolated.topic_prefix)
     parts = group.list_topics(topic, timeout=10).topics[topic].partitions
     committed = group.committed([TopicPartition(topic, p) for p in parts], timeout=10)
     ends = {p: group.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
