@@ -6,9 +6,14 @@ mart rows went with them (ON DELETE CASCADE)."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 from typing import Any
 
 import psycopg2.extensions
+
+from sightscan import db
+from sightscan.config import Settings
 
 _CITY = """
 INSERT INTO city_marts (city_id, images, labelled_images, no_landmark_images, models, source_lsn, updated_at)
@@ -37,3 +42,41 @@ def write_marts(conn: psycopg2.extensions.connection, rows: list[tuple[int, int,
             cur.execute(_CITY, {"city_id": city_id, "lsn": lsn, **{k: v for k, v in c.items() if k != "per_sight"}})
             for sight_id, labelled in c["per_sight"].items():
                 cur.execute(_SIGHT, {"sight_id": sight_id, "city_id": city_id, "labelled": labelled, "lsn": lsn})
+
+
+class MartsWriter:
+    """The stream worker's one PostgreSQL connection, used from one thread so the event loop never waits on it;
+    replaced after an error (the caller retries)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="streams-pg")
+        self._conn: psycopg2.extensions.connection | None = None
+
+    def _connection(self) -> psycopg2.extensions.connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = db.connect(self.settings)
+        return self._conn
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        def guarded() -> Any:
+            try:
+                return fn(self._connection(), *args)
+            except Exception:
+                if self._conn is not None:
+                    self._conn.close()  # a fresh connection for the retry
+                raise
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, guarded)
+
+    async def write(self, rows: list[tuple[int, int, dict[str, Any]]]) -> None:
+        await self._run(write_marts, rows)
+
+    async def city_exists(self, city_id: int) -> bool:
+        return await self._run(_city_exists, city_id)
+
+
+def _city_exists(conn: psycopg2.extensions.connection, city_id: int) -> bool:
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM cities WHERE id = %s", (city_id,))
+        return cur.fetchone() is not None

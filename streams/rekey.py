@@ -7,7 +7,7 @@ metadata): a worker killed at any moment, or a rebalance, neither loses an event
 
 Why not a Faust agent: faust-streaming 0.15's consumer acks (and then commits) messages its stream loop skipped
 during a rebalance, and its offset bookkeeping restarts from scratch at each revocation; our kill and rebalance
-tests lost change events through it (see rebalance_fix.py for the part that is patched there). The facts topic is
+tests lost change events through it (see faust_fixes.py for the part that is patched there). The facts topic is
 read by the Faust `marts` agent, which deduplicates by LSN, so a fact from an aborted transaction read by it (it
 reads uncommitted) changes nothing that its committed copy would not.
 """

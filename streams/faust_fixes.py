@@ -1,0 +1,85 @@
+"""Every workaround the stream worker needs in faust-streaming, in one place, for the versions it was tested on.
+
+1. Skipped events are not acked (faust-streaming 0.15). When a rebalance starts (or a message of an older
+   consumer generation is dequeued after it), Faust's stream loop skips the message without handing it to the
+   agent, and then acks it like a processed one (streams.py, _py_aiter: `if event is not None and (do_ack or
+   value is skipped_value): event.ack()`). The revocation's own commit (in `wait_empty`) and later periodic
+   commits then move the group's offset past events no agent ever saw; the next owner of the partition starts
+   after them and they are lost. We saw exactly that: a worker killed while another joined lost one source
+   partition's change events for a city (counts short, a training request never sent). A skipped message was
+   never *tracked* (Faust tracks a message only once it passes that check), so the fix refuses the ack of an
+   untracked consumer message: its offset stays uncommitted and the partition's next owner reads it again.
+   Processed messages, including ones a processor skips with faust.Skip, are tracked and acked as before.
+
+2. Changelog writes are confirmed (ConfirmedChangelog). Faust's producer.flush() gives up after a record takes
+   0.1 s to reach the Kafka client (ProducerBuffer.flush_atmost), so it does not prove a changelog record was
+   written: on a loaded machine a worker killed after its commit lost city states that way. The table's
+   changelog sends are kept and awaited instead.
+
+Both depend on Faust internals, so `install()` refuses a faust-streaming version they were not tested with:
+upgrading Faust means re-running tests/streams (the kill and rebalance tests), then adding the version here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from importlib.metadata import version
+from typing import Any
+
+import faust
+from faust.events import Event
+from faust.types.tuples import ConsumerMessage
+
+TESTED_VERSIONS = ("0.15.3",)
+
+_original_ack = Event.ack
+
+
+class UntestedFaustVersion(RuntimeError):
+    pass
+
+
+def check_version(installed: str | None = None) -> None:
+    installed = installed or version("faust-streaming")
+    if installed not in TESTED_VERSIONS:
+        raise UntestedFaustVersion(
+            f"faust-streaming {installed} is installed, but streams/faust_fixes.py was tested with "
+            f"{', '.join(TESTED_VERSIONS)} only: its workarounds patch Faust internals. Install "
+            f"faust-streaming=={TESTED_VERSIONS[-1]}, or run tests/streams against {installed} and add it to "
+            "TESTED_VERSIONS.")
+
+
+def _ack_only_what_a_stream_took(self: Event) -> bool:
+    message = self.message
+    if isinstance(message, ConsumerMessage) and not message.tracked:
+        return False
+    return _original_ack(self)
+
+
+def install() -> None:
+    """Check the version and install fix 1; idempotent. Called before any stream runs."""
+    check_version()
+    if Event.ack is not _ack_only_what_a_stream_took:
+        Event.ack = _ack_only_what_a_stream_took  # type: ignore[method-assign]
+
+
+class ConfirmedChangelog:
+    """Fix 2 for one table: `await confirmed.written()` returns once every changelog record the table has sent so
+    far is acknowledged by the broker (and raises if one failed)."""
+
+    def __init__(self, table: faust.Table) -> None:
+        self._unconfirmed: list[Any] = []
+        send = table.send_changelog
+
+        def send_and_keep(*args: Any, **kwargs: Any) -> Any:
+            future = send(*args, **kwargs)
+            self._unconfirmed.append(future)
+            return future
+
+        table.send_changelog = send_and_keep  # type: ignore[method-assign]
+
+    async def written(self) -> None:
+        while self._unconfirmed:
+            batch = self._unconfirmed[:]
+            del self._unconfirmed[:len(batch)]
+            await asyncio.gather(*batch)

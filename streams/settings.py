@@ -1,0 +1,27 @@
+"""The stream worker's own settings (the shared ones, thresholds included, come from sightscan.config.Settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sightscan.config import ServiceSettings, positive_float, positive_int
+from sightscan.config import env_field as _env
+
+
+@dataclass(frozen=True)
+class StreamsSettings(ServiceSettings):
+    app_id: str = _env("STREAMS_APP_ID", "", doc="consumer group, table and facts topic name; default "
+                                                  "<TOPIC_PREFIX>-streams")
+    batch_size: int = _env("STREAMS_BATCH_SIZE", 1000, positive_int, "facts the marts agent takes at once at most")
+    batch_within_s: float = _env("STREAMS_BATCH_WITHIN_S", 0.05, positive_float,
+                                 "how long the marts agent waits to fill a batch")
+    labelling_batch_size: int = _env("LABELLING_BATCH_SIZE", 16, positive_int,
+                                     "images per labelling request (Google Vision's batch limit is 16)")
+
+    def app_id_for(self, topic_prefix: str) -> str:
+        return self.app_id or f"{topic_prefix}-streams"
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every stream worker setting."""
+    return StreamsSettings.describe()
