@@ -7,7 +7,7 @@ import json
 import sys
 
 from sightscan import db, log
-from sightscan.config import ConfigError, Settings, describe
+from sightscan.config import ConfigError, Settings, current_values
 from sightscan.names import BadName
 
 
@@ -102,25 +102,29 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def settings_of_every_service() -> list[tuple[str, type]]:
+    """(service, its settings class) for `sightscan config`: every variable any SightScan process reads."""
+    from consumers.settings import LabellerSettings
+    from gateway.settings import GatewaySettings
+    from producers.settings import CrawlerSettings
+    from streams.settings import StreamsSettings
+    from trainer.config import TrainerEnv
+
+    return [("shared", Settings), ("stream worker", StreamsSettings), ("crawler", CrawlerSettings),
+            ("labeller", LabellerSettings), ("trainer", TrainerEnv), ("gateway", GatewaySettings)]
+
+
 def _config(args: argparse.Namespace, settings: Settings) -> int:
     import os
 
-    from consumers.settings import describe as labeller_settings
-    from gateway.settings import describe as gateway_settings
-    from producers.settings import describe as crawler_settings
-
-    current = settings.env()
-    for name, _default, doc in describe():
-        print(f"{name:<42} {current[name]:<32} {doc}")
-    for service, rows in (("crawler", crawler_settings()), ("labeller", labeller_settings()),
-                          ("gateway", gateway_settings())):
-        print(f"\n# {service}")
-        for name, default, doc in rows:
-            value = os.environ.get(name) or default
-            if any(secret in name for secret in ("KEY", "TOKEN", "PASSWORD")) and os.environ.get(name):
-                value = "(set)"
-            print(f"{name:<42} {value:<32} {doc}")
-    return 0
+    malformed = 0
+    for service, cls in settings_of_every_service():
+        print(f"# {service}")
+        for row in current_values(cls, os.environ):
+            malformed += row.source.startswith("malformed")
+            print(f"{row.variable:<38} {row.value:<28} {row.source:<12} {row.meaning}")
+        print()
+    return 1 if malformed else 0
 
 
 def _city(args: argparse.Namespace, settings: Settings) -> int:

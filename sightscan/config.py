@@ -105,6 +105,37 @@ def describe_fields(cls: type) -> list[tuple[str, str, str]]:
     return [(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in fields(cls)]
 
 
+@dataclass(frozen=True)
+class SettingValue:
+    """One setting as `sightscan config` shows it."""
+    variable: str
+    value: str     # as it will be used; "(set)" for a secret
+    source: str    # "environment", "default", or "malformed: <why>"
+    meaning: str
+
+
+_SECRET_MARKERS = ("KEY", "TOKEN", "PASSWORD", "SECRET")
+
+
+def current_values(cls: type, environ: Mapping[str, str]) -> list[SettingValue]:
+    """Every env_field of a settings dataclass with its value now and where it came from."""
+    out = []
+    for f in fields(cls):
+        name, parse, raw = f.metadata["env"], f.metadata["parse"], environ.get(f.metadata["env"])
+        if raw is None or raw == "":
+            value, source = str(f.default), "default"
+        else:
+            value, source = raw, "environment"
+            try:
+                parse(raw)
+            except (ValueError, TypeError) as exc:
+                source = f"malformed: {exc}"
+        if source == "environment" and any(m in name for m in _SECRET_MARKERS):
+            value = "(set)"
+        out.append(SettingValue(name, value, source, f.metadata["doc"]))
+    return out
+
+
 class ServiceSettings:
     """Base of a service's own settings dataclass (crawler, labeller, gateway): reading and describing them."""
 

@@ -1,0 +1,41 @@
+"""`sightscan config`: every setting of every service, with its value and where it came from."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from sightscan.cli import main, settings_of_every_service
+from streams.settings import StreamsSettings
+from trainer.config import TrainerEnv
+
+
+def _rows(out: str) -> dict[str, list[str]]:
+    return {line.split()[0]: line.split(maxsplit=3) for line in out.splitlines() if line and not line.startswith("#")}
+
+
+def test_every_setting_of_every_service_is_listed_with_its_source(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("TRAINER_SEED", "7")
+    monkeypatch.setenv("SIGHTSCAN_API_TOKEN", "a-secret-token-value")
+    assert main(["config"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    declared = {f.metadata["env"] for _, cls in settings_of_every_service() for f in dataclasses.fields(cls)}
+    assert declared <= rows.keys()
+    assert {"STREAMS_BATCH_SIZE", "TRAINER_BACKBONE", "GATEWAY_WS_TOKEN", "CRAWLER_THREADS", "PGHOST"} <= declared
+    assert rows["TRAINER_SEED"][1:3] == ["7", "environment"]
+    assert rows["STREAMS_BATCH_SIZE"][1:3] == ["1000", "default"]
+    assert rows["SIGHTSCAN_API_TOKEN"][1:3] == ["(set)", "environment"]  # a secret is never printed
+
+
+def test_a_malformed_value_is_named_by_config_and_at_start_up(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("STREAMS_BATCH_SIZE", "lots")
+    assert main(["config"]) == 1
+    assert "malformed" in _rows(capsys.readouterr().out)["STREAMS_BATCH_SIZE"][2]
+    from sightscan.config import ConfigError
+
+    with pytest.raises(ConfigError, match="STREAMS_BATCH_SIZE"):
+        StreamsSettings.from_env()
+    monkeypatch.setenv("TRAINER_INPUT_SIZE", "100")
+    with pytest.raises(ConfigError, match="TRAINER_INPUT_SIZE.*multiple of 32"):
+        TrainerEnv.from_env()
