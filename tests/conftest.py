@@ -21,7 +21,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from sightscan import kafka
 from sightscan.config import Settings
 from sightscan.stack import LocalStack
-from sightscan.stack.ephemeral import ephemeral_settings
+from tests.support.stack import ephemeral_settings
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from sightscan.config import ConfigError, Settings
-from sightscan.stack.ephemeral import ephemeral_settings
+from tests.support.stack import ephemeral_settings
 
 
 def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

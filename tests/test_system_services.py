@@ -8,9 +8,9 @@ import urllib.request
 import psutil
 
 from sightscan.stack import LocalStack
-from sightscan.stack.ephemeral import free_port
 from sightscan.stack.proc import port_in_use
 from sightscan.stack.services import services, start_all, stop_all
+from tests.support.stack import free_port
 
 
 def test_services_start_answer_and_stop(stack: LocalStack, monkeypatch):

@@ -3,28 +3,25 @@
 Reports commit-to-Kafka latency p50/p99 and the rows/s achieved (target: p99 <= 200 ms at 1,000 rows/s), and the
 stack's start time from a warm jar cache (target <= 60 s): a fresh private stack, then a restart over its state.
 
-    python bench/cdc_latency/run.py [--rate 1000] [--seconds 10]
+    .venv/bin/python -m bench.cdc_latency.run [--rate 1000] [--seconds 10]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from confluent_kafka import TopicPartition
 
-from confluent_kafka import TopicPartition  # noqa: E402
-
-from bench.stats import exit_cleanly_on_sigterm, report, summary_ms  # noqa: E402
-from sightscan import db, kafka  # noqa: E402
-from sightscan.stack import LocalStack  # noqa: E402
-from sightscan.stack.ephemeral import ephemeral_settings  # noqa: E402
-from sightscan.topics import change_topic  # noqa: E402
+from bench.stats import exit_cleanly_on_sigterm, report, summary_ms
+from sightscan import db, kafka
+from sightscan.stack import LocalStack
+from sightscan.topics import change_topic
+from tests.support.stack import ephemeral_settings
 
 
 class Receiver(threading.Thread):

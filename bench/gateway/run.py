@@ -2,7 +2,7 @@
 """Gateway benchmark: frames/s and frame-to-detection latency with 1, 4 and 16 webcam clients at 10 fps each,
 the gateway against a naive server, in one run on this machine.
 
-    .venv/bin/python bench/gateway/run.py [--models sight,colour] [--seconds 6] [--clients 1,4,16]
+    .venv/bin/python -m bench.gateway.run [--models sight,colour] [--seconds 6] [--clients 1,4,16]
 
 Both servers run in their own process and serve the same ONNX model on the same 640x480 JPEG frames. Models:
   sight:   the trainer's default, an ImageNet MobileNetV2 sight model at 224 px (trainer.model.SightModel, heads
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import io
 import json
 import os
@@ -34,16 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from tests.support.onnx_models import solid_colour_model
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-
-def _builder() -> Any:
-    spec = importlib.util.spec_from_file_location("gw_onnx_builder", REPO / "tests/gateway/gw_onnx_builder.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
 
 
 CLASSES = {"Red Gate": (220, 30, 30), "Green Tower": (30, 200, 40), "Blue Hall": (30, 40, 210)}
@@ -253,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 def build_model(name: str) -> tuple[bytes, int]:
     """(ONNX bytes, input size) of a benchmark model."""
     if name == "colour":
-        onnx, _ = _builder().solid_colour_model(CLASSES, backbone=True)
+        onnx, _ = solid_colour_model(CLASSES, backbone=True)
         return onnx, 320
     if name != "sight":
         raise SystemExit(f"unknown model {name!r}: sight or colour")

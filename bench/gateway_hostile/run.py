@@ -8,7 +8,7 @@
   3. /healthz latency p50/p99 while bomb frames and 39.9 MP bomb uploads run (target: p99 <= 50 ms), next to
      /healthz on the idle gateway measured in the same run.
 
-    .venv/bin/python bench/gateway_hostile/run.py [--requests 10000] [--bombs 100]
+    .venv/bin/python -m bench.gateway_hostile.run [--requests 10000] [--bombs 100]
 """
 
 from __future__ import annotations
@@ -17,29 +17,31 @@ import argparse
 import asyncio
 import collections
 import itertools
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests" / "gateway"))
+import aiohttp
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis.core.failures import FailureGroup
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
-import aiohttp  # noqa: E402
-import schemathesis  # noqa: E402
-from gw_helpers import TOKEN, Gateway, jpeg, next_message, start_gateway, stop_gateway  # noqa: E402
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from schemathesis.core.failures import FailureGroup  # noqa: E402
-from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance  # noqa: E402
-from test_gateway_hostile import _bomb_png  # noqa: E402
-
-from bench.stats import exit_cleanly_on_sigterm, report, summary_ms  # noqa: E402
-from gateway import openapi  # noqa: E402
-from sightscan import db  # noqa: E402
-from sightscan.stack import LocalStack  # noqa: E402
-from sightscan.stack.ephemeral import ephemeral_settings  # noqa: E402
+from bench.stats import exit_cleanly_on_sigterm, report, summary_ms
+from gateway import openapi
+from sightscan import db
+from sightscan.stack import LocalStack
+from tests.support.gateway import (
+    TOKEN,
+    Gateway,
+    bomb_png,
+    jpeg,
+    next_message,
+    start_gateway,
+    stop_gateway,
+)
+from tests.support.stack import ephemeral_settings
 
 
 def fuzz(gateway: Gateway, requests: int, city: str) -> dict[str, Any]:
@@ -101,7 +103,7 @@ async def _healthz(gateway: Gateway, until: asyncio.Future[Any] | None, count: i
     return latencies
 
 
-BOMB = _bomb_png()  # made before any measurement: encoding it takes the client's loop ~60 ms
+BOMB = bomb_png()  # made before any measurement: encoding it takes the client's loop ~60 ms
 
 
 async def _bombs(gateway: Gateway, city: str, count: int) -> list[float]:
@@ -170,7 +172,7 @@ def main() -> None:
         gateway = None
         try:
             gateway = start_gateway(stack.settings, Path(home) / "gateway.log", GATEWAY_DECODE_THREADS="2")
-            from gw_onnx_builder import solid_colour_model
+            from tests.support.onnx_models import solid_colour_model
             with db.transaction(stack.settings) as cur:
                 city, _ = db.request_city(cur, "Bench Bombs")
                 onnx, classes = solid_colour_model({"Red Gate": (220, 30, 30), "Blue Hall": (30, 40, 210)})
@@ -182,7 +184,7 @@ def main() -> None:
             report("gateway under bomb frames", {**alone, "rss_before_mib": round(rss_before, 1),
                                                  "rss_after_mib": round(rss_after, 1),
                                                  "rss_growth_mib": round(rss_after - rss_before, 1)})
-            uploads = [_bomb_png(seed=i) for i in range(args.uploads)]
+            uploads = [bomb_png(seed=i) for i in range(args.uploads)]
             mixed = asyncio.run(_bombs_and_uploads(gateway, city.name, args.bombs, uploads, args.seconds))
             report("gateway under bomb frames and 39.9 MP uploads",
                    {**mixed, "rss_after_mib": round(gateway.rss_kib() / 1024, 1)})

@@ -2,7 +2,7 @@
 real google-cloud-vision client and the local Vision server with a simulated service time, batched (16 images per
 Vision request) against one image per request, in the same run, on the same images.
 
-    python bench/labeller/run.py [--images 320] [--single-images 160] [--latency-ms 100] [--per-image-ms 5]
+    .venv/bin/python -m bench.labeller.run [--images 320] [--single-images 160] [--latency-ms 100] [--per-image-ms 5]
                                  [--stack-home DIR]
 
 The Vision service time is simulated as latency-ms per HTTP request plus per-image-ms per image in it. Without
@@ -19,7 +19,6 @@ import dataclasses
 import gc
 import json
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -27,20 +26,17 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from confluent_kafka import Producer
 
-from confluent_kafka import Producer  # noqa: E402
-
-from bench.stats import exit_cleanly_on_sigterm, report  # noqa: E402
-from consumers.service import LabellerService  # noqa: E402
-from consumers.settings import LabellerSettings  # noqa: E402
-from sightscan import db, kafka  # noqa: E402
-from sightscan.config import Settings  # noqa: E402
-from sightscan.demo.city import render_city  # noqa: E402
-from sightscan.stack.ephemeral import ephemeral_stack  # noqa: E402
-from sightscan.topics import command_dead_letter_topic, command_topic  # noqa: E402
-from tests.fakes.vision_server import FakeVision, VisionServer, box_landmark  # noqa: E402
+from bench.stats import exit_cleanly_on_sigterm, report
+from consumers.service import LabellerService
+from consumers.settings import LabellerSettings
+from sightscan import db, kafka
+from sightscan.config import Settings
+from sightscan.demo.city import render_city
+from sightscan.topics import command_dead_letter_topic, command_topic
+from tests.fakes.vision_server import FakeVision, VisionServer, box_landmark
+from tests.support.stack import ephemeral_stack
 
 REQUEST_SIZE = 16  # LABELLING_BATCH_SIZE: images per labelling request from the stream agent
 

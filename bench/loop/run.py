@@ -1,7 +1,7 @@
 """The whole loop, timed and scored live: request a synthetic city, then watch it become a model that recognises
 its sights in the city's webcam clip, on a private stack with every service (the `sightscan demo` system).
 
-    .venv/bin/python bench/loop/run.py [--seeds 31 32 33] [--sights 5] [--per-sight 40] [--timeout 600]
+    .venv/bin/python -m bench.loop.run [--seeds 31 32 33] [--sights 5] [--per-sight 40] [--timeout 600]
 
 Per seed, from the city request (POST /api/cities):
   - when the first photo is stored, the crawl ends, the training threshold's label is written, the first model is
@@ -23,26 +23,23 @@ import io
 import json
 import os
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from PIL import Image
 
-from PIL import Image  # noqa: E402
-
-from bench.stats import exit_cleanly_on_sigterm, report, summary_ms  # noqa: E402
-from sightscan import db, kafka  # noqa: E402
-from sightscan.config import Settings  # noqa: E402
-from sightscan.demo.city import ClipFrame, clip_frames  # noqa: E402
-from sightscan.demo.scoring import ClipScore, normalised  # noqa: E402
-from sightscan.demo.system import DemoOptions, prepare_city, request_city, start_system  # noqa: E402
-from sightscan.stack import LocalStack  # noqa: E402
-from sightscan.stack.ephemeral import ephemeral_settings  # noqa: E402
-from sightscan.stack.services import api_token, stop_all  # noqa: E402
+from bench.stats import exit_cleanly_on_sigterm, report, summary_ms
+from sightscan import db, kafka
+from sightscan.config import Settings
+from sightscan.demo.city import ClipFrame, clip_frames
+from sightscan.demo.scoring import ClipScore, normalised
+from sightscan.demo.system import DemoOptions, prepare_city, request_city, start_system
+from sightscan.stack import LocalStack
+from sightscan.stack.services import api_token, stop_all
+from tests.support.stack import ephemeral_settings
 
 
 def _free_port() -> int:

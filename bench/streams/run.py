@@ -1,6 +1,6 @@
 """Stream agents: throughput of the mart agent on one worker, commit-to-mart latency, threshold-to-command latency.
 
-    python bench/streams/run.py [--events 20000] [--samples 200] [--crossings 30]
+    .venv/bin/python -m bench.streams.run [--events 20000] [--samples 200] [--crossings 30]
 
 Targets (issue 3): >= 5,000 events/s on one worker; p99 image commit -> mart row <= 500 ms; p99 commit that
 crosses the training threshold -> training request on its topic <= 1 s (the original polled every 3,600 s).
@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from confluent_kafka import TopicPartition
 
-from confluent_kafka import TopicPartition  # noqa: E402
-
-from bench.stats import exit_cleanly_on_sigterm, report, summary_ms  # noqa: E402
-from sightscan import db, kafka  # noqa: E402
-from sightscan.stack import LocalStack  # noqa: E402
-from sightscan.stack.ephemeral import ephemeral_settings  # noqa: E402
-from sightscan.topics import change_topic, command_topic  # noqa: E402
-from streams.testing import Worker  # noqa: E402
+from bench.stats import exit_cleanly_on_sigterm, report, summary_ms
+from sightscan import db, kafka
+from sightscan.stack import LocalStack
+from sightscan.topics import change_topic, command_topic
+from tests.support.stack import ephemeral_settings
+from tests.support.streams import Worker
 
 ENV = {"MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING": "10", "MIN_IMAGE_NUMBER_PER_LABEL": "3"}
 

@@ -1,7 +1,7 @@
 """Trainer benchmark: training time and quality on synthetic cities, then serving latency of the exported model,
 ONNX Runtime against eager torch (p50/p99, batch 1), on CPU and on CUDA if present.
 
-    python bench/trainer/run.py [--seeds 11 12 13] [--sights 5] [--per-sight 40] [--labels weak|boxes]
+    .venv/bin/python -m bench.trainer.run [--seeds 11 12 13] [--sights 5] [--per-sight 40] [--labels weak|boxes]
                                 [--threads N] [--device auto|cpu|cuda] [--config JSON] [--json FILE]
 
 Quality, per seed: held-out top-1 sight accuracy; with weak labels, the IoU of the held-out photos' boxes against
@@ -16,26 +16,22 @@ import argparse
 import dataclasses
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from bench.stats import summary_ms  # noqa: E402
-from sightscan.demo.city import clip_frames, render_city  # noqa: E402
-from sightscan.demo.scoring import ClipScore, iou, normalised  # noqa: E402
-from sightscan.detector import OnnxDetector, preprocess  # noqa: E402
-from trainer.data import Tensors, from_coco_folder, split  # noqa: E402
-from trainer.export import check_onnx, export_onnx, session  # noqa: E402
-from trainer.model import ExportWrapper, SightModel  # noqa: E402
-from trainer.train import TrainConfig, fit  # noqa: E402
+from bench.stats import summary_ms
+from sightscan.demo.city import clip_frames, render_city
+from sightscan.demo.scoring import ClipScore, iou, normalised
+from sightscan.detector import OnnxDetector, preprocess
+from trainer.data import Tensors, from_coco_folder, split
+from trainer.export import check_onnx, export_onnx, session
+from trainer.model import ExportWrapper, SightModel
+from trainer.train import TrainConfig, fit
 
 
 def time_calls(fn: Any, runs: int, warmup: int = 10) -> dict[str, float]:

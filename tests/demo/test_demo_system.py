@@ -11,9 +11,9 @@ import psutil
 
 from sightscan.cli import main as cli_main
 from sightscan.demo.system import DemoOptions, city_status, demo_env, page_url, run_demo
-from sightscan.stack.ephemeral import free_port
 from sightscan.stack.proc import port_in_use
 from sightscan.stack.services import DEMO_SOURCES, demo_state, demo_state_path, services, stop_all
+from tests.support.stack import free_port
 
 
 def test_the_demo_runs_the_system_on_its_own_sources(settings, monkeypatch, capsys):

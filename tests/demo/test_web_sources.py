@@ -15,8 +15,8 @@ import pytest
 
 from sightscan.demo.city import CityInfo, render_city
 from sightscan.demo.web_sources import WebSources, from_synthetic_city, sources_env
-from sightscan.stack.ephemeral import free_port
 from sightscan.stack.proc import stop_popen
+from tests.support.stack import free_port
 
 
 @pytest.fixture(scope="module")

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from gw_helpers import COLOURS, Gateway, start_gateway, stop_gateway  # noqa: E402
-from gw_onnx_builder import solid_colour_model  # noqa: E402
-
-from sightscan import db  # noqa: E402
-from sightscan.config import Settings  # noqa: E402
+from sightscan import db
+from sightscan.config import Settings
+from tests.support.gateway import COLOURS, Gateway, start_gateway, stop_gateway
+from tests.support.onnx_models import solid_colour_model
 
 
 @pytest.fixture(scope="session")

@@ -12,13 +12,13 @@ from urllib.parse import quote
 import cv2
 import numpy as np
 import pytest
-from gw_browser import Browser, poll
-from gw_helpers import REPO, Gateway
-from gw_onnx_builder import build_colour_model
 
 from sightscan import db
 from sightscan.config import Settings
 from sightscan.demo.city import read_y4m, render_city, render_clip
+from tests.gateway.gw_browser import Browser, poll
+from tests.support.gateway import REPO, Gateway
+from tests.support.onnx_models import build_colour_model
 
 DECOY = "Nowhere Gate"  # a class whose colour is in no frame: the page must never name it
 

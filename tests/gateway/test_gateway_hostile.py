@@ -6,7 +6,6 @@ Each case gets a clear 4xx, or on the websocket an error message with the connec
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import socket
 import time
@@ -16,19 +15,20 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gw_helpers import TOKEN, Gateway, call, call_json, jpeg, multipart, next_message, start_gateway, stop_gateway
-from PIL import Image
 
 from sightscan.config import Settings
-
-
-def _bomb_png(width: int = 7000, height: int = 5700, seed: int = 0) -> bytes:
-    """A 1-bit PNG of width x height (39.9 MP by default) that compresses to a few KB: a decompression bomb."""
-    img = Image.new("1", (width, height), 0)
-    img.putpixel((seed % width, 0), 1)  # distinct bytes per seed, so uploads are not duplicates
-    buf = io.BytesIO()
-    img.save(buf, "PNG", optimize=True)
-    return buf.getvalue()
+from tests.support.gateway import (
+    TOKEN,
+    Gateway,
+    bomb_png,
+    call,
+    call_json,
+    jpeg,
+    multipart,
+    next_message,
+    start_gateway,
+    stop_gateway,
+)
 
 
 def _full_width(text: str) -> str:
@@ -150,7 +150,7 @@ async def _upload(http: aiohttp.ClientSession, gateway: Gateway, city: str, data
 
 def test_bomb_uploads_do_not_stall_the_event_loop(gateway: Gateway, make_city) -> None:
     city = make_city(with_model=False).city
-    bombs = [_bomb_png(seed=i) for i in range(4)]
+    bombs = [bomb_png(seed=i) for i in range(4)]
     assert all(len(b) < 40_000 for b in bombs)
 
     async def uploads() -> list[int]:
@@ -169,7 +169,7 @@ def test_bomb_uploads_do_not_stall_the_event_loop(gateway: Gateway, make_city) -
 
 def test_a_bomb_over_the_upload_limit_is_refused_from_its_header(gateway: Gateway, make_city) -> None:
     city = make_city(with_model=False).city
-    body, ctype = multipart({"image": ("big.png", _bomb_png(7000, 6000))})  # 42 MP
+    body, ctype = multipart({"image": ("big.png", bomb_png(7000, 6000))})  # 42 MP
     status, _, data = call(gateway, "POST", f"/api/cities/{city.name}/images", body, content_type=ctype)
     assert (status, json.loads(data)["error"]) == (413, "too_large"), data
 
@@ -188,7 +188,7 @@ async def _bomb_frames(gateway: Gateway, city: str, count: int, bomb: bytes) -> 
 
 def test_bomb_frames_are_refused_from_their_header_in_bounded_memory(gateway: Gateway, make_city) -> None:
     city = make_city().city
-    bomb = _bomb_png()  # made before measuring: encoding it takes this test's own event loop ~60 ms
+    bomb = bomb_png()  # made before measuring: encoding it takes this test's own event loop ~60 ms
     asyncio.run(_bomb_frames(gateway, city.name, 3, bomb))  # warm up: first-use allocations are not growth
     before = gateway.rss_kib()
     latencies, errors = asyncio.run(_healthz_while(gateway, _bomb_frames(gateway, city.name, 100, bomb)))

@@ -8,11 +8,11 @@ import time
 import urllib.request
 
 import aiohttp
-from gw_helpers import COLOURS, Gateway, jpeg, metric, next_message
-from gw_onnx_builder import solid_colour_model
 
 from sightscan import db
 from sightscan.config import Settings
+from tests.support.gateway import COLOURS, Gateway, jpeg, metric, next_message
+from tests.support.onnx_models import solid_colour_model
 
 
 async def _swap(gateway: Gateway, pg: Settings, city: db.City) -> None:

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from gw_helpers import Gateway, call, call_json, jpeg, multipart
 from PIL import Image
 
 from gateway.app import make_app
 from gateway.settings import GatewaySettings
 from sightscan import db
 from sightscan.config import ConfigError, Settings
+from tests.support.gateway import Gateway, call, call_json, jpeg, multipart
 
 
 def test_request_city_then_list_it(gateway: Gateway) -> None:

@@ -12,14 +12,14 @@ import uuid
 
 import pytest
 import schemathesis
-from gw_helpers import COLOURS, TOKEN, Gateway
-from gw_onnx_builder import solid_colour_model
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from gateway import openapi
 from sightscan import db
 from sightscan.config import Settings
+from tests.support.gateway import COLOURS, TOKEN, Gateway
+from tests.support.onnx_models import solid_colour_model
 
 schema = schemathesis.openapi.from_dict(openapi.document())
 # /ws/detect is a websocket: its handshake is tested in test_gateway_ws and test_gateway_hostile.

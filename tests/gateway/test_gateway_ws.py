@@ -12,12 +12,12 @@ import uuid
 import aiohttp
 import numpy as np
 import pytest
-from gw_helpers import COLOURS, Gateway, jpeg, metric, next_message, noise_jpeg
-from gw_onnx_builder import solid_colour_model
 from PIL import Image
 
 from sightscan import db
 from sightscan.config import Settings
+from tests.support.gateway import COLOURS, Gateway, jpeg, metric, next_message, noise_jpeg
+from tests.support.onnx_models import solid_colour_model
 
 
 def ws_url(gateway: Gateway, city: str) -> str:

@@ -14,13 +14,13 @@ import zlib
 
 import aiohttp
 import pytest
-from gw_helpers import COLOURS, Gateway, jpeg, next_message
-from gw_onnx_builder import solid_colour_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sightscan import db
 from sightscan.config import Settings
+from tests.support.gateway import COLOURS, Gateway, jpeg, next_message
+from tests.support.onnx_models import solid_colour_model
 
 VALID = jpeg((220, 30, 30))
 

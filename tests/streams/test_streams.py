@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from sightscan import db, kafka
 from sightscan.topics import change_topic, command_topic, dead_letter_topic
-from streams.testing import Worker, wait_marts_match
+from tests.support.streams import Worker, wait_marts_match
 
 THRESHOLDS = {
     "MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING": "12",

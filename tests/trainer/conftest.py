@@ -13,10 +13,7 @@ from pathlib import Path
 
 import pytest
 
-# importlib import mode (pyproject) does not put test folders on sys.path; the helpers module lives here.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from tests.synthetic import render_city  # noqa: E402
+from tests.synthetic import render_city
 
 
 @pytest.fixture(scope="session")

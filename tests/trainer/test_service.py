@@ -10,13 +10,13 @@ import boto3
 import numpy as np
 import pytest
 from confluent_kafka import TopicPartition
-from trainer_helpers import load_city
 
 from sightscan import db, kafka
 from sightscan.config import Settings
 from sightscan.detector import INPUT_NAME, OUTPUT_NAMES
 from sightscan.events import parse_change
 from sightscan.topics import change_topic, command_topic, training_events_topic
+from tests.trainer.trainer_helpers import load_city
 from trainer import cloud
 from trainer.config import CloudConfig, load
 from trainer.export import session

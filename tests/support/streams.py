@@ -13,7 +13,7 @@ from sightscan import db
 from sightscan.config import Settings
 from sightscan.stack.proc import stop_popen
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 class Worker:
     """One `python -m streams worker` process."""

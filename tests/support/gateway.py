@@ -151,3 +151,12 @@ def multipart(fields: dict[str, tuple[str, bytes] | str]) -> tuple[bytes, str]:
         out.write(b"\r\n")
     out.write(f"--{boundary}--\r\n".encode())
     return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+def bomb_png(width: int = 7000, height: int = 5700, seed: int = 0) -> bytes:
+    """A 1-bit PNG of width x height (39.9 MP by default) that compresses to a few KB: a decompression bomb."""
+    img = Image.new("1", (width, height), 0)
+    img.putpixel((seed % width, 0), 1)  # distinct bytes per seed, so uploads are not duplicates
+    buf = io.BytesIO()
+    img.save(buf, "PNG", optimize=True)
+    return buf.getvalue()
