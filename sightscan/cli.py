@@ -108,7 +108,7 @@ def settings_of_every_service() -> list[tuple[str, type]]:
     from gateway.settings import GatewaySettings
     from producers.settings import CrawlerSettings
     from streams.settings import StreamsSettings
-    from trainer.config import TrainerEnv
+    from trainer.settings import TrainerEnv
 
     return [("shared", Settings), ("stream worker", StreamsSettings), ("crawler", CrawlerSettings),
             ("labeller", LabellerSettings), ("trainer", TrainerEnv), ("gateway", GatewaySettings)]

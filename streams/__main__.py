@@ -5,7 +5,7 @@ health is visible from the consumer group and the marts."""
 
 import sys
 
-from streams.app import create_app
+from streams.worker import create_app
 
 
 def main(argv: list[str] | None = None) -> None:

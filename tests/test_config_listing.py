@@ -8,7 +8,7 @@ import pytest
 
 from sightscan.cli import main, settings_of_every_service
 from streams.settings import StreamsSettings
-from trainer.config import TrainerEnv
+from trainer.settings import TrainerEnv
 
 
 def _rows(out: str) -> dict[str, list[str]]:

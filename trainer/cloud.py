@@ -11,7 +11,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
-from trainer.config import CloudConfig
+from trainer.settings import CloudConfig
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import numpy as np
 
 from sightscan import db
 from sightscan.config import Settings
-from trainer.config import TrainerSettings, load
 from trainer.data import Dataset, NotEnoughData, Tensors, check_trainable, from_warehouse, split
 from trainer.export import check_onnx, export_onnx
+from trainer.settings import TrainerSettings, load
 from trainer.train import TrainResult, fit
 
 log = logging.getLogger(__name__)

@@ -25,9 +25,9 @@ from sightscan.commands import BadCommand, CommandWorker
 from sightscan.config import Settings
 from sightscan.topics import training_events_topic
 from trainer import cloud
-from trainer.config import TrainerSettings, load
 from trainer.data import NotEnoughData
 from trainer.pipeline import train_city
+from trainer.settings import TrainerSettings, load
 
 log = logging.getLogger(__name__)
 

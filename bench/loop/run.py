@@ -109,7 +109,7 @@ def wait_trainer_idle(settings: Settings, timeout: float = 600) -> float:
     from confluent_kafka import TopicPartition
 
     from sightscan.topics import command_topic
-    from trainer.config import load
+    from trainer.settings import load
 
     topic = command_topic("training", settings.topic_prefix)
     consumer = kafka.consumer(settings, load(settings).group_id)

@@ -7,7 +7,7 @@ import pytest
 
 from sightscan.config import Settings
 from trainer import cloud
-from trainer.config import CloudConfig, load
+from trainer.settings import CloudConfig, load
 
 
 def _new_instance(endpoint: str, stopped: bool = True) -> str:

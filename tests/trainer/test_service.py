@@ -18,9 +18,9 @@ from sightscan.events import parse_change
 from sightscan.topics import change_topic, command_topic, training_events_topic
 from tests.trainer.trainer_helpers import load_city
 from trainer import cloud
-from trainer.config import CloudConfig, load
 from trainer.export import session
 from trainer.service import TrainerService
+from trainer.settings import CloudConfig, load
 
 ENV = {"TRAINER_THREADS": "2"}
 

@@ -16,9 +16,9 @@ import pytest
 from sightscan.demo.city import CityInfo, clip_frames
 from sightscan.demo.scoring import ClipScore, normalised
 from sightscan.detector import OnnxDetector, preprocess
-from trainer.config import TrainerSettings
 from trainer.data import Dataset, from_coco_folder
 from trainer.pipeline import train_dataset
+from trainer.settings import TrainerSettings
 from trainer.train import TrainConfig
 
 SETTINGS = TrainerSettings(train=TrainConfig(epochs=20, device="cpu", threads=2), heldout_fraction=0.2,
