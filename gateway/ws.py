@@ -26,7 +26,6 @@ import time
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
-from sightscan.names import BadName
 
 from gateway.errors import fail
 from gateway.imaging import ImageRejected
@@ -34,6 +33,7 @@ from gateway.registry import LoadedModel
 from gateway.settings import GatewaySettings, normal_origin
 from gateway.state import STATE, GatewayState
 from sightscan import db
+from sightscan.names import BadName
 
 log = logging.getLogger(__name__)
 
