@@ -17,7 +17,7 @@ import logging
 
 import psycopg2.extensions
 
-from sightscan import db
+from consumers import warehouse
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class Budget:
     def reserve(self, conn: psycopg2.extensions.connection, city_id: int, wanted: int) -> int:
         """Images of `wanted` that may be sent now (0..wanted), committed as spent before returning."""
         with conn, conn.cursor() as cur:
-            granted = db.reserve_vision_calls(cur, city_id, wanted, self.cap)
+            granted = warehouse.reserve_vision_calls(cur, city_id, wanted, self.cap)
         if granted < wanted:
             log.warning("Vision budget of the city is spent", extra={
                 "city_id": city_id, "wanted": wanted, "granted": granted, "cap": self.cap})
@@ -37,4 +37,4 @@ class Budget:
 
     def refund(self, conn: psycopg2.extensions.connection, city_id: int, images: int) -> None:
         with conn, conn.cursor() as cur:
-            db.refund_vision_calls(cur, city_id, images)
+            warehouse.refund_vision_calls(cur, city_id, images)

@@ -48,18 +48,18 @@ def run_label(args: argparse.Namespace, settings: Settings) -> int:
 
 def _label_city(args: argparse.Namespace, settings: Settings, labeller: Labeller,
                 lsettings: LabellerSettings) -> int:
+    from consumers import warehouse
     from consumers.labeller import Outcome
     from consumers.vision import VisionRefused, VisionUnavailable
     from sightscan import db
     from sightscan.commands import Backoff
 
     with db.transaction(settings) as cur:
-        city = db.find_city_by_id(cur, int(args.city)) if args.city.isdigit() else None
-        city = city or db.find_city(cur, args.city)
+        city = db.resolve_city(cur, args.city)
         if city is None:
             print(f"no city named {args.city!r}; ask for it with `sightscan request-city`", file=sys.stderr)
             return 1
-        todo = db.unlabelled_image_ids(cur, city.id)[:args.limit]
+        todo = warehouse.unlabelled_image_ids(cur, city.id)[:args.limit]
     described = labeller.describe()
     print(f"labelling {len(todo)} images of {city.name} with {described['backend']}", file=sys.stderr)
     total = Outcome()

@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg2.extensions
 
+from consumers import warehouse
 from consumers.boxes import Box, normalise_box
 from consumers.budget import Budget
 from consumers.matching import SightMatcher
@@ -102,12 +103,12 @@ class Labeller:
         conn = self._connection()
         try:
             with conn, conn.cursor() as cur:
-                db.lock_city_labelling(cur, city_id)  # session lock: held across the transactions below
+                warehouse.lock_city_labelling(cur, city_id)  # session lock: held across the transactions below
             try:
                 self._label_locked(conn, city_id, image_ids, outcome)
             finally:
                 with conn, conn.cursor() as cur:
-                    db.unlock_city_labelling(cur, city_id)
+                    warehouse.unlock_city_labelling(cur, city_id)
         except psycopg2.Error:
             self.close()  # a broken connection (or one in an unknown state) is not reused; closing also unlocks
             raise
@@ -131,7 +132,7 @@ class Labeller:
     def _label_locked(self, conn: psycopg2.extensions.connection, city_id: int, image_ids: list[int],
                       outcome: Outcome) -> None:
         with conn, conn.cursor() as cur:
-            images = db.images_to_label(cur, city_id, image_ids, with_data=self.backend == "vision")
+            images = warehouse.images_to_label(cur, city_id, image_ids, with_data=self.backend == "vision")
             cur.execute("SELECT count(*) FROM images WHERE id = ANY(%s) AND city_id = %s", (list(image_ids), city_id))
             present = cur.fetchone()[0]
         outcome.skipped_missing = len(set(image_ids)) - present
@@ -145,7 +146,7 @@ class Labeller:
 
     # Vision ------------------------------------------------------------------------------------------
 
-    def _vision_batch(self, conn: psycopg2.extensions.connection, city_id: int, images: list[db.ImageToLabel],
+    def _vision_batch(self, conn: psycopg2.extensions.connection, city_id: int, images: list[warehouse.ImageToLabel],
                       outcome: Outcome) -> None:
         assert self.vision is not None
         granted = self.budget.reserve(conn, city_id, len(images))
@@ -161,9 +162,9 @@ class Labeller:
             outcome.sent_to_vision += len(send)
         with conn, conn.cursor() as cur:
             # Locked again: a label written meanwhile (another tool) or an image deleted meanwhile is skipped.
-            still = {i.id for i in db.images_to_label(cur, city_id, [i.id for i in images], with_data=False,
+            still = {i.id for i in warehouse.images_to_label(cur, city_id, [i.id for i in images], with_data=False,
                                                       lock=True)}
-            matcher = SightMatcher(db.city_sights(cur, city_id), db.vision_landmark_sights(cur, city_id),
+            matcher = SightMatcher(warehouse.city_sights(cur, city_id), warehouse.vision_landmark_sights(cur, city_id),
                                    self.lsettings.match_cutoff)
             for image, answer in zip(send, answers, strict=True):
                 if image.id not in still:
@@ -176,10 +177,10 @@ class Labeller:
             over = [i for i in over if i.id in still]
             if over:
                 outcome.over_budget += len(over)
-                db.count_over_budget(cur, city_id, len(over))
+                warehouse.count_over_budget(cur, city_id, len(over))
                 self._write_weak(cur, city_id, over, outcome, reason="over budget")
 
-    def _write_landmarks(self, cur: psycopg2.extensions.cursor, matcher: SightMatcher, image: db.ImageToLabel,
+    def _write_landmarks(self, cur: psycopg2.extensions.cursor, matcher: SightMatcher, image: warehouse.ImageToLabel,
                          answer: ImageAnswer, outcome: Outcome) -> None:
         best: dict[int, tuple[float, Box]] = {}
         for lm in answer.landmarks:
@@ -202,7 +203,7 @@ class Labeller:
                 outcome.new_sights.append(lm.description)
             matcher.add(sight_id, matcher.names.get(sight_id, lm.description), lm.mid)
             if lm.mid:
-                db.remember_vision_landmark(cur, image.city_id, lm.mid, sight_id, lm.description)
+                warehouse.remember_vision_landmark(cur, image.city_id, lm.mid, sight_id, lm.description)
             log.debug("landmark matched", extra={"image_id": image.id, "description": lm.description, "mid": lm.mid,
                                                  "sight_id": sight_id, "how": match.how,
                                                  "similarity": round(match.similarity, 3)})
@@ -220,11 +221,11 @@ class Labeller:
 
     # Offline -----------------------------------------------------------------------------------------
 
-    def _write_weak(self, cur: psycopg2.extensions.cursor, city_id: int, images: list[db.ImageToLabel],
+    def _write_weak(self, cur: psycopg2.extensions.cursor, city_id: int, images: list[warehouse.ImageToLabel],
                     outcome: Outcome, reason: str) -> None:
         if reason == "offline":
             # Re-read under lock: the first read was outside this transaction.
-            still = {i.id for i in db.images_to_label(cur, city_id, [i.id for i in images], with_data=False,
+            still = {i.id for i in warehouse.images_to_label(cur, city_id, [i.id for i in images], with_data=False,
                                                       lock=True)}
             images = [i for i in images if i.id in still]
         for image in images:

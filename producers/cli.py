@@ -10,26 +10,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from producers.exit_codes import (
+    EXIT_CONFIG,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOURCES_FAILED,
+    EXIT_UNKNOWN_CITY,
+)
 from sightscan import log as slog
-from sightscan.config import ConfigError, Settings
-
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_SOURCES_FAILED, EXIT_UNKNOWN_CITY, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5
+from sightscan.config import ConfigError, Settings, non_negative_int, positive_int
 
 
-def _non_negative(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return value
-
-
-def _positive(raw: str) -> int:
-    value = int(raw)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
+def _argument(parse: Callable[[str], int]) -> Callable[[str], int]:
+    """A sightscan.config parser as an argparse type: its ValueError becomes argparse's message."""
+    def convert(raw: str) -> int:
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{raw!r}: {exc}") from None
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -38,11 +41,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                               description="Find a city's sights, crawl licensed images of each into the warehouse.")
     p.add_argument("city", nargs="?", help="city name (requested if new) or id")
     p.add_argument("--city-id", type=int, default=None, help="city id (it must exist)")
-    p.add_argument("--limit", type=_non_negative, default=None,
+    p.add_argument("--limit", type=_argument(non_negative_int), default=None,
                    help="images per sight (default MAX_IMAGES_PER_SIGHT)")
-    p.add_argument("--sights-limit", type=_non_negative, default=None,
+    p.add_argument("--sights-limit", type=_argument(non_negative_int), default=None,
                    help="sights of the city (default MAX_SIGHTS_PER_CITY)")
-    p.add_argument("--threads", type=_positive, default=None, help="concurrent downloads (default CRAWLER_THREADS)")
+    p.add_argument("--threads", type=_argument(positive_int), default=None,
+                   help="concurrent downloads (default CRAWLER_THREADS)")
     p.add_argument("--full", action="store_true",
                    help="download full-resolution originals instead of CRAWLER_THUMB_WIDTH px thumbnails")
     p.add_argument("--skip", action=argparse.BooleanOptionalAction, default=True,

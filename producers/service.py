@@ -23,7 +23,7 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from producers.cli import EXIT_OK, EXIT_SOURCES_FAILED, EXIT_UNKNOWN_CITY
+from producers.exit_codes import EXIT_OK, EXIT_SOURCES_FAILED, EXIT_UNKNOWN_CITY
 from producers.settings import CrawlerSettings
 from sightscan import db
 from sightscan.commands import BadCommand, CommandWorker, RetryLater

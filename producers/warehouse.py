@@ -26,15 +26,13 @@ class Warehouse:
         self.conn.close()
 
     def city(self, ref: str | int, create: bool = False) -> tuple[db.City | None, bool]:
-        """The city by id (an int or all digits) or by name; with `create`, a new name is requested."""
+        """The city `ref` names (sightscan.db.resolve_city); with `create`, a name no city has is requested. A ref
+        that reads as an id is never requested as a name: an unknown id stays unknown."""
         with self.conn, self.conn.cursor() as cur:
-            if isinstance(ref, int) or str(ref).strip().isdigit():
-                cur.execute("SELECT id, name, status FROM cities WHERE id = %s", (int(ref),))
-                row = cur.fetchone()
-                return (db.City(*row) if row else None), False
-            if create:
-                return db.request_city(cur, str(ref))
-            return db.find_city(cur, str(ref)), False
+            found = db.resolve_city(cur, ref)
+            if found is None and create and isinstance(ref, str) and db.city_id_of(ref) is None:
+                return db.request_city(cur, ref)
+            return found, False
 
     def start(self, city_id: int) -> str:
         with self.conn, self.conn.cursor() as cur:

@@ -32,7 +32,7 @@ from sightscan.detector import OnnxDetector, preprocess
 from sightscan.topics import WATCHED_TABLES, change_topic, command_topic, ensure_topics, training_events_topic
 from streams.rekey import rekey_group
 from tests.fakes.vision_server import FakeVision, VisionServer, box_landmark
-from tests.gateway.gw_helpers import next_message, start_gateway, stop_gateway
+from tests.support.gateway import next_message, start_gateway, stop_gateway
 from tests.support.streams import Worker, wait_marts_match
 from tests.synthetic import render_city
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from consumers import warehouse
 from sightscan import db
 from sightscan.config import Settings
 from sightscan.names import BadName
@@ -65,6 +66,30 @@ def test_look_alikes_are_the_same_city(settings: Settings) -> None:
             assert db.find_city(cur, alike) == city, repr(alike)
 
 
+def test_resolve_city_reads_an_id_or_a_name(settings: Settings) -> None:
+    base = f"Resolvestadt {uuid.uuid4().hex[:8]}"
+    digits = f"7{uuid.uuid4().int % 10**15:015d}"  # a name of digits only, far beyond any id in use
+    with db.transaction(settings) as cur:
+        city, _ = db.request_city(cur, base)
+        numbered, _ = db.request_city(cur, digits)
+        namesake, _ = db.request_city(cur, str(city.id))  # a city named as another city's id
+    with db.transaction(settings) as cur:
+        assert db.resolve_city(cur, city.id) == city
+        assert db.resolve_city(cur, str(city.id)) == city  # an id first: not the city named so
+        assert db.resolve_city(cur, f" {city.id}\n") == city
+        assert db.resolve_city(cur, base) == city
+        for alike in _look_alikes(base):
+            assert db.resolve_city(cur, alike) == city, repr(alike)
+        assert db.resolve_city(cur, digits) == numbered  # no such id: then a name
+        assert db.resolve_city(cur, int(digits)) is None  # an int is only ever an id
+        assert namesake.name == str(city.id)
+        assert db.resolve_city(cur, f"Nowhere {uuid.uuid4().hex}") is None
+        assert db.resolve_city(cur, 10**20) is None  # beyond bigint: no error, no city
+        assert db.resolve_city(cur, "9" * 25) is None
+        with pytest.raises(BadName):
+            db.resolve_city(cur, "\u200b ")
+
+
 def test_a_new_city_stores_the_clean_name(settings: Settings) -> None:
     tag = uuid.uuid4().hex[:8]
     with db.transaction(settings) as cur:
@@ -93,7 +118,7 @@ def test_look_alike_sights_are_the_same_sight(settings: Settings) -> None:
         sight = db.ensure_sight(cur, city.id, base, "test")
         assert {db.ensure_sight(cur, city.id, alike, "test") for alike in _look_alikes(base)} == {sight}
         assert db.ensure_sight(cur, other.id, base, "test") != sight  # a name is unique within its city only
-        assert db.city_sights(cur, city.id) == {sight: base}
+        assert warehouse.city_sights(cur, city.id) == {sight: base}
 
 
 @pytest.mark.parametrize("bad", BAD_NAMES)

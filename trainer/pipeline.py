@@ -34,14 +34,9 @@ class Outcome:
 
 
 def resolve_city(settings: Settings, city: str | int) -> db.City:
-    """A city by id (int or digits) or by name; LookupError naming what was asked when there is none."""
+    """The city `city` names (sightscan.db.resolve_city); LookupError naming what was asked when there is none."""
     with db.transaction(settings) as cur:
-        if isinstance(city, int) or str(city).strip().isdigit():
-            cur.execute("SELECT id, name, status FROM cities WHERE id = %s", (int(city),))
-            row = cur.fetchone()
-            found = db.City(*row) if row else None
-        else:
-            found = db.find_city(cur, str(city))
+        found = db.resolve_city(cur, city)
     if found is None:
         raise LookupError(f"no city {city!r} in the warehouse")
     return found

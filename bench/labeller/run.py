@@ -29,6 +29,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from bench.stats import exit_cleanly_on_sigterm, report
+from consumers import warehouse
 from consumers.service import LabellerService
 from consumers.settings import LabellerSettings
 from sightscan import db, kafka
@@ -112,7 +113,7 @@ def run_mode(base: Settings, server: VisionServer, images: list[dict], data: dic
         gc.collect()  # the Kafka clients go now, not after the private stack is down (their reconnect noise)
         delete_topics(settings)
     with db.transaction(settings) as cur:
-        costs = db.labelling_costs(cur, city_id)
+        costs = warehouse.labelling_costs(cur, city_id)
     return {"images": len(ids), "seconds": round(elapsed, 2), "images_per_s": round(len(ids) / elapsed, 1),
             "vision_requests": len(server.fake.requests) - before, "calls_spent": costs.calls_spent}
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from consumers import warehouse
 from consumers.service import LabellerService
 from consumers.settings import LabellerSettings
 from sightscan import db, kafka
@@ -122,9 +123,9 @@ def labels_of(settings: Settings, city_id: int) -> list[LabelRow]:
                 for r in cur.fetchall()]
 
 
-def costs_of(settings: Settings, city_id: int) -> db.LabellingCosts:
+def costs_of(settings: Settings, city_id: int) -> warehouse.LabellingCosts:
     with db.transaction(settings) as cur:
-        return db.labelling_costs(cur, city_id)
+        return warehouse.labelling_costs(cur, city_id)
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
