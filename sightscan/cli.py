@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from sightscan import db, log
 from sightscan.config import ConfigError, Settings, current_values
 from sightscan.names import BadName
+
+if TYPE_CHECKING:
+    from sightscan.stack import LocalStack
 
 
 def _stack(args: argparse.Namespace, settings: Settings) -> int:
@@ -36,7 +40,7 @@ def _stack(args: argparse.Namespace, settings: Settings) -> int:
 def _system(args: argparse.Namespace, settings: Settings) -> int:
     """The whole system: the stack, then SightScan's services (up); services, then the stack (down)."""
     from sightscan.stack import LocalStack
-    from sightscan.stack.services import api_token, gateway_port, services, start_all, stop_all
+    from sightscan.stack.services import api_token, gateway_port, start_all, stop_all
 
     def progress(msg: str) -> None:
         print(f"sightscan: {msg}", file=sys.stderr, flush=True)
@@ -52,28 +56,36 @@ def _system(args: argparse.Namespace, settings: Settings) -> int:
         stack.down(purge=args.purge)
         print("SightScan is down")
         return 0
+    return _print_status(settings, stack)
+
+
+def _print_status(settings: Settings, stack: LocalStack) -> int:
+    """One line a part: state, where (port or log), and what the supervisor did to it; exit 3 unless all healthy."""
+    from sightscan.stack.services import services, supervisor
+    from sightscan.stack.supervisor import read_state
+
+    supervised = read_state(settings)
     rows = [(r.name, r.healthy, r.running, r.where) for r in stack.status()]
-    rows += [(s.name, s.healthy(), s.running(), str(s.log_path)) for s in services(settings)]
+    rows += [(s.name, s.healthy(), s.running(), str(s.log_path)) for s in [*services(settings), supervisor(settings)]]
     for name, healthy, running, where in rows:
-        print(f"{name:<10} {'healthy' if healthy else 'running' if running else 'stopped':<8} {where}")
+        rec = supervised.get(name, {})
+        state = "healthy" if healthy else "running" if running else "stopped"
+        if rec.get("state") == "gave-up":
+            state = "gave-up"
+        note = f"restarts {rec['restarts']}" if rec.get("restarts") else ""
+        if rec.get("state") in ("waiting", "restarting", "gave-up"):
+            note += f"{'; ' if note else ''}{rec['state']} after {len(rec.get('crashes', []))} crash(es): "
+            note += rec.get("last_error", "")
+        print(f"{name:<10} {state:<8} {where}{'  ' + note if note else ''}")
     return 0 if all(r[1] for r in rows) else 3
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     """Offline: a synthetic city on local web sources, learnt by the whole system and served to the page."""
-    import os
+    from sightscan.demo.system import DemoOptions, run_demo
+    from sightscan.stack.settings import SystemSettings
 
-    from sightscan.config import positive_int
-    from sightscan.demo.system import DEFAULT_SOURCES_PORT, DemoOptions, run_demo
-
-    port = args.sources_port
-    if port is None:
-        raw = os.environ.get("DEMO_SOURCES_PORT") or str(DEFAULT_SOURCES_PORT)
-        try:
-            port = positive_int(raw)
-        except ValueError as exc:
-            raise ConfigError(f"DEMO_SOURCES_PORT (the demo's web sources port) is malformed: {raw!r}: {exc}. "
-                              f"Set it like DEMO_SOURCES_PORT={DEFAULT_SOURCES_PORT} or unset it.") from exc
+    port = args.sources_port if args.sources_port is not None else SystemSettings.from_env().demo_sources_port
 
     def progress(msg: str) -> None:
         print(f"sightscan: {msg}", file=sys.stderr, flush=True)
@@ -107,10 +119,12 @@ def settings_of_every_service() -> list[tuple[str, type]]:
     from consumers.settings import LabellerSettings
     from gateway.settings import GatewaySettings
     from producers.settings import CrawlerSettings
+    from sightscan.stack.settings import SystemSettings
     from streams.settings import StreamsSettings
     from trainer.settings import TrainerEnv
 
-    return [("shared", Settings), ("stream worker", StreamsSettings), ("crawler", CrawlerSettings),
+    return [("shared", Settings), ("local system and supervisor", SystemSettings),
+            ("stream worker", StreamsSettings), ("crawler", CrawlerSettings),
             ("labeller", LabellerSettings), ("trainer", TrainerEnv), ("gateway", GatewaySettings)]
 
 

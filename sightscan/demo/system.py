@@ -25,8 +25,9 @@ from urllib.parse import quote
 from sightscan.config import Settings
 from sightscan.demo.city import CityInfo, H, W, render_city, render_clip
 from sightscan.demo.web_sources import sources_env
+from sightscan.stack.settings import SystemSettings
 
-DEFAULT_SOURCES_PORT = 8766
+DEFAULT_SOURCES_PORT: int = SystemSettings.demo_sources_port  # DEMO_SOURCES_PORT's default
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ def start_system(settings: Settings, opts: DemoOptions, info: CityInfo, clip: Pa
         demo_state,
         services,
         start_all,
+        supervisor,
         write_demo_state,
     )
 
@@ -159,6 +161,7 @@ def start_system(settings: Settings, opts: DemoOptions, info: CityInfo, clip: Pa
     if old is not None and old != state:  # an earlier demo's sources serve another city or port
         PythonService(settings, demo_sources_spec(old)).stop()
     write_demo_state(settings, state)
+    supervisor(settings).stop()  # it would restart what we stop below; start_all starts it again
     for svc in services(settings):
         if svc.name != DEMO_SOURCES and svc.running() and not svc.started_with(env):
             progress(f"restarting service {svc.name} with the demo's settings")

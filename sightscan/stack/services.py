@@ -25,6 +25,7 @@ import psutil
 
 from sightscan.config import Settings
 from sightscan.stack.proc import PidFile, require_free_port, start_detached, stop_process, wait_for
+from sightscan.stack.settings import SystemSettings
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,12 @@ SERVICES = (
 
 DEMO_SOURCES = "websources"
 
+# Restarts a crashed service (sightscan/stack/supervisor.py); `up` starts it last, `down` stops it first.
+SUPERVISOR = ServiceSpec("supervisor", ("-m", "sightscan.stack.supervisor"))
+
 
 def gateway_port() -> int:
-    return int(os.environ.get("DOS_PORT", "8080"))
+    return SystemSettings.from_env().gateway_port
 
 
 def demo_state_path(settings: Settings) -> Path:
@@ -106,8 +110,11 @@ class PythonService:
         if not self.running():
             return False
         if self.spec.probe:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.spec.port}{self.spec.probe}", timeout=2) as resp:
-                return resp.status == 200
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.spec.port}{self.spec.probe}", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
         return True
 
     def start(self) -> None:
@@ -131,8 +138,9 @@ class PythonService:
 
 def api_token(settings: Settings) -> str:
     """SIGHTSCAN_API_TOKEN, or one generated once for the local stack and kept in SIGHTSCAN_HOME/api-token."""
-    if os.environ.get("SIGHTSCAN_API_TOKEN"):
-        return os.environ["SIGHTSCAN_API_TOKEN"]
+    configured = SystemSettings.from_env().api_token
+    if configured:
+        return configured
     path = settings.home / "api-token"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,14 +159,24 @@ def services(settings: Settings) -> list[PythonService]:
     return [PythonService(settings, spec) for spec in specs]
 
 
+def supervisor(settings: Settings) -> PythonService:
+    return PythonService(settings, SUPERVISOR)
+
+
 def start_all(settings: Settings, progress: Callable[[str], None]) -> None:
+    """Start what does not run, then (again) the supervisor: a new `up` also retries what it had given up."""
+    watcher = supervisor(settings)
+    watcher.stop()
     for svc in services(settings):
         progress(f"service {svc.name}…")
         svc.start()
         progress(f"service {svc.name} running (log: {svc.log_path})")
+    watcher.start()
+    progress(f"supervisor running: it restarts a crashed service (log: {watcher.log_path})")
 
 
 def stop_all(settings: Settings) -> None:
+    supervisor(settings).stop()  # first: it would restart what we stop
     for svc in reversed(services(settings)):
         svc.stop()
     demo_state_path(settings).unlink(missing_ok=True)  # the next `up` is the plain system again

@@ -1,0 +1,36 @@
+"""Settings of the local system as `sightscan up`, `demo` and the supervisor run it (not of any one service).
+
+DOS_PORT and SIGHTSCAN_API_TOKEN are the gateway's own settings too: here they say where `up` expects the gateway
+and which token it hands every service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sightscan.config import ServiceSettings, env_field, positive_float, positive_int
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 < value < 65536:
+        raise ValueError("must be a port number, 1-65535")
+    return value
+
+
+@dataclass(frozen=True)
+class SystemSettings(ServiceSettings):
+    gateway_port: int = env_field("DOS_PORT", 8080, _port, "port the local system's gateway serves on")
+    api_token: str = env_field("SIGHTSCAN_API_TOKEN", "",
+                               doc="write token for every service; unset: one generated in SIGHTSCAN_HOME/api-token")
+    demo_sources_port: int = env_field("DEMO_SOURCES_PORT", 8766, _port, "port of the demo's local web sources")
+
+    # The supervisor `up` leaves behind (sightscan/stack/supervisor.py).
+    max_crashes: int = env_field("SUPERVISOR_MAX_CRASHES", 5, positive_int,
+                                 "crashes of one service within SUPERVISOR_CRASH_WINDOW_S before it is given up")
+    crash_window_s: float = env_field("SUPERVISOR_CRASH_WINDOW_S", 300.0, positive_float,
+                                      "seconds over which crashes count towards giving up")
+    backoff_s: float = env_field("SUPERVISOR_BACKOFF_S", 1.0, positive_float,
+                                 "wait before the first restart; doubles with each crash in the window")
+    backoff_max_s: float = env_field("SUPERVISOR_BACKOFF_MAX_S", 30.0, positive_float, "longest wait before a restart")
+    poll_s: float = env_field("SUPERVISOR_POLL_S", 1.0, positive_float, "how often the supervisor checks each service")
