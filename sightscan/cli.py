@@ -45,7 +45,7 @@ def _system(args: argparse.Namespace, settings: Settings) -> int:
     def progress(msg: str) -> None:
         print(f"sightscan: {msg}", file=sys.stderr, flush=True)
 
-    stack = LocalStack(settings, progress)
+    stack = LocalStack(settings, progress if args.command != "status" else None)  # status: the table alone
     if args.command == "up":
         stack.up()
         start_all(settings, progress)
@@ -232,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-        log.setup(settings.log_level, settings.log_format)
+        # The commands that drive the local system print progress lines for people; their logs go to a file.
+        quiet = args.command in ("up", "down", "status", "stack", "demo")
+        log.setup(settings.log_level, settings.log_format,
+                  file=settings.home / "logs" / "sightscan.log" if quiet else None)
         return args.func(args, settings)
     except ConfigError as exc:
         print(f"sightscan: configuration error: {exc}", file=sys.stderr)

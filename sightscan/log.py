@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 _RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -33,8 +34,11 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
-def setup(level: str = "INFO", fmt: str = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def setup(level: str = "INFO", fmt: str = "json", file: Path | None = None) -> None:
+    """Log to stderr, or to `file` (appended) where stderr is for people: `sightscan up` prints progress there."""
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.StreamHandler(sys.stderr) if file is None else logging.FileHandler(file, encoding="utf-8")
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
