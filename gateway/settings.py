@@ -9,15 +9,16 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from sightscan.config import ServiceSettings, boolean, non_negative_int, positive_float, positive_int, unit_interval
+from sightscan.config import (
+    ServiceSettings,
+    boolean,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    tcp_port_or_zero,
+    unit_interval,
+)
 from sightscan.config import env_field as _env
-
-
-def _port(raw: str) -> int:
-    value = int(raw)
-    if not 0 <= value <= 65535:
-        raise ValueError("must be a TCP port, 0..65535 (0 picks a free one)")
-    return value
 
 
 def normal_origin(raw: str) -> str:
@@ -51,7 +52,8 @@ def _ws_token(raw: str) -> str:
 @dataclass(frozen=True)
 class GatewaySettings(ServiceSettings):
     host: str = _env("GATEWAY_HOST", "127.0.0.1", doc="interface the gateway listens on")
-    port: int = _env("DOS_PORT", 8080, _port, "gateway HTTP port (the original orchestration service's name)")
+    port: int = _env("DOS_PORT", 8080, tcp_port_or_zero,
+                     "gateway HTTP port (the original orchestration service's name; 0 picks a free one)")
     api_token: str = _env("SIGHTSCAN_API_TOKEN", "", doc="bearer token for writes; unset: writes are refused")
     public_url: str = _env("GATEWAY_PUBLIC_URL", "", _public_url,
                            "the origin browsers load the page from (https://sightscan.example.org) when it is not "

@@ -54,6 +54,18 @@ def non_negative_float(raw: str) -> float:
     return value
 
 
+def tcp_port(raw: str) -> int:
+    value = int(raw)
+    if not 0 < value <= 65535:
+        raise ValueError("must be a TCP port, 1..65535")
+    return value
+
+
+def tcp_port_or_zero(raw: str) -> int:
+    """A port to listen on, where 0 lets the system pick a free one."""
+    return 0 if raw.strip() == "0" else tcp_port(raw)
+
+
 def unit_interval(raw: str) -> float:
     value = float(raw)
     if not 0 <= value <= 1:

@@ -8,22 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sightscan.config import ServiceSettings, env_field, positive_float, positive_int
-
-
-def _port(raw: str) -> int:
-    value = int(raw)
-    if not 0 < value < 65536:
-        raise ValueError("must be a port number, 1-65535")
-    return value
+from sightscan.config import ServiceSettings, env_field, positive_float, positive_int, tcp_port
 
 
 @dataclass(frozen=True)
 class SystemSettings(ServiceSettings):
-    gateway_port: int = env_field("DOS_PORT", 8080, _port, "port the local system's gateway serves on")
+    gateway_port: int = env_field("DOS_PORT", 8080, tcp_port, "port the local system's gateway serves on")
     api_token: str = env_field("SIGHTSCAN_API_TOKEN", "",
                                doc="write token for every service; unset: one generated in SIGHTSCAN_HOME/api-token")
-    demo_sources_port: int = env_field("DEMO_SOURCES_PORT", 8766, _port, "port of the demo's local web sources")
+    demo_sources_port: int = env_field("DEMO_SOURCES_PORT", 8766, tcp_port, "port of the demo's local web sources")
 
     # The supervisor `up` leaves behind (sightscan/stack/supervisor.py).
     max_crashes: int = env_field("SUPERVISOR_MAX_CRASHES", 5, positive_int,
