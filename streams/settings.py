@@ -17,6 +17,8 @@ class StreamsSettings(ServiceSettings):
                                  "how long the marts agent waits to fill a batch")
     labelling_batch_size: int = _env("LABELLING_BATCH_SIZE", 16, positive_int,
                                      "images per labelling request (Google Vision's batch limit is 16)")
+    labelling_linger_s: float = _env("LABELLING_LINGER_S", 2.0, positive_float,
+                                     "longest wait for a labelling request to fill before it goes out smaller")
 
     def app_id_for(self, topic_prefix: str) -> str:
         return self.app_id or f"{topic_prefix}-streams"

@@ -1,18 +1,31 @@
 """One city's state in the stream: what exists (with the WAL position of its last change), the counts derived
-from it, and the commands that are due. Pure logic; the stream worker stores it as one table value per city.
+from it, and the commands that are due. Pure logic; the stream worker keeps it in one Faust table.
 
-Why one value per city: a city's membership, counts and emitted commands then change together in one changelog
-record, so a crash can never leave counts that disagree with the dedupe positions. Deduplication is by source
-LSN per entity: a redelivered change (same or older LSN) changes nothing, so counts stay right under
-at-least-once delivery, worker crashes and rebalances.
+Layout: small records whose cost does not grow with the city. Keys start with the city id:
+  <city>            the summary: the city row, its sights and models, the counts (kept up to date as facts
+                    arrive, never recounted), the command progress, the outbox and the images waiting to be
+                    sent for labelling;
+  <city>/i/<id>     one image: its LSN, whether it exists, its sight, its labelling request, and the sights its
+                    present labels name (the image's "outcome");
+  <city>/l/<id>     one label: its LSN, whether it exists, its image and sight.
+A batch stores the summary of each city it touched and the image and label records it changed: the work per
+event is the same in a city of 1,000 images and one of 100,000. Every key of a city lives in the partition of
+the city's facts (streams/worker.py CityTable), so the worker that owns a city owns all of it.
 
-The state is typed (CityState and its records) in the worker and stored as plain JSON in the table's changelog:
-records as short lists ([lsn, present, ...]), so a changelog written before the types existed still loads.
+Deduplication is by source LSN per entity: a redelivered change (same or older LSN) changes nothing, so counts
+stay right under at-least-once delivery, worker crashes and rebalances. A batch's records for a city are stored
+together before its commands are sent (the outbox), so a crash never leaves counts that disagree with the
+dedupe positions of what was sent.
+
+Labelling requests are batched: a city's unlabelled images wait until LABELLING_BATCH_SIZE of them are there, or
+until the oldest has waited LABELLING_LINGER_S. Request ids are the city and a sequence number, so a replay after
+a crash derives the same ids.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,11 +39,13 @@ class Thresholds:
     retrain_growth_fraction: float    # RETRAIN_GROWTH_FRACTION
     epochs: int                       # MTS_EPOCHS
     labelling_batch_size: int = 16    # images per labelling request (Vision's batch limit)
+    labelling_linger_s: float = 2.0   # longest wait for a labelling request to fill
     max_sights_per_city: int = 20
     max_images_per_sight: int = 100
 
 
 # Records: one per warehouse row, as of its last change (`lsn`); `present` is False once the row is deleted.
+# Stored as short JSON lists in field order.
 
 
 @dataclass(slots=True)
@@ -39,21 +54,6 @@ class CityRecord:
     present: bool
     name: str
     status: str
-
-
-@dataclass(slots=True)
-class ImageRecord:
-    lsn: int
-    present: bool
-    sight_id: int | None
-
-
-@dataclass(slots=True)
-class LabelRecord:
-    lsn: int
-    present: bool
-    image_id: int
-    sight_id: int | None  # None: Vision saw no landmark
 
 
 @dataclass(slots=True)
@@ -71,148 +71,294 @@ class SightRecord:
 
 
 @dataclass(slots=True)
+class ImageRecord:
+    lsn: int                # 0: not seen yet (a label of it came first)
+    present: bool
+    sight_id: int | None
+    request: str = ""       # the labelling request it is in, until an outcome for it arrives
+    labels: dict[str, int | None] = field(default_factory=dict)  # present label id -> its sight (None: no landmark)
+
+    def outcome(self) -> set[int | None]:
+        return set(self.labels.values())
+
+
+@dataclass(slots=True)
+class LabelRecord:
+    lsn: int
+    present: bool
+    image_id: int
+    sight_id: int | None  # None: Vision saw no landmark
+
+
+@dataclass(slots=True)
+class Counts:
+    """The city's data marts, kept up to date one image at a time."""
+    images: int = 0
+    labelled_images: int = 0       # present images with a label naming a sight
+    no_landmark_images: int = 0    # present images whose only outcome is "no landmark"
+    per_sight: dict[str, int] = field(default_factory=dict)  # sight id -> present images labelled with it
+
+    def add(self, image: ImageRecord, sign: int) -> None:
+        if not image.present:
+            return
+        self.images += sign
+        outcome = image.outcome()
+        sights = outcome - {None}
+        if sights:
+            self.labelled_images += sign
+        elif outcome:
+            self.no_landmark_images += sign
+        for sight in sights:
+            key = str(sight)
+            left = self.per_sight.get(key, 0) + sign
+            if left:
+                self.per_sight[key] = left
+            else:
+                self.per_sight.pop(key, None)
+
+
+@dataclass(slots=True)
 class CommandProgress:
     """What the city's commands have asked for so far, so that each is asked once."""
     crawl: bool = False                 # the crawl was requested
     label_seq: int = 0                  # labelling requests sent
-    outstanding: dict[str, str] = field(default_factory=dict)  # image id -> the labelling request it is in
     train_seq: int = 0                  # training requests sent
     train_outstanding: bool = False     # a training request awaits its outcome
     trained_on: int = 0                 # labelled images the last training request was asked for
 
 
-_RECORD = {"image": ImageRecord, "label": LabelRecord, "model": ModelRecord, "sight": SightRecord}
-_COLLECTION = {"image": "images", "label": "labels", "model": "models", "sight": "sights"}
-
-
 @dataclass(slots=True)
-class CityState:
-    city_id: int
+class Summary:
+    """The per-city record: everything but the images and labels. Its size does not grow with the city."""
     city: CityRecord | None = None
-    images: dict[str, ImageRecord] = field(default_factory=dict)  # keyed by row id as text (JSON object keys)
-    labels: dict[str, LabelRecord] = field(default_factory=dict)
-    models: dict[str, ModelRecord] = field(default_factory=dict)
     sights: dict[str, SightRecord] = field(default_factory=dict)
+    models: dict[str, ModelRecord] = field(default_factory=dict)
+    counts: Counts = field(default_factory=Counts)
     max_lsn: int = 0
     pending: list[Command] = field(default_factory=list)  # the outbox: due, stored, not yet sent
     cmd: CommandProgress = field(default_factory=CommandProgress)
-
-    # Stored form --------------------------------------------------------------------------------------------
+    waiting: list[int] = field(default_factory=list)      # present images with no outcome and no request
+    waiting_since_ms: int = 0                             # when the oldest of them started waiting
 
     def to_json(self) -> dict[str, Any]:
-        def rows(records: dict[str, Any]) -> dict[str, list[Any]]:
-            return {k: [getattr(r, f) for f in r.__slots__] for k, r in records.items()}
-
-        c = self.city
-        return {"city_id": self.city_id,
-                "city": None if c is None else {"lsn": c.lsn, "present": c.present, "name": c.name,
-                                                "status": c.status},
-                **{name: rows(getattr(self, name)) for name in _COLLECTION.values()},
+        c, n = self.city, self.counts
+        return {"layout": 2,
+                "city": None if c is None else [c.lsn, c.present, c.name, c.status],
+                "sights": {k: [s.lsn, s.present, s.name] for k, s in self.sights.items()},
+                "models": {k: [m.lsn, m.present, m.version] for k, m in self.models.items()},
+                "counts": [n.images, n.labelled_images, n.no_landmark_images, dict(n.per_sight)],
                 "max_lsn": self.max_lsn, "pending": [[kind, command] for kind, command in self.pending],
-                "cmd": {"crawl": self.cmd.crawl, "label_seq": self.cmd.label_seq,
-                        "outstanding": dict(self.cmd.outstanding), "train_seq": self.cmd.train_seq,
-                        "train_outstanding": self.cmd.train_outstanding, "trained_on": self.cmd.trained_on}}
+                "cmd": [self.cmd.crawl, self.cmd.label_seq, self.cmd.train_seq, self.cmd.train_outstanding,
+                        self.cmd.trained_on],
+                "waiting": list(self.waiting), "waiting_since_ms": self.waiting_since_ms}
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> CityState:
+    def from_json(cls, raw: dict[str, Any]) -> Summary:
         """A fresh object: changing it never changes the stored value it came from."""
-        c, cmd = raw.get("city"), raw["cmd"]
-        return cls(
-            city_id=raw["city_id"],
-            city=None if c is None else CityRecord(c["lsn"], c["present"], c["name"], c["status"]),
-            **{name: {k: _RECORD[kind](*v) for k, v in raw[name].items()} for kind, name in _COLLECTION.items()},
-            max_lsn=raw["max_lsn"], pending=[(kind, command) for kind, command in raw.get("pending", [])],
-            cmd=CommandProgress(cmd["crawl"], cmd["label_seq"], dict(cmd["outstanding"]), cmd["train_seq"],
-                                cmd["train_outstanding"], cmd["trained_on"]))
+        c, n = raw["city"], raw["counts"]
+        return cls(city=None if c is None else CityRecord(*c),
+                   sights={k: SightRecord(*v) for k, v in raw["sights"].items()},
+                   models={k: ModelRecord(*v) for k, v in raw["models"].items()},
+                   counts=Counts(n[0], n[1], n[2], dict(n[3])), max_lsn=raw["max_lsn"],
+                   pending=[(kind, command) for kind, command in raw["pending"]], cmd=CommandProgress(*raw["cmd"]),
+                   waiting=list(raw["waiting"]), waiting_since_ms=raw["waiting_since_ms"])
+
+
+def image_to_json(r: ImageRecord) -> list[Any]:
+    return [r.lsn, r.present, r.sight_id, r.request, dict(r.labels)]
+
+
+def image_from_json(raw: list[Any]) -> ImageRecord:
+    return ImageRecord(raw[0], raw[1], raw[2], raw[3], dict(raw[4]))
+
+
+def label_to_json(r: LabelRecord) -> list[Any]:
+    return [r.lsn, r.present, r.image_id, r.sight_id]
+
+
+def label_from_json(raw: list[Any]) -> LabelRecord:
+    return LabelRecord(*raw)
+
+
+Lookup = Callable[[str], Any]  # a record's key within the city ("i/12", "l/7") -> its stored JSON, or None
+
+
+class CityState:
+    """One city while a batch works on it: the summary, and the image and label records the batch read or
+    changed. `records()` gives what to store."""
+
+    def __init__(self, city_id: int, summary: Summary | None = None, lookup: Lookup | None = None) -> None:
+        self.city_id = city_id
+        self.summary = summary or Summary()
+        self._lookup: Lookup = lookup or (lambda key: None)
+        self._images: dict[str, ImageRecord] = {}
+        self._labels: dict[str, LabelRecord] = {}
+        self._changed: set[str] = set()
+
+    @classmethod
+    def from_legacy(cls, raw: dict[str, Any]) -> CityState:
+        """A city stored whole by an earlier version (one JSON value with every image and label): the same state
+        in this layout, every record marked changed so the next store writes them all (once)."""
+        state, cmd = cls(raw["city_id"]), raw["cmd"]
+        c, s = raw.get("city"), state.summary
+        s.city = None if c is None else CityRecord(c["lsn"], c["present"], c["name"], c["status"])
+        s.sights = {k: SightRecord(*v) for k, v in raw["sights"].items()}
+        s.models = {k: ModelRecord(*v) for k, v in raw["models"].items()}
+        s.max_lsn, s.pending = raw["max_lsn"], [(kind, command) for kind, command in raw.get("pending", [])]
+        s.cmd = CommandProgress(cmd["crawl"], cmd["label_seq"], cmd["train_seq"], cmd["train_outstanding"],
+                                cmd["trained_on"])
+        for k, (lsn, present, sight_id) in raw["images"].items():
+            state._images[k] = ImageRecord(lsn, present, sight_id, cmd["outstanding"].get(k, ""))
+        for k, v in raw["labels"].items():
+            label = state._labels[k] = LabelRecord(*v)
+            if label.present:
+                state.image(label.image_id).labels[k] = label.sight_id
+        for k, image in state._images.items():
+            s.counts.add(image, +1)
+            if image.present and not image.labels and not image.request:
+                s.waiting.append(int(k))
+        s.waiting_since_ms = int(time.time() * 1000)
+        state._changed = {f"i/{k}" for k in state._images} | {f"l/{k}" for k in state._labels}
+        return state
+
+    # Records ------------------------------------------------------------------------------------------------
+
+    def image(self, image_id: int | str) -> ImageRecord:
+        key = str(image_id)
+        record = self._images.get(key)
+        if record is None:
+            stored = self._lookup(f"i/{key}")
+            record = image_from_json(stored) if stored is not None else ImageRecord(0, False, None)
+            self._images[key] = record
+        return record
+
+    def label(self, label_id: int | str) -> LabelRecord | None:
+        key = str(label_id)
+        if key not in self._labels:
+            stored = self._lookup(f"l/{key}")
+            if stored is None:
+                return None
+            self._labels[key] = label_from_json(stored)
+        return self._labels[key]
+
+    def records(self) -> list[tuple[str, Any]]:
+        """(key within the city, stored JSON) of each changed record; "" is the summary, always included."""
+        out: list[tuple[str, Any]] = [("", self.summary.to_json())]
+        for key in sorted(self._changed):
+            kind, row_id = key.split("/", 1)
+            out.append((key, image_to_json(self._images[row_id]) if kind == "i"
+                        else label_to_json(self._labels[row_id])))
+        self._changed.clear()
+        return out
+
+    def _change_image(self, image_id: int | str, change: Callable[[ImageRecord], None]) -> None:
+        """Apply `change` to an image, keeping the counts and the waiting list in step with it."""
+        record = self.image(image_id)
+        s = self.summary
+        s.counts.add(record, -1)
+        change(record)
+        s.counts.add(record, +1)
+        self._changed.add(f"i/{image_id}")
+        waits = record.present and not record.labels and not record.request
+        listed = int(image_id) in s.waiting
+        if waits and not listed:
+            if not s.waiting:
+                s.waiting_since_ms = int(time.time() * 1000)
+            s.waiting.append(int(image_id))
+        elif listed and not waits:
+            s.waiting.remove(int(image_id))
 
     # Facts ----------------------------------------------------------------------------------------------
 
     def apply(self, fact: dict[str, Any]) -> bool:
         """Apply one fact (streams/facts.py); returns False when it is a duplicate (already applied)."""
-        kind, lsn, cmd = fact["kind"], fact["lsn"], self.cmd
+        kind, lsn, s = fact["kind"], fact["lsn"], self.summary
+        cmd = s.cmd
         if kind == "training_outcome":
             if not cmd.train_outstanding:
                 return False
             cmd.train_outstanding = False
             if fact["status"] == "failed":  # wait for more data before trying again, or a failing city loops forever
-                cmd.trained_on = self.labelled_images()
+                cmd.trained_on = s.counts.labelled_images
             return True
+        if kind == "linger":  # a nudge from the worker's timer: no data, see due_commands
+            return False
+        key = str(fact.get("id"))
         if kind == "city":
-            if self.city is not None and lsn <= self.city.lsn:
+            if s.city is not None and lsn <= s.city.lsn:
                 return False
-            self.city = CityRecord(lsn, fact["present"], fact["name"], fact["status"])
-        else:
-            records: dict[str, Any] = getattr(self, _COLLECTION[kind])
-            key = str(fact["id"])
-            current = records.get(key)
+            s.city = CityRecord(lsn, fact["present"], fact["name"], fact["status"])
+        elif kind == "sight":
+            if key in s.sights and lsn <= s.sights[key].lsn:
+                return False
+            s.sights[key] = SightRecord(lsn, fact["present"], fact["name"])
+        elif kind == "model":
+            current = s.models.get(key)
             if current is not None and lsn <= current.lsn:
                 return False
-            if kind == "image":
-                records[key] = ImageRecord(lsn, fact["present"], fact["sight_id"])
-                if not fact["present"]:
-                    cmd.outstanding.pop(key, None)
-            elif kind == "label":
-                records[key] = LabelRecord(lsn, fact["present"], fact["image_id"], fact["sight_id"])
-                cmd.outstanding.pop(str(fact["image_id"]), None)  # any outcome for an image ends its request
-            elif kind == "model":
-                new_model = fact["present"] and (current is None or not current.present)
-                records[key] = ModelRecord(lsn, fact["present"], fact["version"])
-                if new_model and cmd.train_outstanding:
-                    # Our request is answered; growth counts from the data it was asked for (set when it was
-                    # sent), not from whatever arrived meanwhile: change topics are not ordered against each other.
-                    cmd.train_outstanding = False
-                elif new_model:  # a model nobody here asked for (e.g. `sightscan train`): grow from now
-                    cmd.trained_on = max(cmd.trained_on, self.labelled_images())
-            else:
-                records[key] = SightRecord(lsn, fact["present"], fact["name"])
-        self.max_lsn = max(self.max_lsn, lsn)
+            new_model = fact["present"] and (current is None or not current.present)
+            s.models[key] = ModelRecord(lsn, fact["present"], fact["version"])
+            if new_model and cmd.train_outstanding:
+                # Our request is answered; growth counts from the data it was asked for (set when it was sent),
+                # not from whatever arrived meanwhile: change topics are not ordered against each other.
+                cmd.train_outstanding = False
+            elif new_model:  # a model nobody here asked for (e.g. `sightscan train`): grow from now
+                cmd.trained_on = max(cmd.trained_on, s.counts.labelled_images)
+        elif kind == "image":
+            if lsn <= self.image(key).lsn:
+                return False
+
+            def set_image(r: ImageRecord) -> None:
+                r.lsn, r.present, r.sight_id = lsn, fact["present"], fact["sight_id"]
+                if not r.present:
+                    r.request = ""
+            self._change_image(key, set_image)
+        elif kind == "label":
+            old = self.label(key)
+            if old is not None and lsn <= old.lsn:
+                return False
+            if old is not None and old.present:
+                self._change_image(old.image_id, lambda r: r.labels.pop(key, None))
+
+            def set_outcome(r: ImageRecord) -> None:
+                r.request = ""  # any outcome for an image ends its request
+                if fact["present"]:
+                    r.labels[key] = fact["sight_id"]
+            self._change_image(fact["image_id"], set_outcome)
+            self._labels[key] = LabelRecord(lsn, fact["present"], fact["image_id"], fact["sight_id"])
+            self._changed.add(f"l/{key}")
+        else:
+            raise ValueError(f"unknown fact kind {kind!r}")
+        s.max_lsn = max(s.max_lsn, lsn)
         return True
 
     # Counts (the data marts) ----------------------------------------------------------------------------
 
-    def present_images(self) -> dict[str, ImageRecord]:
-        return {k: r for k, r in self.images.items() if r.present}
+    def counts(self) -> dict[str, Any]:
+        s, n = self.summary, self.summary.counts
+        per_sight = {int(k): 0 for k, r in s.sights.items() if r.present}
+        per_sight.update({int(k): v for k, v in n.per_sight.items()})
+        return {"images": n.images, "labelled_images": n.labelled_images,
+                "no_landmark_images": n.no_landmark_images,
+                "models": sum(1 for m in s.models.values() if m.present), "per_sight": per_sight}
 
-    def label_outcomes(self, images: dict[str, ImageRecord] | None = None) -> dict[str, set[int | None]]:
-        """image id -> the sights its present labels name (None = no landmark), for present images only."""
-        images = self.present_images() if images is None else images
-        outcomes: dict[str, set[int | None]] = {}
-        for label in self.labels.values():
-            if label.present and str(label.image_id) in images:
-                outcomes.setdefault(str(label.image_id), set()).add(label.sight_id)
-        return outcomes
-
-    def labelled_images(self) -> int:
-        return sum(1 for sights in self.label_outcomes().values() if sights - {None})
-
-    def counts(self, images: dict[str, ImageRecord] | None = None,
-               outcomes: dict[str, set[int | None]] | None = None) -> dict[str, Any]:
-        """The city's marts; `images`/`outcomes` may be passed when the caller has them (one scan per batch)."""
-        images = self.present_images() if images is None else images
-        outcomes = self.label_outcomes(images) if outcomes is None else outcomes
-        per_sight: dict[int, int] = {int(k): 0 for k, s in self.sights.items() if s.present}
-        for sights in outcomes.values():
-            for sight in sights - {None}:
-                per_sight[sight] = per_sight.get(sight, 0) + 1
-        return {
-            "images": len(images),
-            "labelled_images": sum(1 for s in outcomes.values() if s - {None}),
-            "no_landmark_images": sum(1 for s in outcomes.values() if s == {None}),
-            "models": sum(1 for m in self.models.values() if m.present),
-            "per_sight": per_sight,
-        }
+    def linger_deadline_ms(self, limits: Thresholds) -> int | None:
+        """When the images waiting now are due to be sent however few they are (None: nothing waits)."""
+        s = self.summary
+        if not s.waiting or s.city is None or not s.city.present:
+            return None
+        return s.waiting_since_ms + int(limits.labelling_linger_s * 1000)
 
     # Commands -------------------------------------------------------------------------------------------
 
-    def due_commands(self, limits: Thresholds) -> list[Command]:
-        """The commands this state calls for that were not emitted yet; marks them emitted.
-
-        Request ids are deterministic (city + sequence), so a replay after a crash re-derives the same ids."""
-        city = self.city
+    def due_commands(self, limits: Thresholds, now_ms: int | None = None) -> list[Command]:
+        """The commands this state calls for that were not emitted yet; marks them emitted."""
+        s = self.summary
+        city = s.city
         if city is None or not city.present:
             return []
-        cmd, city_id, name = self.cmd, self.city_id, city.name
-        now_ms = int(time.time() * 1000)
+        cmd, city_id, name = s.cmd, self.city_id, city.name
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         out: list[Command] = []
 
         if not cmd.crawl and city.status == "requested":
@@ -221,24 +367,25 @@ class CityState:
                                   "max_sights_per_city": limits.max_sights_per_city,
                                   "max_images_per_sight": limits.max_images_per_sight, "ts_ms": now_ms}))
 
-        images = self.present_images()
-        outcomes = self.label_outcomes(images)
-        waiting = sorted(int(k) for k in images if k not in outcomes and k not in cmd.outstanding)
-        for start in range(0, len(waiting), limits.labelling_batch_size):
-            batch = waiting[start:start + limits.labelling_batch_size]
+        lingered = s.waiting and now_ms >= s.waiting_since_ms + limits.labelling_linger_s * 1000
+        while len(s.waiting) >= limits.labelling_batch_size or (s.waiting and lingered):
+            batch = sorted(s.waiting)[:limits.labelling_batch_size]
             cmd.label_seq += 1
             request_id = f"label-{city_id}-{cmd.label_seq}"
-            cmd.outstanding.update({str(i): request_id for i in batch})
+            for image_id in batch:
+                self._change_image(image_id, lambda r, rid=request_id: setattr(r, "request", rid))
             out.append(("labelling", {"request_id": request_id, "city_id": city_id, "city": name,
                                       "image_ids": batch, "ts_ms": now_ms}))
+        if s.waiting and not lingered and out and out[-1][0] == "labelling":
+            s.waiting_since_ms = now_ms  # what is left waits its own linger
 
-        c = self.counts(images, outcomes)
-        names = {int(k): s.name for k, s in self.sights.items() if s.present}
-        classes = sorted(names[s] for s, n in c["per_sight"].items()
-                         if n >= limits.min_images_per_label and s in names)
+        c = self.counts()
+        names = {int(k): r.name for k, r in s.sights.items() if r.present}
+        classes = sorted(names[sight] for sight, n in c["per_sight"].items()
+                         if n >= limits.min_images_per_label and sight in names)
         ready = c["labelled_images"] >= limits.min_labelled_images and len(classes) >= 2
         grown = c["labelled_images"] >= cmd.trained_on * (1 + limits.retrain_growth_fraction)
-        first = cmd.train_seq == 0 and not any(m.present for m in self.models.values()) and cmd.trained_on == 0
+        first = cmd.train_seq == 0 and not any(m.present for m in s.models.values()) and cmd.trained_on == 0
         if ready and not cmd.train_outstanding and (first or (cmd.trained_on > 0 and grown)):
             cmd.train_seq += 1
             cmd.train_outstanding = True

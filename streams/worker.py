@@ -23,11 +23,13 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 import mode
+from aiokafka.partitioner import murmur2
 
 from sightscan import kafka
 from sightscan import log as sightscan_log
@@ -46,7 +48,7 @@ from streams import faust_fixes
 from streams.marts import MartsWriter
 from streams.rekey import Rekeyer
 from streams.settings import StreamsSettings
-from streams.state import CityState, Thresholds
+from streams.state import CityState, Summary, Thresholds
 
 log = logging.getLogger("streams")
 
@@ -58,6 +60,7 @@ def thresholds(settings: Settings, streams: StreamsSettings) -> Thresholds:
         retrain_growth_fraction=settings.retrain_growth_fraction,
         epochs=settings.mts_epochs,
         labelling_batch_size=streams.labelling_batch_size,
+        labelling_linger_s=streams.labelling_linger_s,
         max_sights_per_city=settings.max_sights_per_city,
         max_images_per_sight=settings.max_images_per_sight,
     )
@@ -99,6 +102,20 @@ async def until_done(what: str, step: Callable[[], Awaitable[Any]]) -> None:
             delay = min(30.0, delay * 2)
 
 
+class CityTable(faust.Table):
+    """The city-state table. Keys are b"<city>" (the summary) and b"<city>/<kind>/<id>" (its records): each goes
+    to the changelog partition of the city's facts (murmur2 of the city id, the rekeyer's and Faust's partitioner),
+    so the worker that owns a city's facts owns every record of it, after any rebalance too."""
+
+    def partition_for_key(self, key: bytes) -> int:
+        return (murmur2(key.split(b"/", 1)[0]) & 0x7FFFFFFF) % self.partitions
+
+
+def linger_fact(city_id: int) -> dict[str, Any]:
+    """A nudge through the city's own partition: its waiting images may now be due (streams/state.py)."""
+    return {"kind": "linger", "id": 0, "city_id": city_id, "lsn": None, "present": True}
+
+
 class StreamWorker:
     """One stream worker: its Faust app, topics, city-state table, rekey thread and marts agent."""
 
@@ -138,17 +155,18 @@ class StreamWorker:
         self.dead_letters = self.app.topic(dead_letters, key_serializer="raw", value_serializer="json")
         self.commands = {kind: self.app.topic(command_topic(kind, prefix), key_serializer="raw",
                                               value_serializer="json") for kind in COMMAND_KINDS}
-        # Keyed by city id as text bytes, the same bytes as the facts' keys; use_partitioner puts each city's
-        # changelog records in the partition its facts come from, though `marts` takes facts of several at once.
-        # Values are CityState.to_json(): plain JSON in the changelog.
-        self.city_state = self.app.Table("city-state", default=None, partitions=settings.topic_partitions,
-                                         use_partitioner=True, key_type=bytes)
+        # Values are plain JSON in the changelog (streams/state.py has the layout).
+        self.city_state = self.app.tables.add(CityTable(
+            self.app, name="city-state", default=None, partitions=settings.topic_partitions, key_type=bytes,
+            beacon=self.app.tables.beacon))
+        self.lingering: dict[str, int] = {}  # city -> when its waiting images are due (ms), for cities seen here
         self.changelog = faust_fixes.ConfirmedChangelog(self.city_state)
         self.marts_writer = MartsWriter(settings)
         rekeyer = Rekeyer(settings, app_id, table_of_topic, outcomes, facts, dead_letters)
         self.app.service(type("RekeyService", (RekeyService,), {"rekeyer": rekeyer}))
         self.app.agent(self.facts, name="marts")(self.marts)
         self.city_state.on_recover(self.resend_after_recovery)
+        self.app.timer(0.25, name="labelling-linger")(self.nudge_lingering_cities)
 
     # The marts agent ----------------------------------------------------------------------------------------
 
@@ -158,20 +176,33 @@ class StreamWorker:
             # Outbox: due commands are stored in the city state, the state is confirmed in its changelog, and only
             # then are the commands sent. A crash after that resends the stored commands on recovery (identical
             # copies, same request ids); a crash before it replays the facts into the same decision.
-            for state in touched.values():
-                state.pending.extend(state.due_commands(self.limits))
+            for key, state in seen.items():
+                due = state.due_commands(self.limits)
+                if due:
+                    state.summary.pending.extend(due)
+                    touched[key] = state
             if touched:
                 await until_done("storing city states", lambda touched=touched: self._store(touched))
             for key, state in touched.items():
-                if state.pending:
+                if state.summary.pending:
                     await until_done(f"sending commands of city {key}",
                                      lambda k=key, s=state: self._send_pending(k, s))
             # Every city the batch names, changed or not: a fact already applied is redelivered only when a worker
             # stopped between storing a state and writing its marts, which are then behind (the upsert is
             # guarded by LSN, so writing them again is harmless).
-            rows = [(s.city_id, s.max_lsn, s.counts()) for s in seen.values()]
+            rows = [(s.city_id, s.summary.max_lsn, s.counts()) for s in seen.values()]
             if rows:
                 await until_done("writing data marts", lambda rows=rows: self.marts_writer.write(rows))
+            self._note_lingering(seen)
+
+    def _load(self, key: str) -> CityState | None:
+        stored = self.city_state.get(key.encode())
+        if stored is None:
+            return None
+        if "layout" not in stored:  # stored whole by an earlier version: converted, written anew by _store
+            return CityState.from_legacy(stored)
+        return CityState(int(key), Summary.from_json(stored),
+                         lambda suffix, k=key: self.city_state.get(f"{k}/{suffix}".encode()))
 
     async def _apply(self, batch: list[dict[str, Any]]) -> tuple[dict[str, CityState], dict[str, CityState]]:
         """The batch's facts applied to the states of the cities they name: (every city seen, the cities whose
@@ -182,12 +213,10 @@ class StreamWorker:
             key = str(fact["city_id"])
             state = seen.get(key)
             if state is None:
-                stored = self.city_state.get(key.encode())
-                if stored is not None:
-                    state = CityState.from_json(stored)
-                elif await self.marts_writer.city_exists(fact["city_id"]):
+                state = self._load(key)
+                if state is None and await self.marts_writer.city_exists(fact["city_id"]):
                     state = CityState(fact["city_id"])
-                else:
+                elif state is None:
                     await self.dead_letters.send(key=key.encode(), force=True, value=kafka.dead_letter(
                         self.facts.get_topic_name(), None, None, key, json.dumps(fact),
                         f"unknown city {fact['city_id']}"))
@@ -197,25 +226,55 @@ class StreamWorker:
                 touched[key] = state
         return seen, touched
 
+    def _write(self, key: str, state: CityState) -> None:
+        for suffix, value in state.records():
+            self.city_state[(f"{key}/{suffix}" if suffix else key).encode()] = value
+
     async def _store(self, touched: dict[str, CityState]) -> None:
         for key, state in touched.items():
-            self.city_state[key.encode()] = state.to_json()
+            self._write(key, state)
         await self.changelog.written()  # before any command is sent, and before the batch's offsets are acked
 
     async def _send_pending(self, key: str, state: CityState) -> None:
-        for kind, command in state.pending:
-            sent = await self.commands[kind].send(key=key.encode(), value=command, force=True)
-            await sent
+        # All sent, then all awaited: one round trip for the lot (one partition keeps them in order).
+        sent = [await self.commands[kind].send(key=key.encode(), value=command, force=True)
+                for kind, command in state.summary.pending]
+        await asyncio.gather(*sent)
+        for kind, command in state.summary.pending:
             log.info(f"command {kind} {command['request_id']}", extra={"kind": kind,
                                                                        "request_id": command["request_id"]})
-        state.pending = []
-        self.city_state[key.encode()] = state.to_json()
+        state.summary.pending = []
+        self._write(key, state)
+
+    def _note_lingering(self, seen: dict[str, CityState]) -> None:
+        for key, state in seen.items():
+            deadline = state.linger_deadline_ms(self.limits)
+            if deadline is None:
+                self.lingering.pop(key, None)
+            else:
+                self.lingering[key] = deadline
+
+    async def nudge_lingering_cities(self) -> None:
+        """Timer: a linger fact for each city whose waiting images are due, through the city's own partition (the
+        worker that owns it acts on it, whoever that is by then)."""
+        now_ms = int(time.time() * 1000)
+        for key, deadline in list(self.lingering.items()):
+            if now_ms >= deadline:
+                del self.lingering[key]
+                await self.facts.send(key=key.encode(), value=linger_fact(int(key)))
 
     async def resend_after_recovery(self) -> None:
-        """Commands a crashed or rebalanced-away worker stored but may not have sent."""
+        """Commands a crashed or rebalanced-away worker stored but may not have sent; and the lingering cities."""
         for raw_key, stored in list(self.city_state.items()):
-            if stored and stored.get("pending"):
-                await self._send_pending(raw_key.decode(), CityState.from_json(stored))
+            if b"/" in raw_key or not stored:
+                continue
+            key = raw_key.decode()
+            if stored.get("pending"):
+                state = self._load(key)
+                await self._send_pending(key, state)
+            if stored.get("waiting") or "layout" not in stored:
+                state = self._load(key)
+                self._note_lingering({key: state})
 
 
 def create_app(settings: Settings | None = None, streams: StreamsSettings | None = None,

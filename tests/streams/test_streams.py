@@ -240,33 +240,3 @@ def test_poison_events_go_to_dead_letter_and_the_agent_keeps_going(settings, wor
 
     city_id, _ = _grow_city(settings, f"After poison {uuid.uuid4().hex[:6]}", 3)
     wait_marts_match(settings, [city_id])
-
-
-def test_unit_counts_ignore_redelivered_facts():
-    from streams.state import CityState
-
-    state = CityState(1)
-    facts = [{"kind": "city", "id": 1, "city_id": 1, "lsn": 1, "present": True, "name": "X", "status": "requested"},
-             {"kind": "image", "id": 5, "city_id": 1, "lsn": 2, "present": True, "sight_id": 7},
-             {"kind": "label", "id": 9, "city_id": 1, "lsn": 3, "present": True, "image_id": 5, "sight_id": 7},
-             {"kind": "image", "id": 6, "city_id": 1, "lsn": 4, "present": True, "sight_id": 7},
-             {"kind": "image", "id": 6, "city_id": 1, "lsn": 5, "present": False, "sight_id": 7}]
-    applied = [state.apply(f) for f in facts + facts]  # everything delivered twice
-    assert applied == [True] * 5 + [False] * 5
-    c = state.counts()
-    assert (c["images"], c["labelled_images"], c["per_sight"]) == (1, 1, {7: 1})
-
-
-def test_unit_city_state_round_trips_through_its_stored_json():
-    from streams.state import CityState, Thresholds
-
-    state = CityState(3)
-    state.apply({"kind": "city", "id": 3, "city_id": 3, "lsn": 1, "present": True, "name": "Y", "status": "requested"})
-    state.apply({"kind": "image", "id": 8, "city_id": 3, "lsn": 2, "present": True, "sight_id": None})
-    state.pending.extend(state.due_commands(Thresholds(1, 1, 0.25, 1)))
-    stored = json.loads(json.dumps(state.to_json()))  # as the changelog holds it
-    assert stored["images"] == {"8": [2, True, None]}  # the layout of changelogs written before the types
-    again = CityState.from_json(stored)
-    assert again == state and again.to_json() == stored
-    again.apply({"kind": "image", "id": 9, "city_id": 3, "lsn": 3, "present": True, "sight_id": None})
-    assert "9" not in CityState.from_json(stored).images  # a loaded state never changes what it came from
