@@ -170,3 +170,20 @@ def test_failures_that_do_not_pass_are_dead_lettered_with_the_reason(migrated, l
         assert "429" in letters[0]["value"]["reason"]
     assert [r.status for r in fake.requests][-4:] == [403, 429, 429, 429]
     assert {r.image_id for r in labels_of(settings, city.id)} == {city.images[0].id, city.images[2].id}
+
+
+def test_a_request_of_any_size_is_labelled_in_vision_sized_batches(migrated, label_city, vision_server):
+    """The stream worker batches labelling requests (LABELLING_BATCH_SIZE, or fewer after LABELLING_LINGER_S);
+    the labeller takes a request of any size and sends Vision at most its own batch size per call."""
+    settings = isolated(migrated)
+    city = seed_city(settings, label_city)
+    service = LabellerService(settings, labeller_settings(vision_server.endpoint, batch_size=5))
+    ids = [i.id for i in city.images]
+    assert len(ids) > 10
+    service.handle({"request_id": "big", "city_id": city.id, "image_ids": ids})
+    assert {r.image_id for r in labels_of(settings, city.id)} == set(ids)
+    costs = costs_of(settings, city.id)
+    assert costs.calls_spent == len(ids) and costs.vision_requests == -(-len(ids) // 5)
+    assert service.handle({"request_id": "one", "city_id": city.id, "image_ids": ids[:1]})["sent_to_vision"] == 0
+    service.labeller.close()
+    service.worker.consumer.close()
