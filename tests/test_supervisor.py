@@ -173,6 +173,11 @@ def test_each_service_sigkilled_in_turn_is_restarted(supervised: LocalStack, cap
         assert "restarts 1" in rows[name], rows[name]
     assert "healthy" in rows["supervisor"]
     _wait(lambda: _status(settings, capsys)[0] == 0, 60, "every part healthy after the kills")
+    # A new `up` replaces the supervisor; what the old one restarted (its children) keeps running.
+    pids = {name: unit.pidfile.process().pid for name, unit in units.items()}
+    start_all(settings, progress=print)
+    assert {name: unit.pidfile.process().pid for name, unit in units.items()} == pids
+    assert supervised.kafka.healthy() and supervised.connect.healthy()
 
 
 def test_a_service_that_cannot_start_is_given_up_and_up_retries_it(supervised: LocalStack, capsys):

@@ -78,10 +78,10 @@ def start_detached(cmd: Sequence[str], log_path: Path, env: dict[str, str] | Non
                                 env=env, cwd=cwd, start_new_session=True)
 
 
-def stop_process(proc: psutil.Process, timeout: float = 30.0) -> None:
-    """SIGTERM, wait, then SIGKILL the process and any children it left."""
+def stop_process(proc: psutil.Process, timeout: float = 30.0, children_too: bool = True) -> None:
+    """SIGTERM, wait, then SIGKILL the process and (unless told not to) any children it left."""
     with contextlib.suppress(psutil.Error):
-        children = proc.children(recursive=True)
+        children = proc.children(recursive=True) if children_too else []
         proc.send_signal(signal.SIGTERM)
         _, alive = psutil.wait_procs([proc], timeout=timeout)
         for p in alive + [c for c in children if c.is_running()]:

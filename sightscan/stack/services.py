@@ -37,6 +37,7 @@ class ServiceSpec:
     port: int | None = None  # the port it serves on: must be free before it starts
     port_env: str = ""       # what chooses that port, named when the port is taken
     probe: str = ""          # an HTTP path on that port that answers 200 once it serves
+    stop_children: bool = True  # stopping it also stops what it started (not the supervisor's restarted services)
 
 
 SERVICES = (
@@ -51,7 +52,7 @@ SERVICES = (
 DEMO_SOURCES = "websources"
 
 # Restarts a crashed service (sightscan/stack/supervisor.py); `up` starts it last, `down` stops it first.
-SUPERVISOR = ServiceSpec("supervisor", ("-m", "sightscan.stack.supervisor"))
+SUPERVISOR = ServiceSpec("supervisor", ("-m", "sightscan.stack.supervisor"), stop_children=False)
 
 
 def gateway_port() -> int:
@@ -132,7 +133,7 @@ class PythonService:
     def stop(self) -> None:
         proc = self.pidfile.process()
         if proc is not None:
-            stop_process(proc)
+            stop_process(proc, children_too=self.spec.stop_children)
         self.pidfile.clear()
 
 
