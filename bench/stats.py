@@ -34,3 +34,25 @@ def report(name: str, figures: dict) -> None:
     for key, value in figures.items():
         print(f"  {key:<28} {value}")
     print("JSON " + json.dumps({"bench": name, **figures}))
+
+
+def median_spread(values: Sequence[float], unit: str = "", digits: int = 1) -> str:
+    """'median M (min A, max B over n runs)': what a repeated figure prints, so its noise is visible."""
+    if not values:
+        return "no runs"
+    ordered = sorted(values)
+    return (f"median {median(values):.{digits}f}{unit} (min {ordered[0]:.{digits}f}, max {ordered[-1]:.{digits}f} "
+            f"over {len(ordered)} runs)")
+
+
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    return math.nan if not n else ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+
+
+def machine_note() -> str:
+    """What the machine was doing: CPUs and load average, printed beside figures that depend on it."""
+    import os
+
+    return f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}/{os.getloadavg()[1]:.2f} (1/5 min)"

@@ -67,11 +67,11 @@ def _request(method: str, url: str, body: dict[str, Any] | None = None, timeout:
         return json.loads(raw) if raw else None
 
 
-def register(settings: Settings) -> None:
-    """Create or update the connector (PUT is idempotent)."""
+def register(settings: Settings, overrides: dict[str, str] | None = None) -> None:
+    """Create or update the connector (PUT is idempotent); `overrides` replace or add config keys (benchmarks)."""
     url = f"{settings.connect_url}/connectors/{CONNECTOR_NAME}/config"
     try:
-        _request("PUT", url, debezium_config(settings))
+        _request("PUT", url, {**debezium_config(settings), **(overrides or {})})
     except urllib.error.HTTPError as exc:
         raise ConnectorError(f"Kafka Connect refused the connector: {exc.code} {exc.read().decode()[:2000]}") from exc
     log.info("connector registered", extra={"connector": CONNECTOR_NAME})

@@ -188,6 +188,8 @@ class Settings:
     home: Path = _env("SIGHTSCAN_HOME", ".sightscan", _path, "folder for the local stack's data, logs and pids")
     cache: Path = _env("SIGHTSCAN_CACHE", "~/.cache/sightscan", _path, "folder for resolved Kafka/Debezium jars")
     jvm_heap: str = _env("SIGHTSCAN_JVM_HEAP", "512m", doc="max heap of each local JVM (Kafka, Connect)")
+    jvm_options: str = _env("SIGHTSCAN_JVM_OPTIONS", "-XX:+UseSerialGC",
+                            doc="more options of each local JVM, e.g. its garbage collector")
 
     # Pipeline limits and thresholds (names from the original system).
     max_sights_per_city: int = _env("MAX_SIGHTS_PER_CITY", 20, non_negative_int,

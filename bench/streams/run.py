@@ -1,9 +1,14 @@
-"""Stream agents: throughput of the mart agent on one worker, commit-to-mart latency, threshold-to-command latency.
+"""Stream agents: the state's cost per event as a city grows, the mart agent's throughput with 1, 2 and 4 workers,
+commit-to-mart latency and threshold-to-command latency; each measured --repeats times (median and spread).
 
-    .venv/bin/python -m bench.streams.run [--events 20000] [--samples 200] [--crossings 30]
+    .venv/bin/python -m bench.streams.run [--events 40000] [--workers 1,2,4] [--partitions 8] [--repeats 3]
 
-Targets (issue 3): >= 5,000 events/s on one worker; p99 image commit -> mart row <= 500 ms; p99 commit that
-crosses the training threshold -> training request on its topic <= 1 s (the original polled every 3,600 s).
+Targets (issue 13): >= 10,000 events/s on one worker and near-linear scaling with 2; p99 commit -> mart row
+<= 100 ms; p99 threshold-crossing commit -> training request <= 200 ms.
+
+Throughput: the cities exist in the warehouse; their image change events are produced straight onto the change
+topic (Debezium's envelope, as fast as the producer goes: the worker, not CDC, is measured) once every worker of
+the group has its partitions; the rate is taken from the first mart written to the last.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from pathlib import Path
 
 from confluent_kafka import TopicPartition
 
-from bench.stats import exit_cleanly_on_sigterm, report, summary_ms
+from bench.stats import exit_cleanly_on_sigterm, machine_note, median, median_spread, report, summary_ms
+from bench.streams import state_cost
 from sightscan import db, kafka
 from sightscan.stack import LocalStack
 from sightscan.topics import change_topic, command_topic
@@ -39,59 +45,77 @@ def mart_images(settings, city_id: int, conn=None) -> int:
     return row[0] if row else 0
 
 
-def topic_size(settings, topic: str) -> int:
-    c = kafka.consumer(settings, "bench-size")
-    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-    total = sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
-    c.close()
-    return total
+def image_event(image_id: int, city_id: int, lsn: int) -> bytes:
+    """An image insert as Debezium writes it (the envelope the rekeyer reads)."""
+    return json.dumps({"op": "c", "before": None, "source": {"lsn": lsn, "txId": lsn},
+                       "after": {"id": image_id, "city_id": city_id, "sight_id": None}}).encode()
 
 
-def throughput(settings, home: Path, n: int, cities: int) -> dict:
-    """Load n image events over `cities` cities while no worker runs, then time one worker draining them.
+def group_members(admin, group: str) -> int:
+    """Members of a consumer group that is stable (0 while it rebalances). `admin` must outlive the call: a client
+    destroyed before its futures complete never completes them."""
+    from confluent_kafka import ConsumerGroupState
 
-    Cities hold at most MAX_SIGHTS_PER_CITY x MAX_IMAGES_PER_SIGHT images (2,000 by default), so n is spread."""
-    with db.transaction(settings) as cur:
-        city_ids = [db.request_city(cur, f"Throughput City {c}")[0].id for c in range(cities)]
-    before = topic_size(settings, change_topic("images")) if n else 0
-    batch = 2000
-    for start in range(0, n, batch):
-        with db.transaction(settings) as cur:
-            for i in range(start, min(n, start + batch)):
-                db.insert_image(cur, db.NewImage(city_ids[i % cities], f"t{i}-{uuid.uuid4()}".encode(),
-                                                 "image/jpeg", 8, 8, "crawl"))
-    print(f"  loaded {n} image rows; waiting for their change events", flush=True)
-    while topic_size(settings, change_topic("images")) < before + n:  # Debezium has published them all
-        time.sleep(0.2)
-    worker = Worker(settings, "bench-throughput", home / "throughput.log", ENV).start()
     try:
+        described = admin.describe_consumer_groups([group], request_timeout=5)[group].result(10)
+    except Exception:  # no coordinator yet (a fresh cluster), or the group is not there yet
+        return 0
+    return len(described.members) if described.state == ConsumerGroupState.STABLE else 0
+
+
+def throughput(settings, home: Path, n: int, cities: int, workers: int) -> float:
+    """events/s of `workers` workers (one group) draining n image events spread over `cities` cities."""
+    run = uuid.uuid4().hex[:6]
+    with db.transaction(settings) as cur:
+        city_ids = [db.request_city(cur, f"Throughput {run} {c}")[0].id for c in range(cities)]
+    app_id = f"bench-throughput-{run}"
+    started = [Worker(settings, app_id, home / f"throughput-{run}-{w}.log", ENV).start() for w in range(workers)]
+    try:
+        deadline, admin = time.monotonic() + 120, kafka.admin(settings)
+        while group_members(admin, app_id) != workers:  # every worker has its partitions: no rebalance later
+            if time.monotonic() > deadline:
+                tail = (home / f"throughput-{run}-0.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{workers} workers did not form a stable group in 120 s; a worker's log:\n{tail}")
+            time.sleep(0.5)
+        producer = kafka.producer(settings, **{"linger.ms": 20, "batch.size": 1_000_000})
+        topic, base = change_topic("images"), int(time.time() * 1000) * 1000
+        for i in range(n):
+            producer.produce(topic, key=json.dumps({"id": base + i}).encode(),
+                             value=image_event(base + i, city_ids[i % cities], base + i))
+            if i % 10000 == 0:
+                producer.poll(0)
+        producer.flush(60)
         conn = db.connect(settings)
 
         def total() -> int:
-            return sum(mart_images(settings, c, conn) for c in city_ids)
+            with conn.cursor() as cur:
+                cur.execute("SELECT coalesce(sum(images), 0) FROM city_marts WHERE city_id = ANY(%s)", (city_ids,))
+                count = cur.fetchone()[0]
+            conn.commit()
+            return count
 
         deadline = time.monotonic() + 120
-        while total() == 0:
+        while (first_count := total()) == 0:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the worker wrote no mart in 120 s; see {home / 'throughput.log'}")
+                raise RuntimeError(f"the workers wrote no mart in 120 s; see {home}")
             time.sleep(0.005)
         first = time.monotonic()
-        seen_at_first = total()
         deadline = first + 600
         while (count := total()) < n and time.monotonic() < deadline:
             time.sleep(0.02)
         elapsed = time.monotonic() - first
         conn.close()
     finally:
-        worker.stop()
-    # Each image event passes both agents (rekey, then marts).
-    return {"events": n, "drained": count, "drain_seconds": round(elapsed, 2),
-            "events_per_s": round((count - seen_at_first) / elapsed, 1) if elapsed else None}
+        for w in started:
+            w.stop()
+    if count < n:
+        raise RuntimeError(f"{workers} workers drained {count} of {n} events in 600 s")
+    return (count - first_count) / elapsed
 
 
 def commit_to_mart(settings, samples: int) -> list[float]:
     with db.transaction(settings) as cur:
-        city, _ = db.request_city(cur, "Latency City")
+        city, _ = db.request_city(cur, f"Latency City {uuid.uuid4().hex[:6]}")
     conn, probe = db.connect(settings), db.connect(settings)
     latencies = []
     with conn.cursor() as cur:
@@ -148,33 +172,54 @@ def crossing_to_command(settings, crossings: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--events", type=int, default=40000)
     parser.add_argument("--cities", type=int, default=20)
+    parser.add_argument("--workers", default="1,2,4", help="worker counts to measure (one group each run)")
+    parser.add_argument("--partitions", type=int, default=8, help="TOPIC_PARTITIONS of the private stack")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--crossings", type=int, default=30)
+    parser.add_argument("--skip-state-cost", action="store_true")
     args = parser.parse_args()
     exit_cleanly_on_sigterm()
+    if not args.skip_state_cost:
+        state_cost.main([])
+    print(f"  machine at the start: {machine_note()}", flush=True)
+    figures: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp:
         home = Path(tmp)
-        stack = LocalStack(ephemeral_settings(home / "stack"), progress=lambda m: print(f"  [stack] {m}", flush=True))
+        stack = LocalStack(ephemeral_settings(home / "stack", TOPIC_PARTITIONS=str(args.partitions)),
+                           progress=lambda m: print(f"  [stack] {m}", flush=True))
         try:
             stack.up()
             settings = stack.settings
-            tput = throughput(settings, home, args.events, args.cities)
-            print(f"  throughput: {tput}", flush=True)
+            rates: dict[int, list[float]] = {}
+            for workers in (int(w) for w in args.workers.split(",")):
+                for _ in range(args.repeats):
+                    rates.setdefault(workers, []).append(throughput(settings, home, args.events, args.cities,
+                                                                    workers))
+                    print(f"  {workers} worker(s): {rates[workers][-1]:.0f} events/s", flush=True)
+                figures[f"mart_agent_events_per_s_{workers}_workers"] = median_spread(rates[workers], digits=0)
+            if 1 in rates:
+                for workers in rates:
+                    if workers != 1:
+                        figures[f"scaling_{workers}_workers_vs_1"] = f"{median(rates[workers]) / median(rates[1]):.2f}x"
+            figures["events_per_run"] = args.events
+            figures["partitions"] = args.partitions
             worker = Worker(settings, "bench-latency", home / "latency.log", ENV).start()
             try:
-                mart = commit_to_mart(settings, args.samples)
-                print(f"  commit-to-mart: {summary_ms(mart)}", flush=True)
-                cmd = crossing_to_command(settings, args.crossings)
+                mart, cmd = [], []
+                for _ in range(args.repeats):
+                    mart.append(commit_to_mart(settings, args.samples))
+                    cmd.append(crossing_to_command(settings, args.crossings))
+                    print(f"  commit-to-mart {summary_ms(mart[-1])}, crossing {summary_ms(cmd[-1])}", flush=True)
             finally:
                 worker.stop()
-            report("streams", {
-                "mart_agent_events_per_s": tput["events_per_s"],
-                "events_drained": tput["events"],
-                **{f"commit_to_mart_{k}": v for k, v in summary_ms(mart).items()},
-                **{f"threshold_to_training_request_{k}": v for k, v in summary_ms(cmd).items()},
-            })
+            for name, runs in (("commit_to_mart", mart), ("threshold_to_training_request", cmd)):
+                for q in ("p50_ms", "p99_ms"):
+                    figures[f"{name}_{q}"] = median_spread([summary_ms(r)[q] for r in runs], " ms")
+            figures["machine_at_the_end"] = machine_note()
+            report("streams", figures)
         finally:
             stack.down(purge=True)
 

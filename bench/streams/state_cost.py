@@ -105,13 +105,13 @@ def measure(layout: Callable[[int], Any], size: int, batches: int, per_batch: in
     return elapsed / events * 1e6, written / events
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1000,10000,100000", help="images per city")
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--per-batch", type=int, default=10, help="new images per batch (each with a label)")
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(f"  machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start", flush=True)
     figures: dict[str, Any] = {}
     for size in (int(s) for s in args.sizes.split(",")):

@@ -56,7 +56,7 @@ class _JavaService(abc.ABC):
         if not log4j.exists():
             shutil.copy(TEMPLATES / "log4j2.properties", log4j)
         # Small heaps and the serial collector: the stack shares a 2-core laptop with the services.
-        return [self.java, f"-Xmx{self.settings.jvm_heap}", "-Xms64m", "-XX:+UseSerialGC",
+        return [self.java, f"-Xmx{self.settings.jvm_heap}", "-Xms64m", *self.settings.jvm_options.split(),
                 f"-Dlog4j2.configurationFile={log4j}", "-Djava.awt.headless=true",
                 "-cp", f"{self.classpath}/*", main_class, *args]
 
@@ -215,6 +215,8 @@ class Connect(_JavaService):
             "rest.advertised.host.name": "127.0.0.1",
             "rest.advertised.port": s.connect_port,
             "topic.creation.enable": "true",
+            # A connector may tune its own producer (producer.override.*): how bench/cdc_latency tries settings.
+            "connector.client.config.override.policy": "All",
         }
 
     def healthy(self) -> bool:
