@@ -29,6 +29,9 @@ from streams.facts import fact_from_change, fact_from_training_outcome
 
 log = logging.getLogger("streams.rekey")
 
+# A facts message holds a city's facts from one batch, at most this many (about 100 bytes each: far below Kafka's
+# 1 MB message limit).
+FACTS_PER_MESSAGE = 1000
 
 
 def rekey_group(app_id: str) -> str:
@@ -101,8 +104,17 @@ class Rekeyer(threading.Thread):
         """One transaction: the batch's facts and dead letters, and the offsets after it."""
         producer.begin_transaction()
         try:
+            by_city: dict[int, list[dict]] = {}
             for msg in messages:
-                self._produce(producer, msg)
+                fact = self._fact_or_dead_letter(producer, msg)
+                if fact is not None:
+                    by_city.setdefault(fact["city_id"], []).append(fact)
+            for city_id, facts in by_city.items():
+                # One message per city and batch, its facts in order: the marts agent's cost is per message.
+                for start in range(0, len(facts), FACTS_PER_MESSAGE):
+                    producer.produce(self.facts_topic, json.dumps(facts[start:start + FACTS_PER_MESSAGE]).encode(),
+                                     key=str(city_id).encode())
+                producer.poll(0)
             ends: dict[tuple[str, int], int] = {}
             for msg in messages:
                 ends[(msg.topic(), msg.partition())] = msg.offset() + 1
@@ -121,7 +133,9 @@ class Rekeyer(threading.Thread):
             self._rewind(consumer)
             time.sleep(0.2)
 
-    def _produce(self, producer: Producer, msg: Message) -> None:
+    def _fact_or_dead_letter(self, producer: Producer, msg: Message) -> dict | None:
+        """The message's fact; None when it has none (a tombstone, a progress event) or is sent to the dead-letter
+        topic."""
         topic, value = msg.topic(), msg.value()
         try:
             if topic == self.outcomes_topic:
@@ -133,10 +147,8 @@ class Rekeyer(threading.Thread):
                         extra={"topic": topic, "offset": msg.offset(), "reason": str(exc)})
             record = kafka.dead_letter_of(msg, str(exc))
             producer.produce(self.dead_letter_topic, kafka.dead_letter_bytes(record), key=msg.key())
-            return
-        if fact is not None:
-            producer.produce(self.facts_topic, json.dumps(fact).encode(), key=str(fact["city_id"]).encode())
-        producer.poll(0)
+            return None
+        return fact
 
     @staticmethod
     def _rewind(consumer: Consumer) -> None:

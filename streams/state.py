@@ -2,14 +2,17 @@
 from it, and the commands that are due. Pure logic; the stream worker keeps it in one Faust table.
 
 Layout: small records whose cost does not grow with the city. Keys start with the city id:
-  <city>            the summary: the city row, its sights and models, the counts (kept up to date as facts
-                    arrive, never recounted), the command progress, the outbox and the images waiting to be
-                    sent for labelling;
-  <city>/i/<id>     one image: its LSN, whether it exists, its sight, its labelling request, and the sights its
-                    present labels name (the image's "outcome");
-  <city>/l/<id>     one label: its LSN, whether it exists, its image and sight.
-A batch stores the summary of each city it touched and the image and label records it changed: the work per
-event is the same in a city of 1,000 images and one of 100,000. Every key of a city lives in the partition of
+  <city>              the summary: the city row, its sights and models, the counts (kept up to date as facts
+                      arrive, never recounted), the command progress, the outbox and the images waiting to be
+                      sent for labelling;
+  <city>/images/<n>   the records of the city's images with ids n*256 .. n*256+255, by id: each its LSN, whether
+                      it exists, its sight, its labelling request, and the sights its present labels name (the
+                      image's "outcome");
+  <city>/labels/<n>   the same for labels: each its LSN, whether it exists, its image and sight.
+A batch stores the summary of each city it touched and the buckets it changed. A bucket holds at most 256
+records, so the work per event is the same in a city of 1,000 images and one of 100,000; and a crawl or a
+labelling batch, whose rows have neighbouring ids, changes a few buckets rather than a record per row (one
+changelog message each: the worker's main cost before). Every key of a city lives in the partition of
 the city's facts (streams/worker.py CityTable), so the worker that owns a city owns all of it.
 
 Deduplication is by source LSN per entity: a redelivered change (same or older LSN) changes nothing, so counts
@@ -180,7 +183,14 @@ def label_from_json(raw: list[Any]) -> LabelRecord:
     return LabelRecord(*raw)
 
 
-Lookup = Callable[[str], Any]  # a record's key within the city ("i/12", "l/7") -> its stored JSON, or None
+Lookup = Callable[[str], Any]  # a key within the city ("images/3") -> its stored JSON, or None
+
+BUCKET_IDS = 256  # ids per bucket of image or label records
+
+
+def bucket_key(kind: str, row_id: int | str) -> str:
+    """The key within the city of the bucket holding a record: kind "i" (image) or "l" (label)."""
+    return f"{'images' if kind == 'i' else 'labels'}/{int(row_id) // BUCKET_IDS}"
 
 
 class CityState:
@@ -193,7 +203,8 @@ class CityState:
         self._lookup: Lookup = lookup or (lambda key: None)
         self._images: dict[str, ImageRecord] = {}
         self._labels: dict[str, LabelRecord] = {}
-        self._changed: set[str] = set()
+        self._buckets: dict[str, dict[str, Any]] = {}  # bucket key -> its stored value, as read or last written
+        self._changed: set[str] = set()                 # "i/<id>" and "l/<id>" of the records changed since
 
     @classmethod
     def from_legacy(cls, raw: dict[str, Any]) -> CityState:
@@ -223,11 +234,23 @@ class CityState:
 
     # Records ------------------------------------------------------------------------------------------------
 
+    def _bucket(self, key: str) -> dict[str, Any]:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = self._lookup(key) or {}
+        return bucket
+
+    def _stored(self, kind: str, row_id: str) -> Any:
+        stored = self._bucket(bucket_key(kind, row_id)).get(row_id)
+        if stored is None:  # a record stored one per key by the previous version ("<city>/i/<id>")
+            stored = self._lookup(f"{kind}/{row_id}")
+        return stored
+
     def image(self, image_id: int | str) -> ImageRecord:
         key = str(image_id)
         record = self._images.get(key)
         if record is None:
-            stored = self._lookup(f"i/{key}")
+            stored = self._stored("i", key)
             record = image_from_json(stored) if stored is not None else ImageRecord(0, False, None)
             self._images[key] = record
         return record
@@ -235,21 +258,26 @@ class CityState:
     def label(self, label_id: int | str) -> LabelRecord | None:
         key = str(label_id)
         if key not in self._labels:
-            stored = self._lookup(f"l/{key}")
+            stored = self._stored("l", key)
             if stored is None:
                 return None
             self._labels[key] = label_from_json(stored)
         return self._labels[key]
 
     def records(self) -> list[tuple[str, Any]]:
-        """(key within the city, stored JSON) of each changed record; "" is the summary, always included."""
-        out: list[tuple[str, Any]] = [("", self.summary.to_json())]
-        for key in sorted(self._changed):
+        """(key within the city, stored JSON) of the summary ("", always included) and of each bucket holding a
+        changed record. A bucket is written as a new dict: a value handed to the table is never changed later."""
+        changed: dict[str, dict[str, Any]] = {}
+        for key in self._changed:
             kind, row_id = key.split("/", 1)
-            out.append((key, image_to_json(self._images[row_id]) if kind == "i"
-                        else label_to_json(self._labels[row_id])))
+            bucket = bucket_key(kind, row_id)
+            if bucket not in changed:
+                changed[bucket] = dict(self._bucket(bucket))
+            changed[bucket][row_id] = (image_to_json(self._images[row_id]) if kind == "i"
+                                       else label_to_json(self._labels[row_id]))
         self._changed.clear()
-        return out
+        self._buckets.update(changed)
+        return [("", self.summary.to_json()), *sorted(changed.items())]
 
     def _change_image(self, image_id: int | str, change: Callable[[ImageRecord], None]) -> None:
         """Apply `change` to an image, keeping the counts and the waiting list in step with it."""

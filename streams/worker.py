@@ -116,6 +116,18 @@ def linger_fact(city_id: int) -> dict[str, Any]:
     return {"kind": "linger", "id": 0, "city_id": city_id, "lsn": None, "present": True}
 
 
+def facts_of(values: list[Any]) -> list[dict[str, Any]]:
+    """The facts of a batch of messages, in order: a message holds a list of one city's facts (the rekeyer's), or
+    one fact (a linger nudge, or a message written by an earlier version)."""
+    facts: list[dict[str, Any]] = []
+    for value in values:
+        if isinstance(value, list):
+            facts.extend(value)
+        else:
+            facts.append(value)
+    return facts
+
+
 class StreamWorker:
     """One stream worker: its Faust app, topics, city-state table, rekey thread and marts agent."""
 
@@ -171,8 +183,8 @@ class StreamWorker:
     # The marts agent ----------------------------------------------------------------------------------------
 
     async def marts(self, stream: faust.StreamT) -> None:
-        async for batch in stream.take(self.batch_size, within=self.batch_within_s):
-            seen, touched = await self._apply(batch)
+        async for values in stream.take(self.batch_size, within=self.batch_within_s):
+            seen, touched = await self._apply(facts_of(values))
             # Outbox: due commands are stored in the city state, the state is confirmed in its changelog, and only
             # then are the commands sent. A crash after that resends the stored commands on recovery (identical
             # copies, same request ids); a crash before it replays the facts into the same decision.

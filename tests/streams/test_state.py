@@ -153,9 +153,10 @@ def test_a_batch_writes_only_what_it_changed():
     state = table.load()
     state.apply(image(1001, 5000))
     state.apply(label(1001, 5001, 1001, 8))
-    written = state.records()
-    assert [key for key, _ in written] == ["", "i/1001", "l/1001"]
-    assert len(json.dumps(written[0][1])) < 600  # the summary does not grow with the city's images
+    written = dict(state.records())
+    assert set(written) == {"", "images/3", "labels/3"}  # 1001 // 256: one bucket of each kind
+    assert len(json.dumps(written[""])) < 600  # the summary does not grow with the city's images
+    assert len(written["images/3"]) == 256 - (1024 - 1001) + 1  # ids 768..1001 of this city
     assert state.counts()["per_sight"] == {7: 1000, 8: 1}
 
 
@@ -176,4 +177,23 @@ def test_a_whole_city_value_from_the_earlier_layout_converts_to_the_same_state()
     table.store(state)
     again = table.load()
     assert again.counts() == state.counts() and again.image(2).request == "label-1-1"
-    assert set(table.data) == {"1", "1/i/1", "1/i/2", "1/i/3", "1/i/4", "1/l/9", "1/l/10", "1/l/11"}
+    assert set(table.data) == {"1", "1/images/0", "1/labels/0"}
+    assert set(table.data["1/images/0"]) == {"1", "2", "3", "4"} and set(table.data["1/labels/0"]) == {"9", "10", "11"}
+
+
+def test_records_stored_one_per_key_by_the_previous_version_are_still_read():
+    table = Table()
+    state = CityState(1)
+    state.apply(city())
+    state.apply(image(5, 2))
+    state.apply(label(9, 3, 5, 7))
+    summary = state.records()[0][1]
+    # The previous version's layout: one key per record.
+    table.data = {"1": summary, "1/i/5": [2, True, 7, "", {"9": 7}], "1/l/9": [3, True, 5, 7]}
+    state = table.load()
+    assert not state.apply(image(5, 2)) and not state.apply(label(9, 3, 5, 7))  # duplicates, known by LSN
+    state.apply(label(9, 4, 5, 8))  # the label now names another sight
+    table.store(state)
+    again = table.load()
+    assert again.counts()["per_sight"] == {8: 1} and again.image(5).labels == {"9": 8}
+    assert table.data["1/labels/0"]["9"] == [4, True, 5, 8]
