@@ -22,6 +22,7 @@ from gateway.registry import ModelRegistry
 from gateway.settings import GatewaySettings
 from gateway.state import STATE, GatewayState
 from gateway.warehouse import PgWarehouse, Warehouse
+from sightscan import asyncapi
 from sightscan import log as sslog
 from sightscan.config import ConfigError, Settings
 
@@ -68,6 +69,11 @@ async def _openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi.document())
 
 
+async def _asyncapi(request: web.Request) -> web.Response:
+    """The AsyncAPI document of every Kafka topic (sightscan/asyncapi.py)."""
+    return web.json_response(asyncapi.document())
+
+
 def make_app(settings: GatewaySettings, core: Settings, warehouse: Warehouse | None = None) -> web.Application:
     """The aiohttp app. `warehouse` defaults to PostgreSQL from `core`; Kafka is followed if settings say so."""
     # Uploads are streamed and capped by max_upload_bytes; this only bounds the other bodies (JSON).
@@ -81,6 +87,7 @@ def make_app(settings: GatewaySettings, core: Settings, warehouse: Warehouse | N
     app[STATE] = GatewayState(settings, core, warehouse, registry, metrics, Decoder(settings), inference_pool)
     app.add_routes(rest.routes)
     app.router.add_get("/openapi.json", _openapi)
+    app.router.add_get("/asyncapi.json", _asyncapi)
     app.router.add_get("/ws/detect", ws.detect_handler)
     app.router.add_get("/", _index)
     app.router.add_static("/static", STATIC)

@@ -125,6 +125,12 @@ def document() -> dict[str, Any]:
                               "400": {**_ERR, "description": "not a websocket handshake"},
                               "401": {**_ERR, "description": "GATEWAY_WS_TOKEN is set and was not sent"},
                               "403": {**_ERR, "description": "a browser page of another origin"}}}},
+            "/asyncapi.json": {"get": {
+                "summary": "the AsyncAPI 3.0 document of every Kafka topic: keys, payloads, who sends and who receives "
+                           "(sightscan/asyncapi.py)",
+                "responses": {"200": _json({
+                    "type": "object", "required": ["asyncapi", "info", "channels", "operations"],
+                    "properties": {"asyncapi": {"const": "3.0.0"}}}, "AsyncAPI document")}}},
             "/healthz": {"get": {"summary": "the process is up", "responses": {"200": _json({
                 "type": "object", "required": ["ok"], "properties": {"ok": {"const": True}}}, "up")}}},
             "/readyz": {"get": {"summary": "PostgreSQL answers and model events are assigned", "responses": {

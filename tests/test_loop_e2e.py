@@ -186,6 +186,12 @@ def test_city_request_becomes_a_trained_model(settings, tmp_path, topic_reader):
         web.stop()
         vision_server.stop()
 
+    # The loop's commands and its trained outcome match the AsyncAPI document of the topics (sightscan/asyncapi.py).
+    from tests.test_asyncapi import errors_against_document
+    for channel, value in [("crawlCommands", crawl), *(("labellingCommands", v) for v in labelling),
+                           ("trainingCommands", training[0]), *(("trainingEvents", v) for v in done)]:
+        assert not errors_against_document(channel, value, check_key=False), (channel, value)
+
 
 # The offline default, scored live ----------------------------------------------------------------------------
 
