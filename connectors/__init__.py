@@ -54,7 +54,8 @@ def debezium_config(settings: Settings) -> dict[str, str]:
         "decimal.handling.mode": "double",
         # Debezium sleeps this long when its queue is empty; the 500 ms default would dominate latency.
         "poll.interval.ms": "20",
-        "topic.creation.default.replication.factor": "1",
+        "topic.creation.default.replication.factor": str(settings.replication_factor),
+        "topic.creation.default.min.insync.replicas": str(settings.min_insync_replicas),
         "topic.creation.default.partitions": str(settings.topic_partitions),
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import TYPE_CHECKING
@@ -15,13 +16,19 @@ if TYPE_CHECKING:
     from sightscan.stack import LocalStack
 
 
+def with_brokers(args: argparse.Namespace, settings: Settings) -> Settings:
+    """The settings with `--brokers N` (KAFKA_BROKERS) applied, where the command has it."""
+    brokers = getattr(args, "brokers", None)
+    return dataclasses.replace(settings, kafka_brokers=brokers) if brokers else settings
+
+
 def _stack(args: argparse.Namespace, settings: Settings) -> int:
     from sightscan.stack import LocalStack
 
     def progress(msg: str) -> None:
         print(f"sightscan: {msg}", file=sys.stderr, flush=True)
 
-    stack = LocalStack(settings, progress)
+    stack = LocalStack(with_brokers(args, settings), progress)
     if args.action == "up":
         timings = stack.up()
         print(json.dumps({"status": "up", "seconds": {k: round(v, 2) for k, v in timings.items()}}))
@@ -45,7 +52,8 @@ def _system(args: argparse.Namespace, settings: Settings) -> int:
     def progress(msg: str) -> None:
         print(f"sightscan: {msg}", file=sys.stderr, flush=True)
 
-    stack = LocalStack(settings, progress if args.command != "status" else None)  # status: the table alone
+    stack = LocalStack(with_brokers(args, settings), progress if args.command != "status" else None)
+    settings = stack.settings  # with the stack's own number of Kafka nodes, for the services
     if args.command == "up":
         stack.up()
         start_all(settings, progress)
@@ -164,6 +172,12 @@ def _connector(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def add_brokers_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--brokers", type=int, choices=[1, 3],
+                        help="Kafka nodes of a new stack (KAFKA_BROKERS; default 1): 3 replicates every topic three "
+                             "times, with min.insync.replicas=2; the stack keeps the number it was created with")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sightscan", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -175,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=_system)
         if name == "down":
             p.add_argument("--purge", action="store_true", help="also delete all state and logs")
+        if name == "up":
+            add_brokers_option(p)
 
     demo = sub.add_parser("demo", help="offline demo: the whole system learns a synthetic city served by local web "
                                        "sources, then the page recognises its sights")
@@ -209,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack = sub.add_parser("stack", help="the local PostgreSQL + Kafka + Debezium stack alone")
     stack.add_argument("action", choices=["up", "down", "status"])
     stack.add_argument("--purge", action="store_true", help="with down: delete all state and logs")
+    add_brokers_option(stack)
     stack.set_defaults(func=_stack)
 
     connector = sub.add_parser("connector", help="the Debezium connector on a running Kafka Connect (CONNECT_URL)")

@@ -180,6 +180,12 @@ class Settings:
     # Kafka and Kafka Connect.
     kafka_bootstrap_servers: str = _env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", doc="Kafka brokers, host:port,…")
     kafka_controller_port: int = _env("KAFKA_CONTROLLER_PORT", 9093, non_negative_int, "local stack's KRaft port")
+    kafka_brokers: int = _env("KAFKA_BROKERS", 1, positive_int,
+                              "Kafka nodes of the local stack (1, or 3 for replication); node i listens on the "
+                              "first broker and controller ports + 2i unless KAFKA_BOOTSTRAP_SERVERS lists them all")
+    kafka_replication_factor: int = _env("KAFKA_REPLICATION_FACTOR", 0, non_negative_int,
+                                         "replicas of the topics SightScan creates (0: min(3, KAFKA_BROKERS)); "
+                                         "with 3 or more, a write needs 2 in sync")
     connect_url: str = _env("CONNECT_URL", "http://127.0.0.1:8083", doc="Kafka Connect REST URL")
     topic_prefix: str = _env("TOPIC_PREFIX", "sightscan", doc="prefix of every SightScan topic")
     topic_partitions: int = _env("TOPIC_PARTITIONS", 4, non_negative_int, "partitions of topics SightScan creates")
@@ -233,8 +239,32 @@ class Settings:
 
     @property
     def kafka_port(self) -> int:
-        first = self.kafka_bootstrap_servers.split(",")[0]
-        return int(first.rsplit(":", 1)[1])
+        return self.kafka_nodes[0][1]
+
+    @property
+    def kafka_nodes(self) -> list[tuple[str, int, int]]:
+        """(host, broker port, controller port) of each Kafka node of the local stack, node 1 first."""
+        listed = [h.strip().rsplit(":", 1) for h in self.kafka_bootstrap_servers.split(",") if h.strip()]
+        host, first = listed[0][0], int(listed[0][1])
+        brokers = ([int(port) for _, port in listed] if len(listed) >= self.kafka_brokers
+                   else [first + 2 * i for i in range(self.kafka_brokers)])
+        return [(host, brokers[i], self.kafka_controller_port + 2 * i) for i in range(self.kafka_brokers)]
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """What clients bootstrap from: every broker, so that a client starts while any one of them is down."""
+        return ",".join(f"{host}:{port}" for host, port, _ in self.kafka_nodes)
+
+    @property
+    def replication_factor(self) -> int:
+        """Replicas of every topic: KAFKA_REPLICATION_FACTOR, or 3 on a local cluster of three nodes or more, else
+        as many as it has."""
+        return self.kafka_replication_factor or min(3, self.kafka_brokers)
+
+    @property
+    def min_insync_replicas(self) -> int:
+        """With acks=all, a write needs this many replicas: 2 of 3 lets one broker fail and lose nothing."""
+        return 2 if self.replication_factor >= 3 else 1
 
     @property
     def connect_port(self) -> int:

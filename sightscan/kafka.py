@@ -19,7 +19,7 @@ from sightscan.config import Settings
 
 def client_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """The brokers, and anything the caller adds."""
-    return {"bootstrap.servers": settings.kafka_bootstrap_servers, **overrides}
+    return {"bootstrap.servers": settings.bootstrap_servers, **overrides}
 
 
 def consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:

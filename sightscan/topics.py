@@ -69,11 +69,12 @@ def facts_topic(app_id: str) -> str:
 
 
 def ensure_topics(settings: Settings, names: Iterable[str], timeout: float = 30) -> None:
-    """Create each missing topic with TOPIC_PARTITIONS partitions; existing topics are left as they are. A consumer
-    that subscribes before its topic exists would ignore it."""
+    """Create each missing topic with TOPIC_PARTITIONS partitions, replicated as the cluster allows; existing topics
+    are left as they are. A consumer that subscribes before its topic exists would ignore it."""
     client = admin(settings)
     existing = set(client.list_topics(timeout=timeout).topics)
-    missing = [NewTopic(n, num_partitions=settings.topic_partitions, replication_factor=1)
+    missing = [NewTopic(n, num_partitions=settings.topic_partitions, replication_factor=settings.replication_factor,
+                        config={"min.insync.replicas": str(settings.min_insync_replicas)})
                for n in names if n not in existing]
     if not missing:
         return

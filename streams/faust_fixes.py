@@ -16,7 +16,11 @@
    written: on a loaded machine a worker killed after its commit lost city states that way. The table's
    changelog sends are kept and awaited instead.
 
-Both depend on Faust internals, so `install()` refuses a faust-streaming version they were not tested with:
+3. The producer is idempotent. Faust asks aiokafka for idempotence only inside its own transactions, which this
+   worker does not use; without it a send retried after a broker failover can be written twice (a changelog
+   record, a command). `install()` makes Faust's producer use acks=all with idempotence always.
+
+All three depend on Faust internals, so `install()` refuses a faust-streaming version they were not tested with:
 upgrading Faust means re-running tests/streams (the kill and rebalance tests), then adding the version here.
 """
 
@@ -28,6 +32,7 @@ from typing import Any
 
 import faust
 from faust.events import Event
+from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducerDriver
 from faust.types.tuples import ConsumerMessage
 
 TESTED_VERSIONS = ("0.15.3",)
@@ -57,10 +62,15 @@ def _ack_only_what_a_stream_took(self: Event) -> bool:
 
 
 def install() -> None:
-    """Check the version and install fix 1; idempotent. Called before any stream runs."""
+    """Check the version and install fixes 1 and 3; idempotent. Called before any stream runs."""
     check_version()
     if Event.ack is not _ack_only_what_a_stream_took:
         Event.ack = _ack_only_what_a_stream_took  # type: ignore[method-assign]
+    AIOKafkaProducerDriver._settings_extra = _idempotent_producer  # type: ignore[method-assign]
+
+
+def _idempotent_producer(self: Any) -> dict[str, Any]:
+    return {"acks": "all", "enable_idempotence": True}
 
 
 class ConfirmedChangelog:

@@ -141,11 +141,12 @@ class StreamWorker:
         datadir.parent.mkdir(parents=True, exist_ok=True)
         self.app = faust.App(
             app_id,
-            broker=";".join(f"kafka://{h}" for h in settings.kafka_bootstrap_servers.split(",")),
+            broker=";".join(f"kafka://{h}" for h in settings.bootstrap_servers.split(",")),
             store="memory://",
             processing_guarantee="at_least_once",
             topic_partitions=settings.topic_partitions,
-            topic_replication_factor=1,
+            topic_replication_factor=settings.replication_factor,  # the facts topic and the changelog
+            producer_acks=-1,  # every in-sync replica, as our other producers (sightscan/kafka.py)
             consumer_auto_offset_reset="earliest",
             datadir=str(datadir),
             web_enabled=False,

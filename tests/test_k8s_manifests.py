@@ -50,7 +50,6 @@ NOT_SIGHTSCAN_VARS = {"HOME", "PYTHONUNBUFFERED"}
 CONNECTOR_DIFFERENCES = {
     "database.user": "${env:PGUSER}",  # from CloudNativePG's secret, through Connect's env config provider
     "database.password": "${env:PGPASSWORD}",
-    "topic.creation.default.replication.factor": "3",  # 1 on the single local broker
     "slot.failover": "true",  # only here: the slot survives a PostgreSQL failover
 }
 SCALED = {"streams", "labeller", "trainer"}

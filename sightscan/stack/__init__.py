@@ -1,12 +1,15 @@
-"""The local stack: PostgreSQL (logical WAL), Kafka (KRaft, one node) and Kafka Connect with Debezium.
+"""The local stack: PostgreSQL (logical WAL), Kafka (KRaft: one node, or three with KAFKA_BROKERS=3) and Kafka
+Connect with Debezium.
 
 `sightscan stack up` starts what is not running, health-checks each part, migrates the warehouse and registers
 the connector; a second `up` is a no-op. `down` stops everything and leaves no process behind; `down --purge`
-also deletes the state (and with it the replication slot). State and logs live in SIGHTSCAN_HOME.
+also deletes the state (and with it the replication slot). State and logs live in SIGHTSCAN_HOME. A stack keeps
+the number of Kafka nodes it was created with: later commands need not repeat KAFKA_BROKERS.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 import connectors
 from sightscan import db
 from sightscan.config import Settings
-from sightscan.stack.kafka import Connect, Kafka
+from sightscan.stack.kafka import Connect, Kafka, recorded_brokers
 from sightscan.stack.postgres import Postgres
 from sightscan.stack.proc import StackError, require_free_port
 from sightscan.stack.tools import find_java, resolve_jars
@@ -36,24 +39,37 @@ class ServiceStatus:
 
 class LocalStack:
     def __init__(self, settings: Settings, progress: Callable[[str], None] | None = None) -> None:
-        self.settings = settings
+        self.settings = with_recorded_brokers(settings)
         self.progress = progress or (lambda msg: log.info(msg))
-        self.postgres = Postgres(settings)
-        self._kafka: Kafka | None = None
+        self.postgres = Postgres(self.settings)
+        self._kafka: list[Kafka] | None = None
         self._connect: Connect | None = None
 
-    def _java_services(self) -> tuple[Kafka, Connect]:
+    def _java_services(self) -> tuple[list[Kafka], Connect]:
         if self._kafka is None or self._connect is None:
             java = find_java()
             self.progress("resolving Kafka and Debezium jars (Maven Central, cached)")
             jars = resolve_jars(self.settings.cache)
-            self._kafka = Kafka(self.settings, java, jars["kafka"])
+            self._kafka = [Kafka(self.settings, java, jars["kafka"], node)
+                           for node in range(1, self.settings.kafka_brokers + 1)]
             self._connect = Connect(self.settings, java, jars["kafka"], jars["debezium"].parent)
         return self._kafka, self._connect
 
     @property
     def kafka(self) -> Kafka:
+        """Kafka node 1 (the only one unless KAFKA_BROKERS > 1)."""
+        return self._java_services()[0][0]
+
+    @property
+    def kafka_nodes(self) -> list[Kafka]:
         return self._java_services()[0]
+
+    def _start_kafka(self) -> None:
+        # Every node first, then wait: a node is ready only once a quorum of controllers runs.
+        for node in self.kafka_nodes:
+            node.launch()
+        for node in self.kafka_nodes:
+            node.wait_ready()
 
     @property
     def connect(self) -> Connect:
@@ -64,14 +80,14 @@ class LocalStack:
         timings: dict[str, float] = {}
         t0 = time.monotonic()
         self.settings.home.mkdir(parents=True, exist_ok=True)
-        kafka, connect = self._java_services()
+        _, connect = self._java_services()
         timings["jars"] = time.monotonic() - t0
         self._preflight()
 
         steps: list[tuple[str, Callable[[], object]]] = [
             ("postgres", self.postgres.start),
             ("migrate", lambda: db.migrate(self.settings)),
-            ("kafka", kafka.start),
+            ("kafka", self._start_kafka),
             ("connect", connect.start),
             ("connector", self._register_connector),
         ]
@@ -90,9 +106,10 @@ class LocalStack:
         wanted = []
         if not self.postgres.running():
             wanted.append((s.pgport, "PostgreSQL", "PGPORT"))
-        if not self.kafka.running():
-            wanted += [(s.kafka_port, "Kafka", "KAFKA_BOOTSTRAP_SERVERS"),
-                       (s.kafka_controller_port, "the Kafka controller", "KAFKA_CONTROLLER_PORT")]
+        for node in self.kafka_nodes:
+            if not node.running():
+                wanted += [(node.port(), node.label, "KAFKA_BOOTSTRAP_SERVERS"),
+                           (node.controller_port(), f"the controller of {node.label}", "KAFKA_CONTROLLER_PORT")]
         if not self.connect.running():
             wanted.append((s.connect_port, "Kafka Connect", "CONNECT_URL"))
         for port, what, env_name in wanted:
@@ -104,10 +121,11 @@ class LocalStack:
 
     def down(self, purge: bool = False) -> None:
         """Stop Connect, Kafka, PostgreSQL (in that order); with purge, delete all state."""
-        if self.connect.running() or self.kafka.running() or self.postgres.running():
+        if self.connect.running() or any(n.running() for n in self.kafka_nodes) or self.postgres.running():
             self.progress("stopping the stack")
         self.connect.stop()
-        self.kafka.stop()
+        for node in self.kafka_nodes:
+            node.stop()
         self.postgres.stop()
         if purge:
             self.progress(f"deleting {self.settings.home}")
@@ -116,7 +134,7 @@ class LocalStack:
     def status(self) -> list[ServiceStatus]:
         out = [ServiceStatus("postgres", self.postgres.running(), self.postgres.healthy(),
                              self.postgres.describe())]
-        for svc in (self.kafka, self.connect):
+        for svc in (*self.kafka_nodes, self.connect):
             running = svc.running()
             healthy = False
             if running:
@@ -135,3 +153,16 @@ class LocalStack:
         out.append(ServiceStatus("debezium", state == "RUNNING", state == "RUNNING" and tasks == "RUNNING",
                                  f"{connectors.CONNECTOR_NAME} connector={state} tasks={tasks or '-'}"))
         return out
+
+
+def with_recorded_brokers(settings: Settings) -> Settings:
+    """The settings with the number of Kafka nodes the stack in SIGHTSCAN_HOME was created with, when
+    KAFKA_BROKERS is left at its default; a different explicit number is refused (a cluster cannot change size)."""
+    recorded = recorded_brokers(settings)
+    if recorded is None or recorded == settings.kafka_brokers:
+        return settings
+    if settings.kafka_brokers != 1:
+        raise StackError(f"the stack in {settings.home} was created with {recorded} Kafka node(s), not "
+                         f"KAFKA_BROKERS={settings.kafka_brokers}; use it as it is, or delete it first with "
+                         "`sightscan down --purge`")
+    return dataclasses.replace(settings, kafka_brokers=recorded)

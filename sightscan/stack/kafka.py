@@ -1,4 +1,5 @@
-"""Apache Kafka (single node, KRaft) and Kafka Connect with the Debezium plugin, run from their official jars."""
+"""Apache Kafka (KRaft: one node, or three combined broker-controllers) and Kafka Connect with the Debezium plugin,
+run from their official jars."""
 
 from __future__ import annotations
 
@@ -79,6 +80,11 @@ class _JavaService(abc.ABC):
         """One-time set-up before the first start (e.g. formatting storage)."""
 
     def start(self, timeout: float = 90) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (nodes of a cluster need each other to become ready)."""
         if self.running():
             return
         require_free_port(self.port(), self.name, self.env_port_name)
@@ -88,7 +94,9 @@ class _JavaService(abc.ABC):
         log.info(f"starting {self.name}", extra={"port": self.port()})
         proc = start_detached(self.java_cmd(self.main_class, str(self.config_path)), self.log_path)
         self.pidfile.write(proc.pid)
-        wait_for(self.healthy, timeout, self.name, self.log_path, alive=lambda: proc.poll() is None)
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        wait_for(self.healthy, timeout, self.name, self.log_path, alive=self.running)
 
     def stop(self) -> None:
         proc = self.pidfile.process()
@@ -107,35 +115,53 @@ class _JavaService(abc.ABC):
 
 
 class Kafka(_JavaService):
-    name = "kafka"
+    """One KRaft node (broker and controller in one process). Node 1 alone is the default stack; with KAFKA_BROKERS=3
+    the three nodes form one cluster whose topics have three replicas, two of which must acknowledge a write."""
+
     main_class = "kafka.Kafka"
     env_port_name = "KAFKA_BOOTSTRAP_SERVERS"
 
+    def __init__(self, settings: Settings, java: str, classpath: Path, node: int = 1) -> None:
+        self.node = node
+        self.name = "kafka" if node == 1 else f"kafka-{node}"
+        super().__init__(settings, java, classpath)
+
+    @property
+    def label(self) -> str:
+        return "Kafka" if self.node == 1 else f"Kafka node {self.node}"
+
     def port(self) -> int:
-        return self.settings.kafka_port
+        return self.settings.kafka_nodes[self.node - 1][1]
+
+    def controller_port(self) -> int:
+        return self.settings.kafka_nodes[self.node - 1][2]
 
     def config(self) -> dict[str, object]:
         s = self.settings
-        broker, controller = s.kafka_port, s.kafka_controller_port
+        host, broker, controller = s.kafka_nodes[self.node - 1]
+        rf, min_isr = s.replication_factor, s.min_insync_replicas
         return {
-            "node.id": 1,
+            "node.id": self.node,
             "process.roles": "broker,controller",
-            "controller.quorum.voters": f"1@127.0.0.1:{controller}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{broker}",
+            "controller.quorum.voters": ",".join(f"{i}@{h}:{c}" for i, (h, _, c) in enumerate(s.kafka_nodes, 1)),
+            "listeners": f"PLAINTEXT://{host}:{broker},CONTROLLER://{host}:{controller}",
+            "advertised.listeners": f"PLAINTEXT://{host}:{broker}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": self.root / "data",
             "num.partitions": s.topic_partitions,
-            # A single node: every internal topic has one replica.
-            "offsets.topic.replication.factor": 1,
+            # Every topic, internal ones included, has min(3, brokers) replicas; with three, a write needs two of
+            # them (acks=all), so one broker can fail without losing or refusing an acknowledged write.
+            "default.replication.factor": rf,
+            "min.insync.replicas": min_isr,
+            "offsets.topic.replication.factor": rf,
             "offsets.topic.num.partitions": 10,
-            "transaction.state.log.replication.factor": 1,
-            "transaction.state.log.min.isr": 1,
+            "transaction.state.log.replication.factor": rf,
+            "transaction.state.log.min.isr": min_isr,
             "transaction.state.log.num.partitions": 4,
-            "share.coordinator.state.topic.replication.factor": 1,
-            "share.coordinator.state.topic.min.isr": 1,
+            "share.coordinator.state.topic.replication.factor": rf,
+            "share.coordinator.state.topic.min.isr": min_isr,
             "group.initial.rebalance.delay.ms": 0,
             "auto.create.topics.enable": "true",
             "log.retention.hours": 168,
@@ -147,9 +173,13 @@ class Kafka(_JavaService):
     def prepare(self) -> None:
         if (self.root / "data" / "meta.properties").exists():
             return
-        id_file = self.root / "cluster.id"
+        # One cluster id for every node, kept with node 1's state; and the cluster's size, which a stack keeps.
+        first = self.settings.home / "kafka"
+        first.mkdir(parents=True, exist_ok=True)
+        id_file = first / "cluster.id"
         if not id_file.exists():
             id_file.write_text(random_cluster_id())
+            (first / "brokers").write_text(str(self.settings.kafka_brokers))
         result = subprocess.run(
             self.java_cmd("kafka.tools.StorageTool", "format", f"--cluster-id={id_file.read_text().strip()}",
                           "-c", str(self.config_path), "--ignore-formatted"),
@@ -157,17 +187,26 @@ class Kafka(_JavaService):
         if result.returncode != 0:
             raise StackError(f"formatting Kafka storage failed:\n{(result.stdout + result.stderr)[-2000:]}")
 
-    def start(self, timeout: float = 90) -> None:
+    def launch(self) -> None:
         if not self.running():
-            require_free_port(self.settings.kafka_controller_port, "the Kafka controller", "KAFKA_CONTROLLER_PORT")
-        super().start(timeout)
+            require_free_port(self.controller_port(), f"the controller of {self.label}", "KAFKA_CONTROLLER_PORT")
+        super().launch()
 
     def healthy(self) -> bool:
+        """This node answers as a broker and is registered in the cluster (which needs a controller quorum)."""
         if not port_in_use(self.port()):  # spares librdkafka's connection-refused noise while the JVM starts
             return False
-        admin = AdminClient(client_config(self.settings, logger=_QUIET))
+        host = self.settings.kafka_nodes[self.node - 1][0]
+        admin = AdminClient(client_config(self.settings, logger=_QUIET,
+                                          **{"bootstrap.servers": f"{host}:{self.port()}"}))
         meta = admin.list_topics(timeout=2)
-        return bool(meta.brokers)
+        return self.node in meta.brokers
+
+
+def recorded_brokers(settings: Settings) -> int | None:
+    """The number of Kafka nodes the stack in SIGHTSCAN_HOME was created with (None: not created yet)."""
+    path = settings.home / "kafka" / "brokers"
+    return int(path.read_text()) if path.exists() else None
 
 
 def random_cluster_id() -> str:
@@ -195,7 +234,7 @@ class Connect(_JavaService):
     def config(self) -> dict[str, object]:
         s = self.settings
         return {
-            "bootstrap.servers": s.kafka_bootstrap_servers,
+            "bootstrap.servers": s.bootstrap_servers,
             "group.id": f"{s.topic_prefix}-connect",
             "key.converter": "org.apache.kafka.connect.json.JsonConverter",
             "value.converter": "org.apache.kafka.connect.json.JsonConverter",
@@ -205,9 +244,13 @@ class Connect(_JavaService):
             "config.storage.topic": f"{s.topic_prefix}-connect-configs",
             "offset.storage.topic": f"{s.topic_prefix}-connect-offsets",
             "status.storage.topic": f"{s.topic_prefix}-connect-status",
-            "config.storage.replication.factor": 1,
-            "offset.storage.replication.factor": 1,
-            "status.storage.replication.factor": 1,
+            # Connect's own topics are replicated as the cluster allows (3 with three brokers).
+            "config.storage.replication.factor": s.replication_factor,
+            "offset.storage.replication.factor": s.replication_factor,
+            "status.storage.replication.factor": s.replication_factor,
+            # Debezium's events: written once (idempotence) and on every in-sync replica before they count.
+            "producer.acks": "all",
+            "producer.enable.idempotence": "true",
             # Flush source offsets (the WAL position Debezium confirms) often: fewer replays after a crash.
             "offset.flush.interval.ms": 1000,
             "plugin.path": self.plugin_path,

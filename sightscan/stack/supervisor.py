@@ -156,7 +156,7 @@ def read_state(settings: Settings) -> dict[str, dict[str, Any]]:
 def supervised_units(settings: Settings) -> Callable[[], list[Unit]]:
     """The units, looked up anew on each pass: a demo started later adds its web sources."""
     stack = LocalStack(settings, progress=lambda msg: log.info(msg))
-    java = [stack.kafka, stack.connect]
+    java = [*stack.kafka_nodes, stack.connect]
     return lambda: [*java, *services(settings)]
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from sightscan import db, kafka
 from sightscan.topics import change_topic, command_topic, dead_letter_topic
-from tests.support.streams import Worker, wait_marts_match
+from tests.support.streams import Worker, one_per_crossing, wait_marts_match
 
 THRESHOLDS = {
     "MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING": "12",
@@ -68,23 +68,6 @@ def _commands(topic_reader, kind: str, city_ids: set[int], enough) -> list[dict]
     time.sleep(2)  # late duplicates, if any, would arrive now
     msgs += reader.collect(lambda ms: True, timeout=1)
     return [m["value"] for m in msgs if m["value"]["city_id"] in city_ids]
-
-
-# What makes a command the same command. Copies of one request id come from a resend after a crash (identical)
-# or from a worker that finished a batch of partitions it was losing in a rebalance (no fencing: see README);
-# such a copy names the same city and crossing, but its snapshot fields (ts_ms, labelled_images, classes) may be
-# those of another batch. Consumers deduplicate by request id (the trainer by the model it already stored).
-IDENTITY = ("request_id", "city_id", "reason", "epochs", "max_sights_per_city", "max_images_per_sight")
-
-
-def _one_per_crossing(cmds: list[dict]) -> dict[str, dict]:
-    """Distinct commands by request id; copies of one id must be the same command."""
-    by_id: dict[str, dict] = {}
-    for c in cmds:
-        first = by_id.setdefault(c["request_id"], c)
-        assert {k: first.get(k) for k in IDENTITY} == {k: c.get(k) for k in IDENTITY}, \
-            f"two different commands share {c['request_id']}: {first} {c}"
-    return by_id
 
 
 # A random history for one city: image inserts, deletes, label outcomes, label deletes, re-targeted images, models.
@@ -160,16 +143,16 @@ def test_sigkill_and_restart_keeps_counts_and_one_command_per_crossing(settings,
     wait_marts_match(settings, city_ids, timeout=120)
     ids = set(city_ids)
 
-    crawl = _one_per_crossing(_commands(topic_reader, "crawl", ids, lambda cs: len({c["city_id"] for c in cs}) == 3))
+    crawl = one_per_crossing(_commands(topic_reader, "crawl", ids, lambda cs: len({c["city_id"] for c in cs}) == 3))
     assert sorted(c["city_id"] for c in crawl.values()) == sorted(city_ids)
 
-    training = _one_per_crossing(_commands(topic_reader, "training", ids,
+    training = one_per_crossing(_commands(topic_reader, "training", ids,
                                            lambda cs: len({c["city_id"] for c in cs}) == 3))
     assert sorted(c["city_id"] for c in training.values()) == sorted(city_ids)  # one per city: one crossing each
     for command in training.values():
         assert command["epochs"] == 7 and command["reason"] == "threshold" and len(command["classes"]) == 2
 
-    labelling = _one_per_crossing(_commands(
+    labelling = one_per_crossing(_commands(
         topic_reader, "labelling", ids, lambda cs: unlabelled <= {i for c in cs for i in c["image_ids"]}))
     seen: dict[int, str] = {}
     for request_id, command in labelling.items():
@@ -187,7 +170,7 @@ def test_two_workers_one_dies_rebalance_keeps_counts_and_commands(settings, work
     city_ids += [_grow_city(settings, f"Rebal {i} {uuid.uuid4().hex[:6]}", 16)[0] for i in range(2, 4)]
     assert a.alive()
     wait_marts_match(settings, city_ids, timeout=120)
-    training = _one_per_crossing(_commands(topic_reader, "training", set(city_ids),
+    training = one_per_crossing(_commands(topic_reader, "training", set(city_ids),
                                            lambda cs: len({c["city_id"] for c in cs}) == 4))
     assert sorted(c["city_id"] for c in training.values()) == sorted(city_ids)
 
@@ -203,7 +186,7 @@ def test_retraining_request_when_labelled_data_grows(settings, worker_factory, t
                                  or cur.fetchall())]
         for i in range(6):  # +50 %: RETRAIN_GROWTH_FRACTION=0.5 is crossed at 18
             _label(cur, city_id, _image(cur, city_id, sights[i % 2], f"g{i}"), sights[i % 2])
-    cmds = _one_per_crossing(_commands(topic_reader, "training", {city_id}, lambda cs: len(cs) >= 2))
+    cmds = one_per_crossing(_commands(topic_reader, "training", {city_id}, lambda cs: len(cs) >= 2))
     assert [c["reason"] for c in sorted(cmds.values(), key=lambda c: c["request_id"])] == ["threshold", "growth"]
     assert first[0]["labelled_images"] == 12
 

@@ -90,3 +90,20 @@ def wait_marts_match(settings: Settings, city_ids: list[int], timeout: float = 6
         if time.monotonic() > deadline:
             raise AssertionError(f"marts never matched SQL counts.\nexpected {expected}\ngot      {got}")
         time.sleep(0.5)
+
+
+# What makes a command the same command. Copies of one request id come from a resend after a crash (identical)
+# or from a worker that finished a batch of partitions it was losing in a rebalance (no fencing: see README);
+# such a copy names the same city and crossing, but its snapshot fields (ts_ms, labelled_images, classes) may be
+# those of another batch. Consumers deduplicate by request id (the trainer by the model it already stored).
+IDENTITY = ("request_id", "city_id", "reason", "epochs", "max_sights_per_city", "max_images_per_sight")
+
+
+def one_per_crossing(cmds: list[dict]) -> dict[str, dict]:
+    """Distinct commands by request id; copies of one id must be the same command."""
+    by_id: dict[str, dict] = {}
+    for c in cmds:
+        first = by_id.setdefault(c["request_id"], c)
+        assert {k: first.get(k) for k in IDENTITY} == {k: c.get(k) for k in IDENTITY}, \
+            f"two different commands share {c['request_id']}: {first} {c}"
+    return by_id

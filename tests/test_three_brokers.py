@@ -1,0 +1,240 @@
+"""Kafka's own replication, on a private three-broker cluster (KAFKA_BROKERS=3: three KRaft nodes, each broker and
+controller): every topic has three replicas and needs two in sync; a broker SIGKILLed mid-stream and restarted
+loses no change, counts none twice, and stops no command; and the scaled-out system (two stream workers, two
+gateways, two trainers) trains a city once and hot-swaps its model in both gateways while a broker is down."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from confluent_kafka.admin import ConfigResource
+
+from sightscan import db, kafka
+from sightscan.config import Settings
+from sightscan.stack import LocalStack
+from sightscan.stack.kafka import Kafka
+from sightscan.stack.proc import stop_popen
+from sightscan.topics import COMMAND_KINDS, change_topic, command_topic, ensure_topics, training_events_topic
+from tests.conftest import TopicReader
+from tests.support.gateway import Gateway, next_message, start_gateway, stop_gateway
+from tests.support.stack import ephemeral_settings
+from tests.support.streams import Worker, one_per_crossing, wait_marts_match
+from tests.synthetic import render_city
+from tests.trainer.trainer_helpers import load_city
+
+ROOT = Path(__file__).resolve().parents[1]
+THRESHOLDS = {"MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING": "10", "MIN_IMAGE_NUMBER_PER_LABEL": "4",
+              "LABELLING_BATCH_SIZE": "8", "MTS_EPOCHS": "2"}
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    stack = LocalStack(ephemeral_settings(tmp_path_factory.mktemp("cluster"), brokers=3, TOPIC_PARTITIONS="4"),
+                       progress=lambda msg: print(f"[cluster] {msg}", flush=True))
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down(purge=True)
+
+
+def busiest_broker(stack: LocalStack, topic: str) -> Kafka:
+    """The node leading most partitions of `topic`: killing it moves leadership, the case worth testing."""
+    meta = kafka.admin(stack.settings).list_topics(topic, timeout=10).topics[topic]
+    leaders = Counter(p.leader for p in meta.partitions.values())
+    node_id = leaders.most_common(1)[0][0]
+    return next(n for n in stack.kafka_nodes if n.node == node_id)
+
+
+def _image(cur, city_id: int, sight_id: int | None) -> int:  # noqa: ANN001 - psycopg cursor
+    return db.insert_image(cur, db.NewImage(city_id, f"img-{uuid.uuid4()}".encode(), "image/jpeg", 64, 48,
+                                            "crawl", sight_id))
+
+
+def _label(cur, city_id: int, image_id: int, sight_id: int) -> None:  # noqa: ANN001 - psycopg cursor
+    db.insert_label(cur, db.NewLabel(image_id, city_id, "test", sight_id, 0.9, (0.1, 0.1, 0.9, 0.9)))
+
+
+def test_every_topic_has_three_replicas_and_needs_two_in_sync(cluster: LocalStack) -> None:
+    settings = cluster.settings
+    assert len(settings.bootstrap_servers.split(",")) == 3
+    ensure_topics(settings, [command_topic(k) for k in COMMAND_KINDS])
+    with db.transaction(settings) as cur:  # Debezium creates the change topics on their first events
+        city, _ = db.request_city(cur, f"Replicas {uuid.uuid4().hex[:6]}")
+        _image(cur, city.id, None)
+    admin = kafka.admin(settings)
+    wanted = [change_topic("cities"), change_topic("images"), *(command_topic(k) for k in COMMAND_KINDS)]
+    deadline = time.monotonic() + 60
+    while not set(wanted) <= set(admin.list_topics(timeout=10).topics):
+        assert time.monotonic() < deadline, f"topics missing: {set(wanted) - set(admin.list_topics().topics)}"
+        time.sleep(0.5)
+    topics = admin.list_topics(timeout=10).topics
+    internal = ["__consumer_offsets", f"{settings.topic_prefix}-connect-configs",
+                f"{settings.topic_prefix}-connect-offsets", f"{settings.topic_prefix}-connect-status"]
+    for name in [*wanted, *internal]:
+        for partition in topics[name].partitions.values():
+            assert len(partition.replicas) == 3, (name, partition.id, partition.replicas)
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in wanted]
+    for resource, future in admin.describe_configs(resources).items():
+        assert future.result(10)["min.insync.replicas"].value == "2", resource
+    broker = ConfigResource(ConfigResource.Type.BROKER, "1")
+    config = admin.describe_configs([broker])[broker].result(10)
+    assert config["min.insync.replicas"].value == "2"
+    assert config["transaction.state.log.replication.factor"].value == "3"
+
+
+class SteadyWriter(threading.Thread):
+    """Warehouse changes at a steady pace: images across several cities, and labels of one city (`crossing`) only
+    once `label` is set, so its training threshold is crossed while a broker is down."""
+
+    def __init__(self, settings: Settings, city_ids: list[int], crossing: int, sights: list[int],
+                 seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.city_ids, self.crossing, self.sights = settings, city_ids, crossing, sights
+        self.seconds = seconds
+        self.label = threading.Event()
+        self.rows = 0
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            rng, unlabelled = random.Random(7), []
+            end = time.monotonic() + self.seconds
+            while time.monotonic() < end:
+                with db.transaction(self.settings) as cur:
+                    for city_id in self.city_ids:
+                        sight = self.sights[len(unlabelled) % 2] if city_id == self.crossing else None
+                        image_id = _image(cur, city_id, sight)
+                        self.rows += 1
+                        if city_id == self.crossing:
+                            unlabelled.append((image_id, sight))
+                    if self.label.is_set() and unlabelled:
+                        image_id, sight = unlabelled.pop(rng.randrange(len(unlabelled)))
+                        _label(cur, self.crossing, image_id, sight)
+                        self.rows += 1
+                time.sleep(0.1)
+        except BaseException as exc:  # the test reads it: a writer that died would make a vacuous pass
+            self.failure = exc
+
+
+def test_a_broker_killed_mid_stream_loses_no_change_and_commands_still_flow(cluster: LocalStack,
+                                                                           tmp_path: Path) -> None:
+    settings = cluster.settings
+    run = uuid.uuid4().hex[:6]
+    with db.transaction(settings) as cur:
+        cities = [db.request_city(cur, f"Steady {run} {i}")[0] for i in range(4)]
+        sights = [db.ensure_sight(cur, cities[0].id, name, "test") for name in ("Tower", "Gate")]
+    city_ids = [c.id for c in cities]
+    worker = Worker(settings, f"cluster-{run}", tmp_path / "worker.log", THRESHOLDS).start()
+    writer = SteadyWriter(settings, city_ids, cities[0].id, sights, seconds=45)
+    try:
+        writer.start()
+        time.sleep(10)
+        victim = busiest_broker(cluster, change_topic("images"))
+        print(f"SIGKILL {victim.name} after {writer.rows} rows")
+        victim.kill()
+        writer.label.set()  # the crossing happens while the broker is down
+        time.sleep(20)
+        print(f"restarting {victim.name} after {writer.rows} rows")
+        victim.start()
+        writer.join()
+        assert writer.failure is None, writer.failure
+        assert writer.rows > 400
+        wait_marts_match(settings, city_ids, timeout=180)  # every change counted, none twice
+        assert worker.alive()
+
+        reader = TopicReader(settings, command_topic("training"))
+        msgs = reader.collect(lambda ms: any(m["value"]["city_id"] == cities[0].id for m in ms), timeout=90)
+        reader.close()
+        training = one_per_crossing([m["value"] for m in msgs if m["value"]["city_id"] in city_ids])
+        assert [c["city_id"] for c in training.values()] == [cities[0].id]
+        reader = TopicReader(settings, command_topic("crawl"))
+        crawls = reader.collect(lambda ms: {m["value"]["city_id"] for m in ms} >= set(city_ids), timeout=90)
+        reader.close()
+        assert sorted(one_per_crossing([m["value"] for m in crawls if m["value"]["city_id"] in city_ids])) == \
+            sorted(f"crawl-{i}" for i in city_ids)
+    finally:
+        worker.stop()
+        for node in cluster.kafka_nodes:  # whatever happened above, the next test gets the whole cluster
+            if not node.running():
+                node.start()
+
+
+def _trainer(settings: Settings, group: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, **settings.env(), **THRESHOLDS, "TRAINER_GROUP_ID": group, "TRAINER_THREADS": "1",
+           "SIGHTSCAN_LOG_FORMAT": "console"}
+    return subprocess.Popen([sys.executable, "-m", "trainer", "serve"], cwd=ROOT, env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+async def _hello_model(gateway: Gateway, city: str) -> dict | None:
+    async with aiohttp.ClientSession() as http, http.ws_connect(f"{gateway.ws_url}?city={city}") as ws:
+        return (await next_message(ws, "hello"))["model"]
+
+
+def test_two_of_each_service_train_once_and_both_gateways_hot_swap_while_a_broker_is_down(
+        cluster: LocalStack, tmp_path: Path) -> None:
+    settings = cluster.settings
+    run = uuid.uuid4().hex[:6]
+    name = f"Scaledville {run}"
+    # No growth retraining: the city's one crossing makes one request, so "trained once" is one model.
+    once = {**THRESHOLDS, "RETRAIN_GROWTH_FRACTION": "100"}
+    workers = [Worker(settings, f"scaled-{run}", tmp_path / f"worker-{i}.log", once).start() for i in range(2)]
+    trainers = [_trainer(settings, f"trainer-{run}", tmp_path / f"trainer-{i}.log") for i in range(2)]
+    gateways = [start_gateway(settings, tmp_path / f"gateway-{i}.log") for i in range(2)]
+    victim = None
+    try:
+        time.sleep(8)  # the two workers and the two trainers join their groups and split the partitions
+        city_id, _ = load_city(settings, render_city(tmp_path / "city", 2, 14, seed=5, city="Scaledville"), name)
+        assert all(asyncio.run(_hello_model(g, name)) is None for g in gateways)
+        victim = busiest_broker(cluster, command_topic("training"))
+        print(f"SIGKILL {victim.name}")
+        victim.kill()
+
+        deadline = time.monotonic() + 420
+        models: list[dict | None] = [None, None]
+        while not all(models):
+            assert time.monotonic() < deadline, f"gateways' models after 420 s: {models}; see {tmp_path}"
+            for i, trainer in enumerate(trainers):
+                assert trainer.poll() is None, f"trainer {i} exited; see {tmp_path}/trainer-{i}.log"
+            models = [asyncio.run(_hello_model(g, name)) for g in gateways]
+            time.sleep(2)
+        assert [m["model_version"] for m in models] == [1, 1]  # both gateways swapped in the city's model
+        victim.start()
+        victim = None
+
+        time.sleep(15)  # a second training of the same request would have stored version 2 by now
+        with db.transaction(settings) as cur:
+            cur.execute("SELECT version FROM models WHERE city_id = %s", (city_id,))
+            assert [r[0] for r in cur.fetchall()] == [1]
+        reader = TopicReader(settings, training_events_topic())
+        events = [m["value"] for m in reader.collect(lambda ms: any(
+            m["value"].get("city_id") == city_id and m["value"].get("status") == "succeeded" for m in ms), 60)]
+        reader.close()
+        outcomes = [e for e in events if e.get("city_id") == city_id and e.get("status") in ("succeeded", "failed")]
+        assert [(e["request_id"], e["status"]) for e in outcomes] == [(f"train-{city_id}-1", "succeeded")], outcomes
+        wait_marts_match(settings, [city_id], timeout=120)
+    finally:
+        for gateway in gateways:
+            stop_gateway(gateway)
+        for trainer in trainers:
+            stop_popen(trainer, timeout=30)
+        for worker in workers:
+            worker.stop()
+        for node in cluster.kafka_nodes:
+            if not node.running():
+                node.start()
