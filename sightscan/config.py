@@ -252,7 +252,11 @@ class Settings:
 
     @property
     def bootstrap_servers(self) -> str:
-        """What clients bootstrap from: every broker, so that a client starts while any one of them is down."""
+        """What clients bootstrap from: every broker (KAFKA_BOOTSTRAP_SERVERS, or all the local stack's nodes when it
+        names only the first), so that a client starts while any one of them is down."""
+        listed = [h.strip() for h in self.kafka_bootstrap_servers.split(",") if h.strip()]
+        if len(listed) >= self.kafka_brokers:
+            return ",".join(listed)
         return ",".join(f"{host}:{port}" for host, port, _ in self.kafka_nodes)
 
     @property

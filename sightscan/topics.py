@@ -14,12 +14,16 @@ Topic names start with TOPIC_PREFIX (Settings.topic_prefix, "sightscan" by defau
 #                                  "ts_ms"}            (an image is never in two outstanding requests)
 #   <prefix>.commands.training    {"request_id": "train-<city>-<seq>", "city_id", "city", "epochs", "classes": [...],
 #                                  "labelled_images", "reason": "threshold" | "growth", "ts_ms"}
-#   <prefix>.events.training      {"request_id", "city_id", "status": "succeeded" | "failed", "reason"?, "version"?}
-#                                  (published by the trainer)
+#   <prefix>.events.training      {"request_id", "city_id", "city", "trigger", "status": "succeeded" | "failed" |
+#                                  "dispatched", ...} (published by the trainer; succeeded adds version, model_id,
+#                                  classes, metrics; the exact variants are in sightscan/asyncapi.py)
 #   <prefix>.streams.dead-letter  {"topic", "partition", "offset", "key", "value", "reason", "ts_ms"}
 #   <prefix>.commands.dead-letter {"topic", "partition", "offset", "key", "value", "reason", "ts_ms"}
 #   <prefix>.public.<table>       Debezium change events of a watched table (sightscan/events.py parses them)
-#   <app id>.facts                the stream worker's city-keyed facts (streams/)
+#   <app id>.facts                the stream worker's city-keyed facts (streams/): a message is a list of one city's
+#                                  facts from one rekey batch, or one fact (a linger nudge)
+#
+# sightscan/asyncapi.py catalogues every topic (AsyncAPI 3: channel, key, payload schema, publishers, consumers).
 """
 
 from __future__ import annotations
