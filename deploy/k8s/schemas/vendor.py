@@ -1,4 +1,4 @@
-"""Regenerate the schemas that tests/test_k8s_manifests.py validates the rendered tree against, offline.
+"""Regenerate the schemas that tests/k8s/test_manifests.py validates the rendered tree against, offline.
 
 Nothing here runs at test time: the output (kubernetes-*.json and crds/*.json) is committed, so the test needs
 neither the network nor these inputs. Run it only to move to another Kubernetes or operator version:

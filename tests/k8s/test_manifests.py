@@ -40,7 +40,7 @@ from streams.rekey import rekey_group
 from streams.settings import StreamsSettings
 from trainer.settings import TrainerEnv
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TREE = ROOT / "deploy" / "k8s"
 SCHEMAS = TREE / "schemas"
 KUBECTL_FALLBACK = "/usr/bin/kubectl"  # Debian's kubectl package
