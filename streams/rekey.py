@@ -29,9 +29,6 @@ from streams.facts import fact_from_change, fact_from_training_outcome
 
 log = logging.getLogger("streams.rekey")
 
-# A facts message holds a city's facts from one batch, at most this many (about 100 bytes each: far below Kafka's
-# 1 MB message limit).
-FACTS_PER_MESSAGE = 1000
 
 
 def rekey_group(app_id: str) -> str:
@@ -43,12 +40,14 @@ class Rekeyer(threading.Thread):
     """Reads the change topics (and the trainer's outcomes) in consumer group `<app_id>-rekey`; one per worker."""
 
     def __init__(self, settings: Settings, app_id: str, table_of_topic: dict[str, str], outcomes_topic: str,
-                 facts_topic: str, dead_letter_topic: str, batch_size: int = 1000) -> None:
+                 facts_topic: str, dead_letter_topic: str, batch_size: int = 1000,
+                 facts_per_message: int = 1000) -> None:
         super().__init__(name="rekey", daemon=True)
         self.settings, self.app_id = settings, app_id
         self.table_of_topic, self.outcomes_topic = table_of_topic, outcomes_topic
         self.facts_topic, self.dead_letter_topic = facts_topic, dead_letter_topic
         self.batch_size = batch_size
+        self.facts_per_message = facts_per_message
         self.stopping = threading.Event()
         self.failure: BaseException | None = None
         self.events = 0
@@ -111,8 +110,9 @@ class Rekeyer(threading.Thread):
                     by_city.setdefault(fact["city_id"], []).append(fact)
             for city_id, facts in by_city.items():
                 # One message per city and batch, its facts in order: the marts agent's cost is per message.
-                for start in range(0, len(facts), FACTS_PER_MESSAGE):
-                    producer.produce(self.facts_topic, json.dumps(facts[start:start + FACTS_PER_MESSAGE]).encode(),
+                per = self.facts_per_message
+                for start in range(0, len(facts), per):
+                    producer.produce(self.facts_topic, json.dumps(facts[start:start + per]).encode(),
                                      key=str(city_id).encode())
                 producer.poll(0)
             ends: dict[tuple[str, int], int] = {}

@@ -17,6 +17,9 @@ class StreamsSettings(ServiceSettings):
                            "city's facts)")
     batch_within_s: float = _env("STREAMS_BATCH_WITHIN_S", 0.05, positive_float,
                                  "how long the marts agent waits to fill a batch")
+    facts_per_message: int = _env("STREAMS_FACTS_PER_MESSAGE", 1000, positive_int,
+                                  "most facts of one city in one facts message (each ~100 bytes; 1 is the earlier "
+                                  "one-fact messages, for comparison)")
     labelling_batch_size: int = _env("LABELLING_BATCH_SIZE", 16, positive_int,
                                      "images per labelling request (Google Vision's batch limit is 16)")
     labelling_linger_s: float = _env("LABELLING_LINGER_S", 2.0, positive_float,

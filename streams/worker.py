@@ -175,7 +175,8 @@ class StreamWorker:
         self.lingering: dict[str, int] = {}  # city -> when its waiting images are due (ms), for cities seen here
         self.changelog = faust_fixes.ConfirmedChangelog(self.city_state)
         self.marts_writer = MartsWriter(settings)
-        rekeyer = Rekeyer(settings, app_id, table_of_topic, outcomes, facts, dead_letters)
+        rekeyer = Rekeyer(settings, app_id, table_of_topic, outcomes, facts, dead_letters,
+                          facts_per_message=streams.facts_per_message)
         self.app.service(type("RekeyService", (RekeyService,), {"rekeyer": rekeyer}))
         self.app.agent(self.facts, name="marts")(self.marts)
         self.city_state.on_recover(self.resend_after_recovery)

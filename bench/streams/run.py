@@ -80,14 +80,15 @@ def start_at_the_end(settings, app_id: str) -> None:
         consumer.close()
 
 
-def throughput(settings, home: Path, n: int, cities: int, workers: int) -> float:
+def throughput(settings, home: Path, n: int, cities: int, workers: int, env: dict[str, str] | None = None) -> float:
     """events/s of `workers` workers (one group) draining n image events spread over `cities` cities."""
     run = uuid.uuid4().hex[:6]
     with db.transaction(settings) as cur:
         city_ids = [db.request_city(cur, f"Throughput {run} {c}")[0].id for c in range(cities)]
     app_id = f"bench-throughput-{run}"
     start_at_the_end(settings, app_id)
-    started = [Worker(settings, app_id, home / f"throughput-{run}-{w}.log", ENV).start() for w in range(workers)]
+    started = [Worker(settings, app_id, home / f"throughput-{run}-{w}.log", {**ENV, **(env or {})}).start()
+               for w in range(workers)]
     try:
         deadline, admin = time.monotonic() + 120, kafka.admin(settings)
         while group_members(admin, app_id) != workers:  # every worker has its partitions: no rebalance later
@@ -236,6 +237,12 @@ def main() -> None:
                 for workers in rates:
                     if workers != 1:
                         figures[f"scaling_{workers}_workers_vs_1"] = f"{median(rates[workers]) / median(rates[1]):.2f}x"
+                # The earlier facts messages, one fact each, measured in the same run (state buckets stay on).
+                before = [throughput(settings, home, args.events, args.cities, 1, {"STREAMS_FACTS_PER_MESSAGE": "1"})
+                          for _ in range(args.repeats)]
+                print(f"  1 worker, one fact per message: {', '.join(f'{r:.0f}' for r in before)} events/s", flush=True)
+                figures["mart_agent_events_per_s_1_worker_one_fact_per_message"] = median_spread(before, digits=0)
+                figures["batched_facts_vs_one_fact_per_message"] = f"{median(rates[1]) / median(before):.2f}x"
             figures["events_per_run"] = args.events
             figures["partitions"] = args.partitions
             figures["machine_at_the_end"] = machine_note()
