@@ -298,7 +298,7 @@ def _facts() -> dict[str, dict[str, Any]]:
                  row=False)]},
         "FactsMessage": {
             "description": "a list of one city's facts from one rekey batch, in order (at most 1,000: "
-                           "streams/rekey.py FACTS_PER_MESSAGE); or one fact: a linger nudge, or a message of an "
+                           "STREAMS_FACTS_PER_MESSAGE); or one fact: a linger nudge, or a message of an "
                            "earlier version. The marts agent reads both (streams/worker.py facts_of)",
             "oneOf": [_ref("Fact"), {"type": "array", "items": _ref("Fact"), "minItems": 1}]},
     }
