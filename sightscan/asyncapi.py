@@ -297,9 +297,9 @@ def _facts() -> dict[str, dict[str, Any]]:
             fact("linger", {}, "a nudge of the worker's timer: the city's waiting images may be due for labelling",
                  row=False)]},
         "FactsMessage": {
-            "description": "a list of one city's facts from one rekey batch, in order (at most 1,000: "
-                           "STREAMS_FACTS_PER_MESSAGE); or one fact: a linger nudge, or a message of an "
-                           "earlier version. The marts agent reads both (streams/worker.py facts_of)",
+            "description": "a list of one city's facts from one rekey batch, in order (at most "
+                           "STREAMS_FACTS_PER_MESSAGE, 1,000 by default); or one fact: a linger nudge, or a "
+                           "message of an earlier version. The marts agent reads both (streams/worker.py facts_of)",
             "oneOf": [_ref("Fact"), {"type": "array", "items": _ref("Fact"), "minItems": 1}]},
     }
 
