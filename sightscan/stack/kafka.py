@@ -51,6 +51,7 @@ class _JavaService(abc.ABC):
         self.config_path = self.root / f"{self.name}.properties"
         self.log_path = settings.home / "logs" / f"{self.name}.log"
         self.pidfile = PidFile(settings.home / "run" / f"{self.name}.pid", str(self.config_path))
+        self._launched: subprocess.Popen | None = None  # the process this object started last, if any
 
     def java_cmd(self, main_class: str, *args: str) -> list[str]:
         log4j = self.settings.home / "log4j2.properties"
@@ -85,6 +86,7 @@ class _JavaService(abc.ABC):
 
     def launch(self) -> None:
         """Start the process without waiting for it (nodes of a cluster need each other to become ready)."""
+        self._launched = None
         if self.running():
             return
         require_free_port(self.port(), self.name, self.env_port_name)
@@ -94,9 +96,14 @@ class _JavaService(abc.ABC):
         log.info(f"starting {self.name}", extra={"port": self.port()})
         proc = start_detached(self.java_cmd(self.main_class, str(self.config_path)), self.log_path)
         self.pidfile.write(proc.pid)
+        self._launched = proc
 
     def wait_ready(self, timeout: float = 90) -> None:
-        wait_for(self.healthy, timeout, self.name, self.log_path, alive=self.running)
+        # Our own child is watched through its Popen: right after exec its command line (what running() matches)
+        # can still be empty for a moment, which read as "exited during start-up".
+        launched = self._launched
+        alive = (lambda: launched.poll() is None) if launched is not None else self.running
+        wait_for(self.healthy, timeout, self.name, self.log_path, alive=alive)
 
     def stop(self) -> None:
         proc = self.pidfile.process()
