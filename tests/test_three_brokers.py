@@ -26,11 +26,19 @@ from sightscan.config import Settings
 from sightscan.stack import LocalStack
 from sightscan.stack.kafka import Kafka
 from sightscan.stack.proc import stop_popen
-from sightscan.topics import COMMAND_KINDS, change_topic, command_topic, ensure_topics, training_events_topic
+from sightscan.topics import (
+    COMMAND_KINDS,
+    WATCHED_TABLES,
+    change_topic,
+    command_topic,
+    ensure_topics,
+    training_events_topic,
+)
+from streams.rekey import rekey_group
 from tests.conftest import TopicReader
 from tests.support.gateway import Gateway, next_message, start_gateway, stop_gateway
 from tests.support.stack import ephemeral_settings
-from tests.support.streams import Worker, one_per_crossing, wait_marts_match
+from tests.support.streams import Worker, one_per_crossing, start_at_the_end, wait_marts_match
 from tests.synthetic import render_city
 from tests.trainer.trainer_helpers import load_city
 
@@ -181,6 +189,15 @@ def _trainer(settings: Settings, group: str, log: Path) -> subprocess.Popen:
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _tails(folder: Path, lines: int = 12) -> str:
+    """The end of every service log of a test, for a failure message (CI keeps nothing else)."""
+    out = []
+    for log in sorted(folder.glob("*.log")):
+        text = log.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"--- {log.name}\n" + "\n".join(line[:300] for line in text))
+    return "\n".join(out)
+
+
 async def _hello_model(gateway: Gateway, city: str) -> dict | None:
     async with aiohttp.ClientSession() as http, http.ws_connect(f"{gateway.ws_url}?city={city}") as ws:
         return (await next_message(ws, "hello"))["model"]
@@ -193,6 +210,11 @@ def test_two_of_each_service_train_once_and_both_gateways_hot_swap_while_a_broke
     name = f"Scaledville {run}"
     # No growth retraining: the city's one crossing makes one request, so "trained once" is one model.
     once = {**THRESHOLDS, "RETRAIN_GROWTH_FRACTION": "100"}
+    # Both groups start at the end of their topics: the earlier tests' cities and training requests are not ours.
+    ensure_topics(settings, [command_topic("training"), training_events_topic()])
+    start_at_the_end(settings, rekey_group(f"scaled-{run}"),
+                     [*(change_topic(t) for t in WATCHED_TABLES), training_events_topic()])
+    start_at_the_end(settings, f"trainer-{run}", [command_topic("training")])
     workers = [Worker(settings, f"scaled-{run}", tmp_path / f"worker-{i}.log", once).start() for i in range(2)]
     trainers = [_trainer(settings, f"trainer-{run}", tmp_path / f"trainer-{i}.log") for i in range(2)]
     gateways = [start_gateway(settings, tmp_path / f"gateway-{i}.log") for i in range(2)]
@@ -208,9 +230,9 @@ def test_two_of_each_service_train_once_and_both_gateways_hot_swap_while_a_broke
         deadline = time.monotonic() + 420
         models: list[dict | None] = [None, None]
         while not all(models):
-            assert time.monotonic() < deadline, f"gateways' models after 420 s: {models}; see {tmp_path}"
+            assert time.monotonic() < deadline, f"gateways' models after 420 s: {models}\n{_tails(tmp_path)}"
             for i, trainer in enumerate(trainers):
-                assert trainer.poll() is None, f"trainer {i} exited; see {tmp_path}/trainer-{i}.log"
+                assert trainer.poll() is None, f"trainer {i} exited\n{_tails(tmp_path)}"
             models = [asyncio.run(_hello_model(g, name)) for g in gateways]
             time.sleep(2)
         assert [m["model_version"] for m in models] == [1, 1]  # both gateways swapped in the city's model
@@ -220,13 +242,15 @@ def test_two_of_each_service_train_once_and_both_gateways_hot_swap_while_a_broke
         time.sleep(15)  # a second training of the same request would have stored version 2 by now
         with db.transaction(settings) as cur:
             cur.execute("SELECT version FROM models WHERE city_id = %s", (city_id,))
-            assert [r[0] for r in cur.fetchall()] == [1]
+            versions = [r[0] for r in cur.fetchall()]
+        assert versions == [1], f"model versions {versions}\n{_tails(tmp_path)}"
         reader = TopicReader(settings, training_events_topic())
         events = [m["value"] for m in reader.collect(lambda ms: any(
             m["value"].get("city_id") == city_id and m["value"].get("status") == "succeeded" for m in ms), 60)]
         reader.close()
         outcomes = [e for e in events if e.get("city_id") == city_id and e.get("status") in ("succeeded", "failed")]
-        assert [(e["request_id"], e["status"]) for e in outcomes] == [(f"train-{city_id}-1", "succeeded")], outcomes
+        assert [(e["request_id"], e["status"]) for e in outcomes] == [(f"train-{city_id}-1", "succeeded")], \
+            f"{outcomes}\n{_tails(tmp_path)}"
         wait_marts_match(settings, [city_id], timeout=120)
     finally:
         for gateway in gateways:

@@ -29,7 +29,7 @@ from sightscan.stack import LocalStack
 from sightscan.topics import WATCHED_TABLES, change_topic, command_topic, training_events_topic
 from streams.rekey import rekey_group
 from tests.support.stack import ephemeral_settings
-from tests.support.streams import Worker
+from tests.support.streams import Worker, start_at_the_end
 
 ENV = {"MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING": "10", "MIN_IMAGE_NUMBER_PER_LABEL": "3"}
 
@@ -64,29 +64,14 @@ def group_members(admin, group: str) -> int:
     return len(described.members) if described.state == ConsumerGroupState.STABLE else 0
 
 
-def start_at_the_end(settings, app_id: str) -> None:
-    """Commit the rekey group's offsets at the end of every topic it reads: a new group would otherwise read the
-    change topics from their start, and drain every earlier run's events inside this run's measurement."""
-    topics = [*(change_topic(t) for t in WATCHED_TABLES), training_events_topic()]
-    consumer = kafka.consumer(settings, rekey_group(app_id))
-    try:
-        ends = []
-        for topic in topics:
-            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
-                ends.append(TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p),
-                                                                                    timeout=10)[1]))
-        consumer.commit(offsets=ends, asynchronous=False)
-    finally:
-        consumer.close()
-
-
 def throughput(settings, home: Path, n: int, cities: int, workers: int, env: dict[str, str] | None = None) -> float:
     """events/s of `workers` workers (one group) draining n image events spread over `cities` cities."""
     run = uuid.uuid4().hex[:6]
     with db.transaction(settings) as cur:
         city_ids = [db.request_city(cur, f"Throughput {run} {c}")[0].id for c in range(cities)]
     app_id = f"bench-throughput-{run}"
-    start_at_the_end(settings, app_id)
+    start_at_the_end(settings, rekey_group(app_id), [*(change_topic(t) for t in WATCHED_TABLES),
+                                                     training_events_topic()])
     started = [Worker(settings, app_id, home / f"throughput-{run}-{w}.log", {**ENV, **(env or {})}).start()
                for w in range(workers)]
     try:

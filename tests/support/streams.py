@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from sightscan import db
+from confluent_kafka import TopicPartition
+
+from sightscan import db, kafka
 from sightscan.config import Settings
 from sightscan.stack.proc import stop_popen
 
@@ -107,3 +109,18 @@ def one_per_crossing(cmds: list[dict]) -> dict[str, dict]:
         assert {k: first.get(k) for k in IDENTITY} == {k: c.get(k) for k in IDENTITY}, \
             f"two different commands share {c['request_id']}: {first} {c}"
     return by_id
+
+
+def start_at_the_end(settings: Settings, group: str, topics: list[str]) -> None:
+    """Commit `group`'s offsets at the end of each topic: a new group would otherwise read them from their start,
+    and work through every earlier test's (or benchmark run's) events first."""
+    consumer = kafka.consumer(settings, group)
+    try:
+        ends = []
+        for topic in topics:
+            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+                ends.append(TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p),
+                                                                                    timeout=10)[1]))
+        consumer.commit(offsets=ends, asynchronous=False)
+    finally:
+        consumer.close()
