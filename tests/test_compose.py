@@ -85,7 +85,8 @@ def test_compose_settings_match_the_local_stack(tmp_path, brokers):
     for key in ("config.storage.replication.factor", "offset.storage.replication.factor",
                 "status.storage.replication.factor"):
         assert connect_env[key.replace(".", "_").upper()] == str(connect_local[key]), key
-    for key in ("producer.acks", "producer.enable.idempotence", "connector.client.config.override.policy"):
+    for key in ("producer.acks", "producer.enable.idempotence", "producer.linger.ms",
+                "connector.client.config.override.policy"):
         assert connect_env["CONNECT_" + key.replace(".", "_").upper()] == str(connect_local[key]), key
     assert len(connect_env["BOOTSTRAP_SERVERS"].split(",")) == brokers
 
