@@ -19,6 +19,8 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -29,6 +31,32 @@ from streams.facts import fact_from_change, fact_from_training_outcome
 
 log = logging.getLogger("streams.rekey")
 
+
+
+class StuckCall(RuntimeError):
+    """A client call that did not return long after its own timeout."""
+
+
+def guarded(what: str, call: Callable[[], Any], timeout_s: float, grace_s: float = 15.0) -> Any:
+    """`call()` (a librdkafka call with its own timeout of `timeout_s`), run on a helper thread; StuckCall if it has
+    not returned `grace_s` after that timeout. The helper is abandoned (a daemon): a C call cannot be interrupted."""
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the caller below
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"rekey-{what}", daemon=True).start()
+    if not done.wait(timeout_s + grace_s):
+        raise StuckCall(f"{what} did not return in {timeout_s + grace_s:.0f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
 
 
 def rekey_group(app_id: str) -> str:
@@ -68,13 +96,7 @@ class Rekeyer(threading.Thread):
             # A killed worker's partitions move after 10 s, as the Faust agents' do.
             "session.timeout.ms": 10000, "heartbeat.interval.ms": 2000,
         })
-        producer = kafka.transactional_producer(self.settings, f"{self.app_id}-rekey-{uuid.uuid4().hex[:12]}", **{
-            "linger.ms": 5, "transaction.timeout.ms": 30000,
-            # Java's partitioner, as Faust's producer uses: a city's facts and its table changelog records must
-            # land in the same partition number (the marts table relies on it).
-            "partitioner": "murmur2_random",
-        })
-        producer.init_transactions(60)
+        producer = self._new_producer()
         consumer.subscribe([*self.table_of_topic, self.outcomes_topic])
         try:
             while not self.stopping.is_set():
@@ -85,10 +107,30 @@ class Rekeyer(threading.Thread):
                     continue
                 batch = [first, *consumer.consume(self.batch_size - 1, 0)]
                 messages = [m for m in batch if self._usable(m)]
-                if messages:
+                if not messages:
+                    continue
+                try:
                     self._transfer(consumer, producer, messages)
+                except StuckCall as exc:
+                    # librdkafka can block in a transactional call past its timeout when the group coordinator
+                    # dies (confluentinc/librdkafka issues 5456 and 5511, open). The stuck producer is left
+                    # behind; its open transaction is aborted by the coordinator after transaction.timeout.ms,
+                    # so nothing of the batch counts, and a new producer (a new transactional id) reads it again.
+                    log.warning(f"rekey producer stuck ({exc}): replacing it and reading the batch again")
+                    producer = self._new_producer()
+                    self._rewind(consumer)
         finally:
             consumer.close()
+
+    def _new_producer(self) -> Producer:
+        producer = kafka.transactional_producer(self.settings, f"{self.app_id}-rekey-{uuid.uuid4().hex[:12]}", **{
+            "linger.ms": 5, "transaction.timeout.ms": 30000,
+            # Java's partitioner, as Faust's producer uses: a city's facts and its table changelog records must
+            # land in the same partition number (the marts table relies on it).
+            "partitioner": "murmur2_random",
+        })
+        guarded("init_transactions", lambda: producer.init_transactions(60), 60)
+        return producer
 
     @staticmethod
     def _usable(msg: Message) -> bool:
@@ -119,8 +161,10 @@ class Rekeyer(threading.Thread):
             for msg in messages:
                 ends[(msg.topic(), msg.partition())] = msg.offset() + 1
             offsets = [TopicPartition(t, p, o) for (t, p), o in ends.items()]
-            producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
-            producer.commit_transaction(30)
+            group = consumer.consumer_group_metadata()
+            guarded("send_offsets_to_transaction",
+                    lambda: producer.send_offsets_to_transaction(offsets, group, 30), 30)
+            guarded("commit_transaction", lambda: producer.commit_transaction(30), 30)
             self.events += len(messages)
         except KafkaException as exc:
             error = exc.args[0]
@@ -129,7 +173,7 @@ class Rekeyer(threading.Thread):
             # Abortable (a rebalance fenced our offsets, a broker moved…): nothing of the batch counts; read it
             # again from the group's committed offsets.
             log.warning(f"rekey transaction aborted, reading the batch again: {error}")
-            producer.abort_transaction(30)
+            guarded("abort_transaction", lambda: producer.abort_transaction(30), 30)
             self._rewind(consumer)
             time.sleep(0.2)
 

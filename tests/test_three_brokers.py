@@ -19,8 +19,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from confluent_kafka import TopicPartition
 from confluent_kafka.admin import ConfigResource
 
+import connectors
 from sightscan import db, kafka
 from sightscan.config import Settings
 from sightscan.stack import LocalStack
@@ -162,7 +164,10 @@ def test_a_broker_killed_mid_stream_loses_no_change_and_commands_still_flow(clus
         writer.join()
         assert writer.failure is None, writer.failure
         assert writer.rows > 400
-        wait_marts_match(settings, city_ids, timeout=180)  # every change counted, none twice
+        try:
+            wait_marts_match(settings, city_ids, timeout=180)  # every change counted, none twice
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{_pipeline_state(cluster, f'cluster-{run}', tmp_path)}") from None
         assert worker.alive()
 
         reader = TopicReader(settings, command_topic("training"))
@@ -180,6 +185,28 @@ def test_a_broker_killed_mid_stream_loses_no_change_and_commands_still_flow(clus
         for node in cluster.kafka_nodes:  # whatever happened above, the next test gets the whole cluster
             if not node.running():
                 node.start()
+
+
+def _pipeline_state(stack: LocalStack, app_id: str, folder: Path) -> str:
+    """Where a stalled change stopped: the connector's state, each stage's committed offsets against the ends of
+    its topics, and the tails of Connect's and the worker's logs (the cluster's state is deleted after the test)."""
+    settings = stack.settings
+    consumer = kafka.consumer(settings, f"diagnose-{uuid.uuid4().hex[:6]}")
+    lines = [f"connector: {connectors.status(settings)}"]
+    for group, topics in ((rekey_group(app_id), [change_topic("images"), change_topic("labels")]),
+                          (app_id, [f"{app_id}.facts"])):
+        probe = kafka.consumer(settings, group)
+        for topic in topics:
+            parts = [TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
+            ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts]
+            committed = [tp.offset for tp in probe.committed(parts, timeout=10)]
+            lines.append(f"{group} on {topic}: committed {committed}, ends {ends}")
+        probe.close()
+    consumer.close()
+    for log in (stack.connect.log_path, *(n.log_path for n in stack.kafka_nodes), folder / "worker.log"):
+        tail = [line for line in log.read_text(errors="replace").splitlines() if "ERROR" in line or "WARN" in line]
+        lines.append(f"--- {log.name} (errors and warnings, last 15)\n" + "\n".join(t[:300] for t in tail[-15:]))
+    return "\n".join(lines)
 
 
 def _trainer(settings: Settings, group: str, log: Path) -> subprocess.Popen:
