@@ -241,10 +241,13 @@ class Settings:
     def kafka_port(self) -> int:
         return self.kafka_nodes[0][1]
 
+    def _listed_servers(self) -> list[str]:
+        return [h.strip() for h in self.kafka_bootstrap_servers.split(",") if h.strip()]
+
     @property
     def kafka_nodes(self) -> list[tuple[str, int, int]]:
         """(host, broker port, controller port) of each Kafka node of the local stack, node 1 first."""
-        listed = [h.strip().rsplit(":", 1) for h in self.kafka_bootstrap_servers.split(",") if h.strip()]
+        listed = [h.rsplit(":", 1) for h in self._listed_servers()]
         host, first = listed[0][0], int(listed[0][1])
         brokers = ([int(port) for _, port in listed] if len(listed) >= self.kafka_brokers
                    else [first + 2 * i for i in range(self.kafka_brokers)])
@@ -254,7 +257,7 @@ class Settings:
     def bootstrap_servers(self) -> str:
         """What clients bootstrap from: every broker (KAFKA_BOOTSTRAP_SERVERS, or all the local stack's nodes when it
         names only the first), so that a client starts while any one of them is down."""
-        listed = [h.strip() for h in self.kafka_bootstrap_servers.split(",") if h.strip()]
+        listed = self._listed_servers()
         if len(listed) >= self.kafka_brokers:
             return ",".join(listed)
         return ",".join(f"{host}:{port}" for host, port, _ in self.kafka_nodes)
