@@ -69,14 +69,40 @@ def _request(method: str, url: str, body: dict[str, Any] | None = None, timeout:
         return json.loads(raw) if raw else None
 
 
-def register(settings: Settings, overrides: dict[str, str] | None = None) -> None:
-    """Create or update the connector (PUT is idempotent); `overrides` replace or add config keys (benchmarks)."""
+# Connect answers 409 while its group rebalances and 5xx while it is still reading its internal topics; a busy
+# worker (three brokers starting on two cores) may not answer at all within one request's timeout.
+TRANSIENT_HTTP_CODES = frozenset({409, 500, 502, 503, 504})
+
+
+def register(settings: Settings, overrides: dict[str, str] | None = None, timeout: float = 180,
+             request_timeout: float = 30) -> None:
+    """Create or update the connector (PUT is idempotent); `overrides` replace or add config keys (benchmarks).
+
+    Retries until `timeout` on Connect's transient answers and on requests it leaves unanswered; a refusal of the
+    configuration itself (400) fails at once.
+    """
     url = f"{settings.connect_url}/connectors/{CONNECTOR_NAME}/config"
-    try:
-        _request("PUT", url, {**debezium_config(settings), **(overrides or {})})
-    except urllib.error.HTTPError as exc:
-        raise ConnectorError(f"Kafka Connect refused the connector: {exc.code} {exc.read().decode()[:2000]}") from exc
-    log.info("connector registered", extra={"connector": CONNECTOR_NAME})
+    body = {**debezium_config(settings), **(overrides or {})}
+    deadline = time.monotonic() + timeout
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            _request("PUT", url, body, timeout=min(request_timeout, max(0.1, deadline - time.monotonic())))
+            break
+        except urllib.error.HTTPError as exc:
+            detail = f"{exc.code} {exc.read().decode(errors='replace')[:2000]}"
+            if exc.code not in TRANSIENT_HTTP_CODES:
+                raise ConnectorError(f"Kafka Connect refused the connector: {detail}") from exc
+            last = detail
+        except (urllib.error.URLError, OSError) as exc:  # a timeout, or Connect restarting
+            last = repr(exc)
+        if time.monotonic() >= deadline:
+            raise ConnectorError(f"Kafka Connect did not accept the connector within {timeout:.0f} s "
+                                 f"({attempt} attempts); last answer: {last}")
+        log.warning("connector registration retried", extra={"attempt": attempt, "answer": last})
+        time.sleep(min(2.0, 0.25 * attempt))
+    log.info("connector registered", extra={"connector": CONNECTOR_NAME, "attempts": attempt})
 
 
 def status(settings: Settings) -> dict[str, Any] | None:
@@ -88,7 +114,7 @@ def status(settings: Settings) -> dict[str, Any] | None:
         raise
 
 
-def wait_running(settings: Settings, timeout: float = 60) -> None:
+def wait_running(settings: Settings, timeout: float = 120) -> None:
     """Wait until the connector and its task run; a FAILED task fails at once with Connect's trace."""
     deadline = time.monotonic() + timeout
     last: dict[str, Any] | None = None
