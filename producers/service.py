@@ -48,7 +48,7 @@ class CrawlerService:
     def __init__(self, settings: Settings, cs: CrawlerSettings | None = None) -> None:
         self.settings, self.cs = settings, cs or CrawlerSettings.from_env()
         self.worker = CommandWorker(
-            settings, "crawl", self.cs.group_id or f"{settings.topic_prefix}-crawler", self.handle,
+            settings, "crawl", self.cs.group(settings.topic_prefix), self.handle,
             required={"city_id": int}, max_attempts=self.cs.max_attempts,
             # The consumer is not polled while a crawl runs: allow for the longest crawl before it is evicted.
             max_poll_interval_s=self.cs.crawl_timeout_s + 300)

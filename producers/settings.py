@@ -80,6 +80,9 @@ class CrawlerSettings(ServiceSettings):
     max_attempts: int = _env("CRAWLER_MAX_ATTEMPTS", 5, positive_int,
                              "a crawl request failing this many times goes to the command dead-letter topic")
 
+    def group(self, topic_prefix: str) -> str:
+        return self.group_id or f"{topic_prefix}-crawler"
+
     @property
     def uses_maps(self) -> bool:
         return self.sight_source == "maps" or (self.sight_source == "auto" and bool(self.maps_key))

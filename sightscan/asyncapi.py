@@ -585,13 +585,13 @@ def _operations() -> dict[str, dict[str, Any]]:
                                                    "failing after LABELLER_MAX_ATTEMPTS", None),
         ("trainer", "receive", "trainingCommands", "trains the city; a copy of an answered request is answered "
                                                    "again",
-         _group("sightscan-trainer", "TRAINER_GROUP_ID, by default sightscan-trainer (not prefixed)")),
+         _group(f"{PREFIX}-trainer", "TRAINER_GROUP_ID, by default <TOPIC_PREFIX>-trainer")),
         ("trainer", "send", "trainingEvents", "one outcome per request, before the request's offset is committed",
          None),
         ("trainer", "send", "commandsDeadLetter", "malformed requests (also announced as failed on "
                                                   "trainingEvents)", None),
         ("dispatcher", "receive", "trainingCommands", "starts the EC2 training instance",
-         _group("sightscan-trainer-dispatch", "TRAINER_GROUP_ID followed by -dispatch")),
+         _group(f"{PREFIX}-trainer-dispatch", "the trainer group followed by -dispatch")),
         ("dispatcher", "send", "trainingEvents", "dispatched, or failed when the instance did not start", None),
         ("dispatcher", "send", "commandsDeadLetter", "malformed requests", None),
         ("gateway", "receive", "models", "hot-swaps a city's model when a new one is stored",

@@ -76,7 +76,8 @@ class CommandWorker:
                  handle: Callable[[dict[str, Any], Message], dict[str, Any] | None],
                  required: dict[str, type] | None = None, backoff: Backoff | None = None,
                  max_attempts: int | None = None, max_poll_interval_s: float = 3600.0,
-                 on_dead_letter: Callable[[Message, str], None] | None = None) -> None:
+                 on_dead_letter: Callable[[Message, str], None] | None = None,
+                 consumer_config: dict[str, Any] | None = None) -> None:
         self.settings, self.kind, self.handle, self.on_dead_letter = settings, kind, handle, on_dead_letter
         self.required = required or {"city_id": int}
         self.backoff = backoff or Backoff()
@@ -90,7 +91,8 @@ class CommandWorker:
         self.producer = kafka.producer(settings)
         # A command may take long (a crawl, a training): the group must not think the worker died meanwhile.
         self.consumer = kafka.consumer(settings, group_id,
-                                       **{"max.poll.interval.ms": int(max_poll_interval_s * 1000)})
+                                       **{"max.poll.interval.ms": int(max_poll_interval_s * 1000),
+                                          **(consumer_config or {})})
         self.consumer.subscribe([self.topic])
 
     def close(self) -> None:
@@ -119,13 +121,24 @@ class CommandWorker:
                     continue
                 if not self._process(msg):
                     continue  # stopping while retrying: not committed, redelivered to whoever runs next
-                self.consumer.commit(message=msg, asynchronous=False)
+                self._commit(msg)
                 self.handled += 1
                 idle_since = time.monotonic()
         finally:
             self.consumer.close()
             self.producer.flush(10)
         return self.handled
+
+    def _commit(self, msg: Message) -> None:
+        """Commit past `msg`. A refused commit (the group rebalanced, its coordinator moved with a broker) is not
+        fatal: the command is redelivered to the partition's new owner, and every handler is idempotent (a crawl,
+        a labelling and a training are each done once; a dead letter may then repeat, with the same source
+        topic, partition and offset, which identify it)."""
+        try:
+            self.consumer.commit(message=msg, asynchronous=False)
+        except KafkaException as exc:
+            log.warning(f"{self.kind} command's offset not committed; it will be delivered again: {exc}",
+                        extra={"kind": self.kind, "partition": msg.partition(), "offset": msg.offset()})
 
     def _process(self, msg: Message) -> bool:
         """True when the command is finished (done or dead-lettered) and its offset may be committed."""

@@ -39,3 +39,23 @@ def test_a_malformed_value_is_named_by_config_and_at_start_up(monkeypatch, capsy
     monkeypatch.setenv("TRAINER_INPUT_SIZE", "100")
     with pytest.raises(ConfigError, match="TRAINER_INPUT_SIZE.*multiple of 32"):
         TrainerEnv.from_env()
+
+
+@pytest.mark.parametrize("environ, crawler, labeller, trainer", [
+    ({}, "sightscan-crawler", "sightscan-labeller", "sightscan-trainer"),
+    ({"TOPIC_PREFIX": "berlin"}, "berlin-crawler", "berlin-labeller", "berlin-trainer"),
+    ({"TOPIC_PREFIX": "berlin", "CRAWLER_GROUP_ID": "c", "LABELLER_GROUP_ID": "l", "TRAINER_GROUP_ID": "t"},
+     "c", "l", "t"),
+])
+def test_consumer_groups_follow_the_topic_prefix_unless_named(environ, crawler, labeller, trainer) -> None:
+    """Two systems on one cluster (two TOPIC_PREFIXes) must not share a consumer group: each would take half of the
+    other's requests and ignore them."""
+    from consumers.settings import LabellerSettings
+    from producers.settings import CrawlerSettings
+    from sightscan.config import Settings
+    from trainer.settings import load
+
+    settings = Settings.from_env(environ)
+    assert CrawlerSettings.from_env(environ).group(settings.topic_prefix) == crawler
+    assert LabellerSettings.from_env(environ).group(settings.topic_prefix) == labeller
+    assert load(settings, environ).group_id == trainer

@@ -85,7 +85,8 @@ class TrainerEnv(ServiceSettings):
     heldout_fraction: float = _env("TRAINER_HELDOUT_FRACTION", 0.2, unit_interval,
                                    "share of labelled images held out for the metrics")
     min_sights: int = _env("TRAINER_MIN_SIGHTS", 2, non_negative_int, "sights a city needs to be trained")
-    group_id: str = _env("TRAINER_GROUP_ID", "sightscan-trainer", doc="consumer group of training requests")
+    group_id: str = _env("TRAINER_GROUP_ID", "",
+                         doc="consumer group of training requests (default <TOPIC_PREFIX>-trainer)")
     idle_stop_s: float = _env("TRAINER_IDLE_STOP_S", 300.0, non_negative_float,
                               "cloud mode: stop the training instance after this long without a request")
     ec2_instance_id: str = _env("MTS_EC2_INSTANCE_ID", "", doc="cloud mode: the EC2 training instance")
@@ -111,7 +112,8 @@ def load(settings: Settings, environ: Mapping[str, str] | None = None) -> Traine
             raise ConfigError("MTS_EC2_INSTANCE_ID is set but AWS_REGION is not; export AWS_REGION=eu-central-1")
         cloud = CloudConfig(e.ec2_instance_id, region, e.aws_endpoint_url or None)
     return TrainerSettings(train=train, heldout_fraction=e.heldout_fraction, min_sights=e.min_sights,
-                           group_id=e.group_id, cloud=cloud, idle_stop_s=e.idle_stop_s)
+                           group_id=e.group_id or f"{settings.topic_prefix}-trainer", cloud=cloud,
+                           idle_stop_s=e.idle_stop_s)
 
 
 def describe() -> list[tuple[str, str, str]]:
