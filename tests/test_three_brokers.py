@@ -289,3 +289,51 @@ def test_two_of_each_service_train_once_and_both_gateways_hot_swap_while_a_broke
         for node in cluster.kafka_nodes:
             if not node.running():
                 node.start()
+
+
+def test_two_brokers_lost_stalls_the_stream_and_it_resumes_whole_when_they_return(cluster: LocalStack,
+                                                                                 tmp_path: Path) -> None:
+    """Two of three nodes down: no controller quorum and fewer in-sync replicas than min.insync.replicas, so no
+    write is accepted anywhere. The warehouse keeps taking changes (Debezium's slot holds them in the WAL); once
+    the brokers return, the worker, which stayed up, counts every change once."""
+    settings = cluster.settings
+    run = uuid.uuid4().hex[:6]
+    with db.transaction(settings) as cur:
+        cities = [db.request_city(cur, f"Quorum {run} {i}")[0] for i in range(3)]
+        sights = [db.ensure_sight(cur, cities[0].id, name, "test") for name in ("Tower", "Gate")]
+    city_ids = [c.id for c in cities]
+    start_at_the_end(settings, rekey_group(f"quorum-{run}"),
+                     [*(change_topic(t) for t in WATCHED_TABLES), training_events_topic()])
+    worker = Worker(settings, f"quorum-{run}", tmp_path / "worker.log", THRESHOLDS).start()
+    writer = SteadyWriter(settings, city_ids, cities[0].id, sights, seconds=50)
+    victims = []
+    try:
+        writer.start()
+        time.sleep(10)
+        survivor = busiest_broker(cluster, change_topic("images"))
+        victims = [n for n in cluster.kafka_nodes if n is not survivor]
+        print(f"SIGKILL {[v.name for v in victims]} after {writer.rows} rows")
+        for victim in victims:
+            victim.kill()
+        writer.label.set()
+        time.sleep(25)
+        rows_while_down = writer.rows
+        print(f"restarting them after {rows_while_down} rows")
+        for victim in victims:
+            victim.start()
+        victims = []
+        writer.join()
+        assert writer.failure is None, writer.failure
+        assert writer.rows > 300
+        try:
+            wait_marts_match(settings, city_ids, timeout=240)  # every change counted, none twice
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{_pipeline_state(cluster, f'quorum-{run}', tmp_path)}") from None
+        assert worker.alive(), f"the worker died while the cluster had no quorum\n{_tails(tmp_path, 30)}"
+        status = connectors.status(settings)
+        assert status and all(t["state"] == "RUNNING" for t in status["tasks"]), status
+    finally:
+        worker.stop()
+        for node in cluster.kafka_nodes:
+            if not node.running():
+                node.start()
