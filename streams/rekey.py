@@ -123,14 +123,24 @@ class Rekeyer(threading.Thread):
             consumer.close()
 
     def _new_producer(self) -> Producer:
-        producer = kafka.transactional_producer(self.settings, f"{self.app_id}-rekey-{uuid.uuid4().hex[:12]}", **{
-            "linger.ms": 5, "transaction.timeout.ms": 30000,
-            # Java's partitioner, as Faust's producer uses: a city's facts and its table changelog records must
-            # land in the same partition number (the marts table relies on it).
-            "partitioner": "murmur2_random",
-        })
-        guarded("init_transactions", lambda: producer.init_transactions(60), 60)
-        return producer
+        """A producer with its transactions initialised; retried (with backoff) while the cluster cannot do it, as
+        when it has lost its controller quorum: the worker waits for Kafka rather than dying of its absence."""
+        delay = 1.0
+        while True:
+            producer = kafka.transactional_producer(self.settings, f"{self.app_id}-rekey-{uuid.uuid4().hex[:12]}", **{
+                "linger.ms": 5, "transaction.timeout.ms": 30000,
+                # Java's partitioner, as Faust's producer uses: a city's facts and its table changelog records must
+                # land in the same partition number (the marts table relies on it).
+                "partitioner": "murmur2_random",
+            })
+            try:
+                guarded("init_transactions", lambda p=producer: p.init_transactions(60), 60)
+                return producer
+            except (KafkaException, StuckCall) as exc:
+                log.warning(f"rekey producer could not start its transactions, retrying in {delay:.0f} s: {exc}")
+            if self.stopping.wait(delay):
+                raise RuntimeError("stopped while waiting for Kafka to start a transactional producer")
+            delay = min(30.0, delay * 2)
 
     @staticmethod
     def _usable(msg: Message) -> bool:
@@ -173,7 +183,10 @@ class Rekeyer(threading.Thread):
             # Abortable (a rebalance fenced our offsets, a broker moved…): nothing of the batch counts; read it
             # again from the group's committed offsets.
             log.warning(f"rekey transaction aborted, reading the batch again: {error}")
-            guarded("abort_transaction", lambda: producer.abort_transaction(30), 30)
+            try:
+                guarded("abort_transaction", lambda: producer.abort_transaction(30), 30)
+            except KafkaException as abort_error:  # the cluster is away: this producer is done with
+                raise StuckCall(f"abort_transaction failed: {abort_error}") from abort_error
             self._rewind(consumer)
             time.sleep(0.2)
 
@@ -194,12 +207,23 @@ class Rekeyer(threading.Thread):
             return None
         return fact
 
-    @staticmethod
-    def _rewind(consumer: Consumer) -> None:
-        assignment = consumer.assignment()
-        if not assignment:
-            return
-        for tp in consumer.committed(assignment, timeout=30):
+    def _rewind(self, consumer: Consumer) -> None:
+        """Back to the group's committed offsets. Never skipped: reading on past an uncommitted batch would lose
+        it, so an unreachable coordinator is waited for."""
+        delay = 1.0
+        while True:
+            assignment = consumer.assignment()
+            if not assignment:
+                return
+            try:
+                committed = consumer.committed(assignment, timeout=30)
+                break
+            except KafkaException as exc:
+                log.warning(f"rekey cannot read its committed offsets, retrying in {delay:.0f} s: {exc}")
+            if self.stopping.wait(delay):
+                raise RuntimeError("stopped before the batch could be rewound (it is read again at restart)")
+            delay = min(30.0, delay * 2)
+        for tp in committed:
             try:
                 consumer.seek(TopicPartition(tp.topic, tp.partition,
                                              tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
