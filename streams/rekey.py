@@ -37,6 +37,10 @@ class StuckCall(RuntimeError):
     """A client call that did not return long after its own timeout."""
 
 
+class ProducerLost(RuntimeError):
+    """The transactional producer cannot go on (a fatal error, a failed abort): a new one must take over."""
+
+
 def guarded(what: str, call: Callable[[], Any], timeout_s: float, grace_s: float = 15.0) -> Any:
     """`call()` (a librdkafka call with its own timeout of `timeout_s`), run on a helper thread; StuckCall if it has
     not returned `grace_s` after that timeout. The helper is abandoned (a daemon): a C call cannot be interrupted."""
@@ -111,12 +115,12 @@ class Rekeyer(threading.Thread):
                     continue
                 try:
                     self._transfer(consumer, producer, messages)
-                except StuckCall as exc:
+                except (StuckCall, ProducerLost) as exc:
                     # librdkafka can block in a transactional call past its timeout when the group coordinator
                     # dies (confluentinc/librdkafka issues 5456 and 5511, open). The stuck producer is left
                     # behind; its open transaction is aborted by the coordinator after transaction.timeout.ms,
                     # so nothing of the batch counts, and a new producer (a new transactional id) reads it again.
-                    log.warning(f"rekey producer stuck ({exc}): replacing it and reading the batch again")
+                    log.warning(f"rekey producer unusable ({exc}): replacing it and reading the batch again")
                     producer = self._new_producer()
                     self._rewind(consumer)
         finally:
@@ -179,14 +183,16 @@ class Rekeyer(threading.Thread):
         except KafkaException as exc:
             error = exc.args[0]
             if error.fatal():
-                raise
+                # Fatal for this producer only, e.g. fenced because its transaction timed out while the cluster
+                # had no quorum (the coordinator aborted it and bumped the epoch): nothing of the batch counted.
+                raise ProducerLost(f"fatal producer error: {error}") from exc
             # Abortable (a rebalance fenced our offsets, a broker moved…): nothing of the batch counts; read it
             # again from the group's committed offsets.
             log.warning(f"rekey transaction aborted, reading the batch again: {error}")
             try:
                 guarded("abort_transaction", lambda: producer.abort_transaction(30), 30)
             except KafkaException as abort_error:  # the cluster is away: this producer is done with
-                raise StuckCall(f"abort_transaction failed: {abort_error}") from abort_error
+                raise ProducerLost(f"abort_transaction failed: {abort_error}") from abort_error
             self._rewind(consumer)
             time.sleep(0.2)
 

@@ -121,6 +121,7 @@ def start_at_the_end(settings: Settings, group: str, topics: list[str]) -> None:
             for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
                 ends.append(TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p),
                                                                                     timeout=10)[1]))
-        consumer.commit(offsets=ends, asynchronous=False)
+        if ends:  # topics not created yet hold nothing to skip
+            consumer.commit(offsets=ends, asynchronous=False)
     finally:
         consumer.close()
