@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 JSONB_COLUMNS = {"models": ("classes", "metrics")}
 OPS = {"c": "create", "u": "update", "d": "delete", "r": "read"}  # r = snapshot read
 
@@ -56,8 +58,8 @@ def parse_change(table: str, value: bytes | str | dict[str, Any] | None) -> Chan
         return None
     if isinstance(value, bytes | str):
         try:
-            value = json.loads(value)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            value = orjson.loads(value)  # several times faster than json's, on the stream worker's hot path
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:  # orjson's error is a json.JSONDecodeError
             raise PoisonEvent(f"not JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise PoisonEvent(f"expected a JSON object, got {type(value).__name__}")

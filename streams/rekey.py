@@ -14,14 +14,15 @@ reads uncommitted) changes nothing that its committed copy would not.
 
 from __future__ import annotations
 
-import json
 import logging
+import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from sightscan import kafka
@@ -41,26 +42,44 @@ class ProducerLost(RuntimeError):
     """The transactional producer cannot go on (a fatal error, a failed abort): a new one must take over."""
 
 
+class CallGuard:
+    """Runs librdkafka calls that have their own timeout on one helper thread (a daemon, kept between calls: a thread
+    per call cost the rekey stage a tenth of its time), and gives up on one that has not returned `grace_s` after
+    that timeout: StuckCall. The stuck thread is abandoned (a C call cannot be interrupted) and the next call gets a
+    new one."""
+
+    def __init__(self, name: str = "rekey-call") -> None:
+        self.name = name
+        self._jobs: queue.SimpleQueue | None = None
+
+    def _serve(self, jobs: queue.SimpleQueue) -> None:
+        while True:
+            call, outcome, done = jobs.get()
+            try:
+                outcome["value"] = call()
+            except BaseException as exc:  # handed to the caller
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+    def __call__(self, what: str, call: Callable[[], Any], timeout_s: float, grace_s: float = 15.0) -> Any:
+        if self._jobs is None:
+            self._jobs = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(self._jobs,), name=self.name, daemon=True).start()
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+        self._jobs.put((call, outcome, done))
+        if not done.wait(timeout_s + grace_s):
+            self._jobs = None
+            raise StuckCall(f"{what} did not return in {timeout_s + grace_s:.0f} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("value")
+
+
 def guarded(what: str, call: Callable[[], Any], timeout_s: float, grace_s: float = 15.0) -> Any:
-    """`call()` (a librdkafka call with its own timeout of `timeout_s`), run on a helper thread; StuckCall if it has
-    not returned `grace_s` after that timeout. The helper is abandoned (a daemon): a C call cannot be interrupted."""
-    outcome: dict[str, Any] = {}
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            outcome["value"] = call()
-        except BaseException as exc:  # handed to the caller below
-            outcome["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name=f"rekey-{what}", daemon=True).start()
-    if not done.wait(timeout_s + grace_s):
-        raise StuckCall(f"{what} did not return in {timeout_s + grace_s:.0f} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
+    """`call()` under a guard of its own (CallGuard)."""
+    return CallGuard()(what, call, timeout_s, grace_s)
 
 
 def rekey_group(app_id: str) -> str:
@@ -83,6 +102,7 @@ class Rekeyer(threading.Thread):
         self.stopping = threading.Event()
         self.failure: BaseException | None = None
         self.events = 0
+        self.guarded = CallGuard()
 
     def close(self) -> None:
         self.stopping.set()
@@ -138,7 +158,7 @@ class Rekeyer(threading.Thread):
                 "partitioner": "murmur2_random",
             })
             try:
-                guarded("init_transactions", lambda p=producer: p.init_transactions(60), 60)
+                self.guarded("init_transactions", lambda p=producer: p.init_transactions(60), 60)
                 return producer
             except (KafkaException, StuckCall) as exc:
                 log.warning(f"rekey producer could not start its transactions, retrying in {delay:.0f} s: {exc}")
@@ -168,7 +188,7 @@ class Rekeyer(threading.Thread):
                 # One message per city and batch, its facts in order: the marts agent's cost is per message.
                 per = self.facts_per_message
                 for start in range(0, len(facts), per):
-                    producer.produce(self.facts_topic, json.dumps(facts[start:start + per]).encode(),
+                    producer.produce(self.facts_topic, orjson.dumps(facts[start:start + per]),
                                      key=str(city_id).encode())
                 producer.poll(0)
             ends: dict[tuple[str, int], int] = {}
@@ -176,9 +196,9 @@ class Rekeyer(threading.Thread):
                 ends[(msg.topic(), msg.partition())] = msg.offset() + 1
             offsets = [TopicPartition(t, p, o) for (t, p), o in ends.items()]
             group = consumer.consumer_group_metadata()
-            guarded("send_offsets_to_transaction",
+            self.guarded("send_offsets_to_transaction",
                     lambda: producer.send_offsets_to_transaction(offsets, group, 30), 30)
-            guarded("commit_transaction", lambda: producer.commit_transaction(30), 30)
+            self.guarded("commit_transaction", lambda: producer.commit_transaction(30), 30)
             self.events += len(messages)
         except KafkaException as exc:
             error = exc.args[0]
@@ -190,7 +210,7 @@ class Rekeyer(threading.Thread):
             # again from the group's committed offsets.
             log.warning(f"rekey transaction aborted, reading the batch again: {error}")
             try:
-                guarded("abort_transaction", lambda: producer.abort_transaction(30), 30)
+                self.guarded("abort_transaction", lambda: producer.abort_transaction(30), 30)
             except KafkaException as abort_error:  # the cluster is away: this producer is done with
                 raise ProducerLost(f"abort_transaction failed: {abort_error}") from abort_error
             self._rewind(consumer)
@@ -202,7 +222,7 @@ class Rekeyer(threading.Thread):
         topic, value = msg.topic(), msg.value()
         try:
             if topic == self.outcomes_topic:
-                fact = fact_from_training_outcome(json.loads(value or b"null"))
+                fact = fact_from_training_outcome(orjson.loads(value or b"null"))
             else:
                 fact = fact_from_change(self.table_of_topic[topic], value)
         except (PoisonEvent, ValueError, TypeError) as exc:
