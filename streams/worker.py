@@ -197,10 +197,9 @@ class StreamWorker:
                     touched[key] = state
             if touched:
                 await until_done("storing city states", lambda touched=touched: self._store(touched))
-            for key, state in touched.items():
-                if state.summary.pending:
-                    await until_done(f"sending commands of city {key}",
-                                     lambda k=key, s=state: self._send_pending(k, s))
+            due = {key: state for key, state in touched.items() if state.summary.pending}
+            if due:
+                await until_done("sending commands", lambda due=due: self._send_pending(due))
             # Every city the batch names, changed or not: a fact already applied is redelivered only when a worker
             # stopped between storing a state and writing its marts, which are then behind (the upsert is
             # guarded by LSN, so writing them again is harmless).
@@ -249,16 +248,19 @@ class StreamWorker:
             self._write(key, state)
         await self.changelog.written()  # before any command is sent, and before the batch's offsets are acked
 
-    async def _send_pending(self, key: str, state: CityState) -> None:
-        # All sent, then all awaited: one round trip for the lot (one partition keeps them in order).
+    async def _send_pending(self, states: dict[str, CityState]) -> None:
+        """Every city's stored commands: all sent, then all awaited, so a batch costs one round trip however many
+        cities it names (a city's commands share a partition, which keeps them in order). A failure retries the
+        lot: a command already sent then goes again, an identical copy with the same request id."""
         sent = [await self.commands[kind].send(key=key.encode(), value=command, force=True)
-                for kind, command in state.summary.pending]
+                for key, state in states.items() for kind, command in state.summary.pending]
         await asyncio.gather(*sent)
-        for kind, command in state.summary.pending:
-            log.info(f"command {kind} {command['request_id']}", extra={"kind": kind,
-                                                                       "request_id": command["request_id"]})
-        state.summary.pending = []
-        self._write(key, state)
+        for key, state in states.items():
+            for kind, command in state.summary.pending:
+                log.info(f"command {kind} {command['request_id']}", extra={"kind": kind,
+                                                                           "request_id": command["request_id"]})
+            state.summary.pending = []
+            self._write(key, state)
 
     def _note_lingering(self, seen: dict[str, CityState]) -> None:
         for key, state in seen.items():
@@ -285,7 +287,7 @@ class StreamWorker:
             key = raw_key.decode()
             if stored.get("pending"):
                 state = self._load(key)
-                await self._send_pending(key, state)
+                await self._send_pending({key: state})
             if stored.get("waiting") or "layout" not in stored:
                 state = self._load(key)
                 self._note_lingering({key: state})
