@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -141,34 +141,52 @@ class SteadyWriter(threading.Thread):
             self.failure = exc
 
 
+def _steady_stream(settings: Settings, name: str, n_cities: int, app_id: str, folder: Path,
+                   seconds: float) -> tuple[list, Worker, SteadyWriter]:
+    """`n_cities` new cities (the first with two sights, to cross its training threshold), a stream worker of its
+    own group, and a writer (not started) of their changes for `seconds`."""
+    with db.transaction(settings) as cur:
+        cities = [db.request_city(cur, f"{name} {i}")[0] for i in range(n_cities)]
+        sights = [db.ensure_sight(cur, cities[0].id, sight, "test") for sight in ("Tower", "Gate")]
+    worker = Worker(settings, app_id, folder / "worker.log", THRESHOLDS).start()
+    return cities, worker, SteadyWriter(settings, [c.id for c in cities], cities[0].id, sights, seconds)
+
+
+def _outage_mid_stream(cluster: LocalStack, writer: SteadyWriter, worker: Worker, app_id: str, folder: Path,
+                       victims_of: Callable[[], list[Kafka]], down_s: float, min_rows: int, timeout: float) -> None:
+    """The writer runs; after 10 s the nodes `victims_of()` names are SIGKILLed (and the crossing city's labels
+    start), restarted `down_s` later; then every change must reach the marts once, and the worker be alive."""
+    writer.start()
+    time.sleep(10)
+    victims = victims_of()
+    print(f"SIGKILL {[v.name for v in victims]} after {writer.rows} rows")
+    for victim in victims:
+        victim.kill()
+    writer.label.set()  # the crossing happens while the nodes are down
+    time.sleep(down_s)
+    print(f"restarting them after {writer.rows} rows")
+    for victim in victims:
+        victim.start()
+    writer.join()
+    assert writer.failure is None, writer.failure
+    assert writer.rows > min_rows
+    try:
+        wait_marts_match(cluster.settings, writer.city_ids, timeout=timeout)  # every change counted, none twice
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{_pipeline_state(cluster, app_id, folder)}") from None
+    assert worker.alive(), f"the worker died during the outage\n{_tails(folder, 30)}"
+
+
 def test_a_broker_killed_mid_stream_loses_no_change_and_commands_still_flow(cluster: LocalStack,
                                                                            tmp_path: Path) -> None:
     settings = cluster.settings
     run = uuid.uuid4().hex[:6]
-    with db.transaction(settings) as cur:
-        cities = [db.request_city(cur, f"Steady {run} {i}")[0] for i in range(4)]
-        sights = [db.ensure_sight(cur, cities[0].id, name, "test") for name in ("Tower", "Gate")]
-    city_ids = [c.id for c in cities]
-    worker = Worker(settings, f"cluster-{run}", tmp_path / "worker.log", THRESHOLDS).start()
-    writer = SteadyWriter(settings, city_ids, cities[0].id, sights, seconds=45)
+    cities, worker, writer = _steady_stream(settings, f"Steady {run}", 4, f"cluster-{run}", tmp_path, 45)
+    city_ids = writer.city_ids
     try:
-        writer.start()
-        time.sleep(10)
-        victim = busiest_broker(cluster, change_topic("images"))
-        print(f"SIGKILL {victim.name} after {writer.rows} rows")
-        victim.kill()
-        writer.label.set()  # the crossing happens while the broker is down
-        time.sleep(20)
-        print(f"restarting {victim.name} after {writer.rows} rows")
-        victim.start()
-        writer.join()
-        assert writer.failure is None, writer.failure
-        assert writer.rows > 400
-        try:
-            wait_marts_match(settings, city_ids, timeout=180)  # every change counted, none twice
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{_pipeline_state(cluster, f'cluster-{run}', tmp_path)}") from None
-        assert worker.alive()
+        _outage_mid_stream(cluster, writer, worker, f"cluster-{run}", tmp_path,
+                           lambda: [busiest_broker(cluster, change_topic("images"))], down_s=20, min_rows=400,
+                           timeout=180)
 
         reader = TopicReader(settings, command_topic("training"))
         msgs = reader.collect(lambda ms: any(m["value"]["city_id"] == cities[0].id for m in ms), timeout=90)
@@ -298,38 +316,14 @@ def test_two_brokers_lost_stalls_the_stream_and_it_resumes_whole_when_they_retur
     the brokers return, the worker, which stayed up, counts every change once."""
     settings = cluster.settings
     run = uuid.uuid4().hex[:6]
-    with db.transaction(settings) as cur:
-        cities = [db.request_city(cur, f"Quorum {run} {i}")[0] for i in range(3)]
-        sights = [db.ensure_sight(cur, cities[0].id, name, "test") for name in ("Tower", "Gate")]
-    city_ids = [c.id for c in cities]
-    start_at_the_end(settings, rekey_group(f"quorum-{run}"),
+    start_at_the_end(settings, rekey_group(f"quorum-{run}"),  # the earlier tests' changes are not this one's
                      [*(change_topic(t) for t in WATCHED_TABLES), training_events_topic()])
-    worker = Worker(settings, f"quorum-{run}", tmp_path / "worker.log", THRESHOLDS).start()
-    writer = SteadyWriter(settings, city_ids, cities[0].id, sights, seconds=50)
-    victims = []
+    _, worker, writer = _steady_stream(settings, f"Quorum {run}", 3, f"quorum-{run}", tmp_path, 50)
     try:
-        writer.start()
-        time.sleep(10)
         survivor = busiest_broker(cluster, change_topic("images"))
-        victims = [n for n in cluster.kafka_nodes if n is not survivor]
-        print(f"SIGKILL {[v.name for v in victims]} after {writer.rows} rows")
-        for victim in victims:
-            victim.kill()
-        writer.label.set()
-        time.sleep(25)
-        rows_while_down = writer.rows
-        print(f"restarting them after {rows_while_down} rows")
-        for victim in victims:
-            victim.start()
-        victims = []
-        writer.join()
-        assert writer.failure is None, writer.failure
-        assert writer.rows > 300
-        try:
-            wait_marts_match(settings, city_ids, timeout=240)  # every change counted, none twice
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{_pipeline_state(cluster, f'quorum-{run}', tmp_path)}") from None
-        assert worker.alive(), f"the worker died while the cluster had no quorum\n{_tails(tmp_path, 30)}"
+        _outage_mid_stream(cluster, writer, worker, f"quorum-{run}", tmp_path,
+                           lambda: [n for n in cluster.kafka_nodes if n is not survivor], down_s=25, min_rows=300,
+                           timeout=240)
         status = connectors.status(settings)
         assert status and all(t["state"] == "RUNNING" for t in status["tasks"]), status
     finally:
