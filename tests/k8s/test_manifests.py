@@ -38,7 +38,7 @@ from sightscan.config import Settings
 from sightscan.topics import command_topic
 from streams.rekey import rekey_group
 from streams.settings import StreamsSettings
-from trainer.settings import TrainerEnv
+from trainer.settings import load as load_trainer_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 TREE = ROOT / "deploy" / "k8s"
@@ -376,7 +376,7 @@ def test_keda_scales_the_three_consumers_on_their_real_groups_and_topics(objects
     expected = {
         "streams": {(rekey_group(app_id), None), (app_id, f"{app_id}.facts")},
         "labeller": {(LabellerSettings.from_env(env).group(prefix), command_topic("labelling", prefix))},
-        "trainer": {(TrainerEnv.from_env(env).group_id, command_topic("training", prefix))},
+        "trainer": {(load_trainer_settings(Settings.from_env(env), env).group_id, command_topic("training", prefix))},
     }
     deployments = _of(objects, "Deployment")
     kafka = _one(objects, "Kafka")["metadata"]["name"]
