@@ -187,6 +187,9 @@ class Settings:
                                          "replicas of the topics SightScan creates (0: min(3, KAFKA_BROKERS)); "
                                          "with 3 or more, a write needs 2 in sync")
     connect_url: str = _env("CONNECT_URL", "http://127.0.0.1:8083", doc="Kafka Connect REST URL")
+    cdc_poll_interval_ms: int = _env("CDC_POLL_INTERVAL_MS", 5, positive_int,
+                                     "Debezium's wait when the WAL has nothing new: lower is faster CDC, higher is "
+                                     "less idle CPU (measured: 5 ms ~19% of a core, 20 ~9%, 50 ~4%)")
     topic_prefix: str = _env("TOPIC_PREFIX", "sightscan", doc="prefix of every SightScan topic")
     topic_partitions: int = _env("TOPIC_PARTITIONS", 4, non_negative_int, "partitions of topics SightScan creates")
 
