@@ -26,6 +26,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from sightscan import kafka
+from sightscan.commands import Backoff
 from sightscan.config import Settings
 from sightscan.events import PoisonEvent
 from streams.facts import fact_from_change, fact_from_training_outcome
@@ -146,25 +147,30 @@ class Rekeyer(threading.Thread):
         finally:
             consumer.close()
 
+    def _until_done(self, what: str, step: Callable[[], Any]) -> Any:
+        """`step()` retried with backoff while Kafka cannot do it (KafkaException, StuckCall), as when the cluster
+        has lost its quorum: the worker waits for Kafka rather than dying of its absence."""
+        for delay in Backoff(first_s=1.0).delays():
+            try:
+                return step()
+            except (KafkaException, StuckCall) as exc:
+                log.warning(f"rekey could not {what}, retrying in {delay:.0f} s: {exc}")
+            if self.stopping.wait(delay):
+                raise RuntimeError(f"stopped before the rekey stage could {what}")
+
     def _new_producer(self) -> Producer:
-        """A producer with its transactions initialised; retried (with backoff) while the cluster cannot do it, as
-        when it has lost its controller quorum: the worker waits for Kafka rather than dying of its absence."""
-        delay = 1.0
-        while True:
+        """A producer with its transactions initialised (a new transactional id each time)."""
+        def start() -> Producer:
             producer = kafka.transactional_producer(self.settings, f"{self.app_id}-rekey-{uuid.uuid4().hex[:12]}", **{
                 "linger.ms": 5, "transaction.timeout.ms": 30000,
                 # Java's partitioner, as Faust's producer uses: a city's facts and its table changelog records must
                 # land in the same partition number (the marts table relies on it).
                 "partitioner": "murmur2_random",
             })
-            try:
-                self.guarded("init_transactions", lambda p=producer: p.init_transactions(60), 60)
-                return producer
-            except (KafkaException, StuckCall) as exc:
-                log.warning(f"rekey producer could not start its transactions, retrying in {delay:.0f} s: {exc}")
-            if self.stopping.wait(delay):
-                raise RuntimeError("stopped while waiting for Kafka to start a transactional producer")
-            delay = min(30.0, delay * 2)
+            self.guarded("init_transactions", lambda: producer.init_transactions(60), 60)
+            return producer
+
+        return self._until_done("start a transactional producer", start)
 
     @staticmethod
     def _usable(msg: Message) -> bool:
@@ -197,7 +203,7 @@ class Rekeyer(threading.Thread):
             offsets = [TopicPartition(t, p, o) for (t, p), o in ends.items()]
             group = consumer.consumer_group_metadata()
             self.guarded("send_offsets_to_transaction",
-                    lambda: producer.send_offsets_to_transaction(offsets, group, 30), 30)
+                         lambda: producer.send_offsets_to_transaction(offsets, group, 30), 30)
             self.guarded("commit_transaction", lambda: producer.commit_transaction(30), 30)
             self.events += len(messages)
         except KafkaException as exc:
@@ -236,19 +242,10 @@ class Rekeyer(threading.Thread):
     def _rewind(self, consumer: Consumer) -> None:
         """Back to the group's committed offsets. Never skipped: reading on past an uncommitted batch would lose
         it, so an unreachable coordinator is waited for."""
-        delay = 1.0
-        while True:
-            assignment = consumer.assignment()
-            if not assignment:
-                return
-            try:
-                committed = consumer.committed(assignment, timeout=30)
-                break
-            except KafkaException as exc:
-                log.warning(f"rekey cannot read its committed offsets, retrying in {delay:.0f} s: {exc}")
-            if self.stopping.wait(delay):
-                raise RuntimeError("stopped before the batch could be rewound (it is read again at restart)")
-            delay = min(30.0, delay * 2)
+        assignment = consumer.assignment()
+        if not assignment:
+            return
+        committed = self._until_done("read its committed offsets", lambda: consumer.committed(assignment, timeout=30))
         for tp in committed:
             try:
                 consumer.seek(TopicPartition(tp.topic, tp.partition,
