@@ -30,7 +30,15 @@
    first three messages of one partition. The fix seeks such partitions to their beginning; the city state
    deduplicates by LSN, so reading a fact twice changes nothing.
 
-All four depend on Faust internals, so `install()` refuses a faust-streaming version they were not tested with:
+5. The livelock check reads positions only where they are known. Every 2.5 s Faust's consumer checks each assigned
+   partition's progress (consumer.py, _commit_livelock_detector, a diagnostic that only logs), reading aiokafka's
+   `position`, which asserts that one exists. While a partition's position is being reset (fix 4's seek to the
+   beginning, or an out-of-range offset reset), it has none until the broker answers, which takes seconds when its
+   leader has just died; the assertion then crashed the whole worker. A CI run lost a worker that way in the
+   three-broker test. The check now skips a partition without a position, as it already skips one without a
+   highwater.
+
+All five depend on Faust internals, so `install()` refuses a faust-streaming version they were not tested with:
 upgrading Faust means re-running tests/streams (the kill and rebalance tests), then adding the version here.
 """
 
@@ -41,6 +49,7 @@ from importlib.metadata import version
 from typing import Any
 
 import faust
+from aiokafka import TopicPartition
 from faust.events import Event
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducerDriver
@@ -49,6 +58,7 @@ from faust.types.tuples import ConsumerMessage
 TESTED_VERSIONS = ("0.15.3",)
 
 _original_ack = Event.ack
+_original_verify_event_path = AIOKafkaConsumerThread.verify_event_path
 
 
 class UntestedFaustVersion(RuntimeError):
@@ -73,12 +83,13 @@ def _ack_only_what_a_stream_took(self: Event) -> bool:
 
 
 def install() -> None:
-    """Check the version and install fixes 1, 3 and 4; idempotent. Called before any stream runs."""
+    """Check the version and install fixes 1, 3, 4 and 5; idempotent. Called before any stream runs."""
     check_version()
     if Event.ack is not _ack_only_what_a_stream_took:
         Event.ack = _ack_only_what_a_stream_took  # type: ignore[method-assign]
     AIOKafkaProducerDriver._settings_extra = _idempotent_producer  # type: ignore[method-assign]
     AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed_or_beginning  # type: ignore[method-assign]
+    AIOKafkaConsumerThread.verify_event_path = _verify_event_path_once_positioned  # type: ignore[method-assign]
 
 
 def _idempotent_producer(self: Any) -> dict[str, Any]:
@@ -99,6 +110,20 @@ async def seek_to_committed_or_beginning(consumer: Any, changelogs: set[str]) ->
 async def _seek_to_committed_or_beginning(self: AIOKafkaConsumerThread) -> Any:
     return await self.call_thread(seek_to_committed_or_beginning, self._ensure_consumer(),
                                   self.app.tables.changelog_topics)
+
+
+def position_known(consumer: Any, tp: Any) -> bool:
+    """Fix 5's test: whether aiokafka `consumer` has a position for partition `tp` (assigned, and not being
+    reset)."""
+    subscription = consumer._fetcher._subscriptions.subscription
+    assignment = subscription.assignment if subscription is not None else None
+    state = assignment.state_value(TopicPartition(tp.topic, tp.partition)) if assignment is not None else None
+    return state is not None and state.has_valid_position
+
+
+def _verify_event_path_once_positioned(self: AIOKafkaConsumerThread, now: float, tp: Any) -> None:
+    if position_known(self._ensure_consumer(), tp):
+        _original_verify_event_path(self, now, tp)
 
 
 class ConfirmedChangelog:
