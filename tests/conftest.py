@@ -118,6 +118,19 @@ class TopicReader:
                 return out
         raise AssertionError(f"timed out after {timeout} s on {self.topic}; got {len(out)} messages: {out[-3:]}")
 
+    def drain(self, quiet_s: float = 3.0, timeout: float = 30) -> list[dict[str, Any]]:
+        """Every message there is now: read until nothing new has come for `quiet_s` (or `timeout`)."""
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        quiet_until = time.monotonic() + quiet_s
+        while time.monotonic() < min(deadline, quiet_until):
+            got = self.collect(lambda ms, q=quiet_until: bool(ms) or time.monotonic() >= q,
+                               timeout=max(1.0, deadline - time.monotonic()))
+            if got:
+                out.extend(got)
+                quiet_until = time.monotonic() + quiet_s
+        return out
+
     def close(self) -> None:
         self.consumer.close()
 

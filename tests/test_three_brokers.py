@@ -206,25 +206,38 @@ def test_a_broker_killed_mid_stream_loses_no_change_and_commands_still_flow(clus
 
 
 def _pipeline_state(stack: LocalStack, app_id: str, folder: Path) -> str:
-    """Where a stalled change stopped: the connector's state, each stage's committed offsets against the ends of
-    its topics, and the tails of Connect's and the worker's logs (the cluster's state is deleted after the test)."""
+    """Where a stalled change stopped: the connector's state, each stage's members, assignments and committed
+    offsets against the ends of its topics, and the warnings and errors of Connect's, the brokers' and the test's
+    service logs (the cluster's state is deleted after the test)."""
     settings = stack.settings
     consumer = kafka.consumer(settings, f"diagnose-{uuid.uuid4().hex[:6]}")
+    admin = kafka.admin(settings)
     lines = [f"connector: {connectors.status(settings)}"]
-    for group, topics in ((rekey_group(app_id), [change_topic("images"), change_topic("labels")]),
+    for group, topics in ((rekey_group(app_id), [change_topic(t) for t in WATCHED_TABLES]),
                           (app_id, [f"{app_id}.facts"])):
+        try:
+            described = admin.describe_consumer_groups([group])[group].result(15)
+            members = [(m.client_id, m.host, sorted(f"{tp.topic}[{tp.partition}]" for tp in
+                                                    m.assignment.topic_partitions if tp.topic in topics))
+                       for m in described.members]
+            lines.append(f"{group}: {described.state}, coordinator {described.coordinator.id}, members {members}")
+        except Exception as exc:  # noqa: BLE001 - a diagnosis goes on without it
+            lines.append(f"{group}: not described ({exc})")
         probe = kafka.consumer(settings, group)
         for topic in topics:
-            parts = [TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
+            meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if meta is None or meta.error is not None:
+                continue
+            parts = [TopicPartition(topic, p) for p in meta.partitions]
             ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts]
             committed = [tp.offset for tp in probe.committed(parts, timeout=10)]
             lines.append(f"{group} on {topic}: committed {committed}, ends {ends}")
         probe.close()
     consumer.close()
-    for log in (stack.connect.log_path, *(n.log_path for n in stack.kafka_nodes), folder / "worker.log"):
+    for log in (stack.connect.log_path, *(n.log_path for n in stack.kafka_nodes)):
         tail = [line for line in log.read_text(errors="replace").splitlines() if "ERROR" in line or "WARN" in line]
         lines.append(f"--- {log.name} (errors and warnings, last 15)\n" + "\n".join(t[:300] for t in tail[-15:]))
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n" + _tails(folder, 30)
 
 
 def _trainer(settings: Settings, group: str, log: Path) -> subprocess.Popen:
@@ -234,13 +247,35 @@ def _trainer(settings: Settings, group: str, log: Path) -> subprocess.Popen:
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _tails(folder: Path, lines: int = 12) -> str:
-    """The end of every service log of a test, for a failure message (CI keeps nothing else)."""
+# A failure message keeps what tells a story: a service's errors, crashes, commands, group changes and training
+# stages; not access logs, nor librdkafka's reconnect noise while a broker is down.
+_TELLING = ("ERROR", "CRITICAL", "WARNING", "Traceback", "Error", "command ", "Joined group", "assigned partitions",
+            "Worker ready", "training", "model", "succeeded", "failed", "SIGKILL")
+_NOISE = ("aiohttp.access", "Unable connect to node", "Failed fetch", "|FAIL|", "NodeNotReadyError", "onnx")
+
+
+def _tails(folder: Path, lines: int = 20) -> str:
+    """The telling lines of every service log of a test, the last `lines` of each, for a failure message (CI keeps
+    nothing else)."""
     out = []
     for log in sorted(folder.glob("*.log")):
-        text = log.read_text(errors="replace").splitlines()[-lines:]
-        out.append(f"--- {log.name}\n" + "\n".join(line[:300] for line in text))
+        text = [line for line in log.read_text(errors="replace").splitlines()
+                if any(t in line for t in _TELLING) and not any(n in line for n in _NOISE)]
+        out.append(f"--- {log.name}\n" + "\n".join(line[:300] for line in text[-lines:]))
     return "\n".join(out)
+
+
+def _training_state(settings: Settings, city_id: int) -> str:
+    """The city's training requests and outcomes on their topics, and its models in the warehouse."""
+    with db.transaction(settings) as cur:
+        cur.execute("SELECT version, created_at FROM models WHERE city_id = %s", (city_id,))
+        models = cur.fetchall()
+    found = []
+    for topic in (command_topic("training"), training_events_topic()):
+        reader = TopicReader(settings, topic)
+        found.append(f"{topic}: {[m['value'] for m in reader.drain(10) if m['value'].get('city_id') == city_id]}")
+        reader.close()
+    return f"models of city {city_id}: {models}\n" + "\n".join(found)
 
 
 async def _hello_model(gateway: Gateway, city: str) -> dict | None:
@@ -275,7 +310,9 @@ def test_two_of_each_service_train_once_and_both_gateways_hot_swap_while_a_broke
         deadline = time.monotonic() + 420
         models: list[dict | None] = [None, None]
         while not all(models):
-            assert time.monotonic() < deadline, f"gateways' models after 420 s: {models}\n{_tails(tmp_path)}"
+            assert time.monotonic() < deadline, \
+                f"gateways' models after 420 s: {models}\n{_training_state(settings, city_id)}\n" \
+                f"{_pipeline_state(cluster, f'scaled-{run}', tmp_path)}"
             for i, trainer in enumerate(trainers):
                 assert trainer.poll() is None, f"trainer {i} exited\n{_tails(tmp_path)}"
             models = [asyncio.run(_hello_model(g, name)) for g in gateways]
