@@ -15,22 +15,17 @@ reads uncommitted) changes nothing that its committed copy would not.
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
 import queue
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from sightscan import kafka
-from sightscan import log as sightscan_log
 from sightscan.commands import Backoff
 from sightscan.config import Settings
 from sightscan.events import PoisonEvent
@@ -93,32 +88,32 @@ def rekey_group(app_id: str) -> str:
     return f"{app_id}-rekey"
 
 
-@dataclass(frozen=True)
-class RekeyTopics:
-    """What one worker's rekey stage reads and writes."""
+class Rekeyer(threading.Thread):
+    """Reads the change topics (and the trainer's outcomes) in consumer group `<app_id>-rekey`; one per worker."""
 
-    table_of_topic: dict[str, str]  # change topic -> warehouse table
-    outcomes: str  # the trainer's outcome events
-    facts: str
-    dead_letters: str
-
-
-class Rekeyer:
-    """Reads the change topics (and the trainer's outcomes) in consumer group `<app_id>-rekey`; one per worker.
-    `run()` returns when `stopping` is set; `stopping` is a threading or a multiprocessing Event."""
-
-    def __init__(self, settings: Settings, app_id: str, topics: RekeyTopics, stopping: Any = None,
-                 batch_size: int = 1000, facts_per_message: int = 1000) -> None:
+    def __init__(self, settings: Settings, app_id: str, table_of_topic: dict[str, str], outcomes_topic: str,
+                 facts_topic: str, dead_letter_topic: str, batch_size: int = 1000,
+                 facts_per_message: int = 1000) -> None:
+        super().__init__(name="rekey", daemon=True)
         self.settings, self.app_id = settings, app_id
-        self.table_of_topic, self.outcomes_topic = topics.table_of_topic, topics.outcomes
-        self.facts_topic, self.dead_letter_topic = topics.facts, topics.dead_letters
+        self.table_of_topic, self.outcomes_topic = table_of_topic, outcomes_topic
+        self.facts_topic, self.dead_letter_topic = facts_topic, dead_letter_topic
         self.batch_size = batch_size
         self.facts_per_message = facts_per_message
-        self.stopping = stopping if stopping is not None else threading.Event()
+        self.stopping = threading.Event()
+        self.failure: BaseException | None = None
+        self.events = 0
         self.guarded = CallGuard()
 
+    def close(self) -> None:
+        self.stopping.set()
+
     def run(self) -> None:
-        self._run()
+        try:
+            self._run()
+        except BaseException as exc:  # the worker's health check reads it; the thread must not die silently
+            self.failure = exc
+            log.exception("rekey stopped")
 
     def _run(self) -> None:
         consumer = kafka.consumer(self.settings, rekey_group(self.app_id), **{
@@ -210,6 +205,7 @@ class Rekeyer:
             self.guarded("send_offsets_to_transaction",
                          lambda: producer.send_offsets_to_transaction(offsets, group, 30), 30)
             self.guarded("commit_transaction", lambda: producer.commit_transaction(30), 30)
+            self.events += len(messages)
         except KafkaException as exc:
             error = exc.args[0]
             if error.fatal():
@@ -256,57 +252,3 @@ class Rekeyer:
                                              tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
             except KafkaException as exc:  # not fetching yet: it will start from the committed offset anyway
                 log.info(f"rekey rewind of {tp.topic}[{tp.partition}] skipped: {exc}")
-
-
-class RekeyProcess:
-    """One worker's rekey stage in a child process: its own interpreter, so decoding change events and producing
-    facts do not take turns with the worker's Faust loop for one GIL (the worker's main thread and a rekey thread
-    did; a profile showed each waiting on the other). The child leaves with its parent, even a SIGKILLed one."""
-
-    def __init__(self, settings: Settings, app_id: str, topics: RekeyTopics, facts_per_message: int) -> None:
-        context = multiprocessing.get_context("spawn")  # a fork would copy the worker's event loop and threads
-        self._stopping = context.Event()
-        self._process = context.Process(
-            target=run_rekey_stage, name=f"{app_id}-rekey", daemon=True,
-            args=(settings, app_id, topics, facts_per_message, self._stopping, os.getpid()))
-
-    def start(self) -> None:
-        self._process.start()
-
-    def close(self) -> None:
-        self._stopping.set()
-
-    def join(self, timeout: float) -> None:
-        self._process.join(timeout)
-        if self._process.is_alive():  # stuck in a librdkafka call: its open transaction is aborted by timeout
-            log.warning(f"rekey process did not stop in {timeout:.0f} s: killing it")
-            self._process.kill()
-            self._process.join(5)
-
-    @property
-    def failure(self) -> BaseException | None:
-        """Why the stage ended before it was told to stop (it logged the details itself), or None."""
-        code = self._process.exitcode
-        if code is None or (code == 0 and self._stopping.is_set()):
-            return None
-        return RuntimeError(f"the rekey process ended with exit code {code}")
-
-
-def run_rekey_stage(settings: Settings, app_id: str, topics: RekeyTopics, facts_per_message: int,
-                    stopping: Any, parent_pid: int) -> None:
-    """The rekey process's main: runs the stage until `stopping` is set or the parent worker is gone."""
-    sightscan_log.setup(settings.log_level, settings.log_format)
-    threading.Thread(target=_leave_with_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
-    try:
-        Rekeyer(settings, app_id, topics, stopping, facts_per_message=facts_per_message).run()
-    except BaseException:
-        log.exception("rekey stopped")
-        sys.exit(1)
-
-
-def _leave_with_parent(parent_pid: int) -> None:
-    # A SIGKILLed worker cannot stop its child; an orphan would keep its rekey partitions from the other workers.
-    while os.getppid() == parent_pid:
-        time.sleep(0.5)
-    log.warning("the worker is gone: the rekey process leaves too")
-    os._exit(1)

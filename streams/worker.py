@@ -1,7 +1,7 @@
 """The stream worker: change events -> city-keyed facts -> city state, data marts and commands.
 
 Two stages:
-  rekey  (streams/rekey.py, a Kafka-transactional child process) reads the warehouse's change topics and the trainer's
+  rekey  (streams/rekey.py, a Kafka-transactional thread) reads the warehouse's change topics and the trainer's
          outcomes, turns each event into a fact keyed by city, and sends events it cannot read to the dead-letter
          topic with the reason; facts and source offsets commit together;
   marts  (a Faust agent, StreamWorker.marts) reads the facts in small batches, applies them to each city's state
@@ -46,7 +46,7 @@ from sightscan.topics import (
 )
 from streams import faust_fixes
 from streams.marts import MartsWriter
-from streams.rekey import RekeyProcess, RekeyTopics
+from streams.rekey import Rekeyer
 from streams.settings import StreamsSettings
 from streams.state import CityState, Summary, Thresholds
 
@@ -67,10 +67,10 @@ def thresholds(settings: Settings, streams: StreamsSettings) -> Thresholds:
 
 
 class RekeyService(mode.Service):
-    """Runs one worker's rekey process for as long as the worker runs; if it ends unasked, the worker stops,
+    """Runs one worker's rekey thread for as long as the worker runs; a fatal Kafka error in it stops the worker,
     loudly, to be restarted."""
 
-    rekeyer: RekeyProcess  # set on the subclass registered for one worker (Faust instantiates services itself)
+    rekeyer: Rekeyer  # set on the subclass registered for one worker (Faust instantiates services itself)
 
     async def on_start(self) -> None:
         self.rekeyer.start()
@@ -175,8 +175,8 @@ class StreamWorker:
         self.lingering: dict[str, int] = {}  # city -> when its waiting images are due (ms), for cities seen here
         self.changelog = faust_fixes.ConfirmedChangelog(self.city_state)
         self.marts_writer = MartsWriter(settings)
-        rekeyer = RekeyProcess(settings, app_id, RekeyTopics(table_of_topic, outcomes, facts, dead_letters),
-                               facts_per_message=streams.facts_per_message)
+        rekeyer = Rekeyer(settings, app_id, table_of_topic, outcomes, facts, dead_letters,
+                          facts_per_message=streams.facts_per_message)
         self.app.service(type("RekeyService", (RekeyService,), {"rekeyer": rekeyer}))
         self.app.agent(self.facts, name="marts")(self.marts)
         self.city_state.on_recover(self.resend_after_recovery)
