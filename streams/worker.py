@@ -129,7 +129,7 @@ def facts_of(values: list[Any]) -> list[dict[str, Any]]:
 
 
 class StreamWorker:
-    """One stream worker: its Faust app, topics, city-state table, rekey process and marts agent."""
+    """One stream worker: its Faust app, topics, city-state table, rekey thread and marts agent."""
 
     def __init__(self, settings: Settings, streams: StreamsSettings, declare_topics: bool = True) -> None:
         faust_fixes.install()
