@@ -12,7 +12,7 @@ from sightscan.config import env_field as _env
 class StreamsSettings(ServiceSettings):
     app_id: str = _env("STREAMS_APP_ID", "", doc="consumer group, table and facts topic name; default "
                                                   "<TOPIC_PREFIX>-streams")
-    batch_size: int = _env("STREAMS_BATCH_SIZE", 100, positive_int,
+    batch_size: int = _env("STREAMS_BATCH_SIZE", 300, positive_int,
                            "facts messages the marts agent takes at once at most (a message holds a batch of one "
                            "city's facts)")
     batch_within_s: float = _env("STREAMS_BATCH_WITHIN_S", 0.05, positive_float,

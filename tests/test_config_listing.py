@@ -24,7 +24,7 @@ def test_every_setting_of_every_service_is_listed_with_its_source(monkeypatch, c
     assert declared <= rows.keys()
     assert {"STREAMS_BATCH_SIZE", "TRAINER_BACKBONE", "GATEWAY_WS_TOKEN", "CRAWLER_THREADS", "PGHOST"} <= declared
     assert rows["TRAINER_SEED"][1:3] == ["7", "environment"]
-    assert rows["STREAMS_BATCH_SIZE"][1:3] == ["100", "default"]
+    assert rows["STREAMS_BATCH_SIZE"][1:3] == ["300", "default"]
     assert rows["SIGHTSCAN_API_TOKEN"][1:3] == ["(set)", "environment"]  # a secret is never printed
 
 

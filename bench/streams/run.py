@@ -29,6 +29,7 @@ from sightscan import db, kafka
 from sightscan.stack import LocalStack
 from sightscan.topics import WATCHED_TABLES, change_topic, command_topic, training_events_topic
 from streams.rekey import rekey_group
+from streams.settings import StreamsSettings
 from tests.support.stack import ephemeral_settings
 from tests.support.streams import Worker, start_at_the_end
 
@@ -218,6 +219,10 @@ def main() -> None:
             for name, runs in (("commit_to_mart", mart), ("threshold_to_training_request", cmd)):
                 for q in ("p50_ms", "p99_ms"):
                     figures[f"{name}_{q}"] = median_spread([summary_ms(r)[q] for r in runs], " ms")
+            # A first run warms the brokers' and Connect's JVMs (JIT): it was the slowest in every sweep, so it is
+            # printed and left out of the figures.
+            warm_up = throughput(settings, home, args.events, args.cities, 1)
+            print(f"  warm-up, 1 worker (not counted): {warm_up:.0f} events/s", flush=True)
             rates: dict[int, list[float]] = {}
             for workers in (int(w) for w in args.workers.split(",")):
                 for _ in range(args.repeats):
@@ -235,6 +240,14 @@ def main() -> None:
                 print(f"  1 worker, one fact per message: {', '.join(f'{r:.0f}' for r in before)} events/s", flush=True)
                 figures["mart_agent_events_per_s_1_worker_one_fact_per_message"] = median_spread(before, digits=0)
                 figures["batched_facts_vs_one_fact_per_message"] = f"{median(rates[1]) / median(before):.2f}x"
+                # The marts agent's earlier batch (STREAMS_BATCH_SIZE 100 messages), in the same run.
+                small = [throughput(settings, home, args.events, args.cities, 1, {"STREAMS_BATCH_SIZE": "100"})
+                         for _ in range(args.repeats)]
+                print(f"  1 worker, batches of 100 messages: {', '.join(f'{r:.0f}' for r in small)} events/s",
+                      flush=True)
+                figures["mart_agent_events_per_s_1_worker_batches_of_100"] = median_spread(small, digits=0)
+                batch = StreamsSettings.from_env().batch_size  # what the workers above ran with
+                figures[f"batches_of_{batch}_vs_100"] = f"{median(rates[1]) / median(small):.2f}x"
             figures["events_per_run"] = args.events
             figures["partitions"] = args.partitions
             figures["machine_at_the_end"] = machine_note()
