@@ -237,7 +237,7 @@ def _pipeline_state(stack: LocalStack, app_id: str, folder: Path) -> str:
     for log in (stack.connect.log_path, *(n.log_path for n in stack.kafka_nodes)):
         tail = [line for line in log.read_text(errors="replace").splitlines() if "ERROR" in line or "WARN" in line]
         lines.append(f"--- {log.name} (errors and warnings, last 15)\n" + "\n".join(t[:300] for t in tail[-15:]))
-    return "\n".join(lines) + "\n" + _tails(folder, 30)
+    return _tails(folder, 30) + "\n" + "\n".join(lines)  # CI shows a long message's end: the state last
 
 
 def _trainer(settings: Settings, group: str, log: Path) -> subprocess.Popen:
@@ -311,8 +311,8 @@ def test_two_of_each_service_train_once_and_both_gateways_hot_swap_while_a_broke
         models: list[dict | None] = [None, None]
         while not all(models):
             assert time.monotonic() < deadline, \
-                f"gateways' models after 420 s: {models}\n{_training_state(settings, city_id)}\n" \
-                f"{_pipeline_state(cluster, f'scaled-{run}', tmp_path)}"
+                f"gateways' models after 420 s: {models}\n{_pipeline_state(cluster, f'scaled-{run}', tmp_path)}\n" \
+                f"{_training_state(settings, city_id)}"
             for i, trainer in enumerate(trainers):
                 assert trainer.poll() is None, f"trainer {i} exited\n{_tails(tmp_path)}"
             models = [asyncio.run(_hello_model(g, name)) for g in gateways]
