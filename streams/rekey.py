@@ -102,7 +102,6 @@ class Rekeyer(threading.Thread):
         self.facts_per_message = facts_per_message
         self.stopping = threading.Event()
         self.failure: BaseException | None = None
-        self.events = 0
         self.guarded = CallGuard()
 
     def close(self) -> None:
@@ -205,7 +204,6 @@ class Rekeyer(threading.Thread):
             self.guarded("send_offsets_to_transaction",
                          lambda: producer.send_offsets_to_transaction(offsets, group, 30), 30)
             self.guarded("commit_transaction", lambda: producer.commit_transaction(30), 30)
-            self.events += len(messages)
         except KafkaException as exc:
             error = exc.args[0]
             if error.fatal():
