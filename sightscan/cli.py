@@ -99,7 +99,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
         print(f"sightscan: {msg}", file=sys.stderr, flush=True)
 
     opts = DemoOptions(city=args.city, seed=args.seed, sights=args.sights, per_sight=args.per_sight,
-                       sources_port=port, seconds=args.seconds, fps=args.fps, timeout=args.timeout)
+                       sources_port=port, seconds=args.seconds, fps=args.fps, timeout=args.timeout, look=args.look)
     return run_demo(settings, opts, progress, say=lambda line: print(line, flush=True))
 
 
@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7, help="the city's seed (its sights, photos and clip)")
     demo.add_argument("--sights", type=int, default=5)
     demo.add_argument("--per-sight", type=int, default=40, help="photos of each sight on the web sources")
+    demo.add_argument("--look", choices=("synthetic", "photo"), default="synthetic",
+                      help="drawn sights, or real photographs (sightscan.demo.photos)")
     demo.add_argument("--sources-port", type=int,
                       help="port of the local web sources (default: DEMO_SOURCES_PORT, else 8766)")
     demo.add_argument("--seconds", type=float, help="length of the webcam clip (default 2 s per sight)")

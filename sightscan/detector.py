@@ -93,7 +93,7 @@ class OnnxDetector:
             found = []
             for box, score, idx in zip(b, s, c, strict=True):
                 idx = int(idx)
-                if float(score) < threshold or not 0 <= idx < len(self.classes):
+                if float(score) <= 0.0 or float(score) < threshold or not 0 <= idx < len(self.classes):
                     continue
                 clipped = np.clip(box.astype(np.float64), 0.0, 1.0)
                 found.append(Detection(idx, self.classes[idx], float(score), tuple(float(v) for v in clipped)))

@@ -21,7 +21,7 @@ Figure = dict[str, Any]
 LEGACY_BASIS = "agreement with whole-image weak boxes, not a measure of recognition"
 NO_TRUE_BOXES = "no true boxes in the held-out split"
 # Keys only the image-level trainer writes: a row with any of them is not legacy, even if "top1" is missing.
-_NEW_KEYS = ("top1", "confusion", "labels", "box_images_heldout", "method")
+_NEW_KEYS = ("top1", "confusion", "labels", "box_images_heldout", "method", "false_claim_rate")
 
 
 def _number(value: Any) -> float | None:
@@ -81,9 +81,40 @@ def _box_figures(metrics: dict[str, Any], legacy: bool) -> list[Figure]:
             out.append(_figure(key, f"{what} (true boxes only)", None, "not measured", NO_TRUE_BOXES))
             continue
         boxed = _count(metrics.get("box_images_heldout"))
-        basis = (f"{boxed} held-out images with true boxes" if boxed is not None
+        basis = (f"{boxed} held-out images with true boxes, every sight in them" if boxed is not None
                  else "held-out images with true boxes")
         out.append(_figure(key, f"{what} (true boxes only)", value, f"{value:.3f}", basis))
+    return out
+
+
+def _open_set_figures(metrics: dict[str, Any]) -> list[Figure]:
+    """The "no sight" rule's figures: measured at the calibrated operating threshold on held-out images."""
+    threshold = _number(metrics.get("threshold"))
+    if threshold is None:
+        return []
+    negatives, photos = _count(metrics.get("heldout_negatives")), _count(metrics.get("heldout_negative_photos"))
+    target = _number(metrics.get("false_claim_target"))
+    where = f"at the operating threshold {threshold:.2f}"
+    on_negatives = (f"{negatives} held-out images with no sight ({photos or 0} photos of no sight, the rest crops "
+                    f"of held-out photos away from their sights)" if negatives is not None
+                    else "held-out images with no sight")
+    out = []
+    rate = _number(metrics.get("false_claim_rate"))
+    if rate is not None:
+        out.append(_figure("false_claim_rate", f"No-sight images answered with a sight, {where}", rate,
+                           f"{rate * 100:.1f} %" + (f" (target ≤ {target * 100:.0f} %)" if target is not None else ""),
+                           on_negatives))
+    recall = _number(metrics.get("recall"))
+    if recall is not None:
+        out.append(_figure("recall", f"Recall of sights, {where}", recall, f"{recall * 100:.1f} %",
+                           "held-out sight images whose own sight is detected"))
+    auroc = _number(metrics.get("auroc"))
+    if auroc is not None:
+        out.append(_figure("auroc", "AUROC of the open-set score (sight vs no-sight images)", auroc, f"{auroc:.3f}",
+                           f"held-out sight images against {on_negatives}"))
+    out.append(_figure("threshold", "Operating threshold (calibrated, inside the served graph)", threshold,
+                       f"{threshold:.3f}", "set on held-out no-sight images for the target false-claim rate",
+                       group="training"))
     return out
 
 
@@ -133,8 +164,10 @@ def figures(metrics: dict[str, Any] | None) -> list[Figure]:
     out: list[Figure] = []
     top1 = _number(metrics.get("top1"))
     if top1 is not None:
-        out.append(_figure("top1", "Held-out top-1 sight accuracy", top1, f"{top1 * 100:.1f} %",
-                           f"{on_heldout}, image-level labels"))
+        basis = (f"{on_heldout}, image-level labels" if "threshold" not in metrics
+                 else "held-out sight images: the top detection, before the no-sight threshold")
+        out.append(_figure("top1", "Held-out top-1 sight accuracy", top1, f"{top1 * 100:.1f} %", basis))
+    out += _open_set_figures(metrics)
     out += _box_figures(metrics, legacy)
     matrix = confusion(metrics)
     if matrix is not None:

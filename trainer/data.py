@@ -41,9 +41,16 @@ class Sample:
     weak: bool = False                 # image-level label only: `boxes` are not locations (see the module doc)
 
     @property
+    def negative(self) -> bool:
+        """A photo of the city that shows none of its sights: no boxes, no labels (what "no sight" looks like)."""
+        return not self.labels
+
+    @property
     def primary(self) -> int:
         """The sight the image is mostly of (largest box; a weak sample's one label): what the split stratifies on
-        and what top-1 accuracy is scored against."""
+        and what top-1 accuracy is scored against. -1 for a negative."""
+        if self.negative:
+            return -1
         areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in self.boxes]
         return self.labels[int(np.argmax(areas))]
 
@@ -55,8 +62,10 @@ class Dataset:
     sight_ids: list[int | None]  # warehouse sight id per class (None for folder data)
 
 
-def from_warehouse(rows: Iterable[LabelledImage], min_images_per_label: int) -> Dataset:
-    """Group label rows by image, drop sights with fewer than `min_images_per_label` images, index the rest."""
+def from_warehouse(rows: Iterable[LabelledImage], min_images_per_label: int,
+                   negatives: Iterable[tuple[int, bytes]] = ()) -> Dataset:
+    """Group label rows by image, drop sights with fewer than `min_images_per_label` images, index the rest; add
+    the city's photos of no sight (`negatives`: image id and bytes) as negative samples."""
     by_image: dict[int, list[LabelledImage]] = defaultdict(list)
     for row in rows:
         by_image[row.image_id].append(row)
@@ -76,6 +85,8 @@ def from_warehouse(rows: Iterable[LabelledImage], min_images_per_label: int) -> 
         chosen, weak = (true_boxes, False) if true_boxes else (kept_labels[:1], True)
         samples.append(Sample(image_id, labels[0].data, tuple(tuple(map(float, r.box)) for r in chosen),
                               tuple(index[r.sight_id] for r in chosen), weak))
+    labelled = {s.key for s in samples}
+    samples += [Sample(image_id, bytes(data), (), ()) for image_id, data in negatives if image_id not in labelled]
     return Dataset([names[sid] for sid in kept], samples, list(kept))
 
 
@@ -94,6 +105,9 @@ def from_coco_folder(folder: Path, weak: bool = False) -> Dataset:
     samples = []
     for img in coco["images"]:
         anns = by_image.get(img["id"])
+        if img.get("query_sight", "") is None:  # a photo of the city's streets, showing no sight
+            samples.append(Sample(img["id"], (folder / img["file_name"]).read_bytes(), (), (), weak))
+            continue
         if not anns:
             continue
         w, h = img["width"], img["height"]
@@ -148,13 +162,14 @@ class Tensors:
 
     @classmethod
     def build(cls, samples: Sequence[Sample], size: int) -> Tensors:
-        m = max(len(s.boxes) for s in samples)
+        m = max([1, *(len(s.boxes) for s in samples)])
         images = torch.from_numpy(np.stack([decode(s, size) for s in samples])).permute(0, 3, 1, 2).contiguous()
         boxes = torch.zeros(len(samples), m, 4)
         labels = torch.full((len(samples), m), -1, dtype=torch.int64)
         for i, s in enumerate(samples):
-            boxes[i, : len(s.boxes)] = torch.tensor(s.boxes)
-            labels[i, : len(s.labels)] = torch.tensor(s.labels)
+            if s.boxes:
+                boxes[i, : len(s.boxes)] = torch.tensor(s.boxes)
+                labels[i, : len(s.labels)] = torch.tensor(s.labels)
         return cls(images, boxes, labels)
 
     def __len__(self) -> int:

@@ -46,6 +46,14 @@ def export_onnx(model: SightModel, top_k: int = 50) -> bytes:
     return data
 
 
+def probe_images(samples: list, size: int, count: int = 8) -> np.ndarray:
+    """float32 [n,3,S,S]: the first `count` sight images of `samples` (trainer.data.Sample), for check_onnx."""
+    from trainer.data import Tensors
+
+    sights = [s for s in samples if not s.negative][:count]
+    return Tensors.build(sights, size).images.numpy().astype(np.float32) / 255.0
+
+
 def session(onnx_bytes: bytes, threads: int = 0):  # -> onnxruntime.InferenceSession
     import onnxruntime as ort
 

@@ -1,15 +1,24 @@
-"""The sight model: a backbone, an image-level sight classifier and a class-agnostic box regressor (PSOL's split).
+"""The sight model: a frozen backbone and a dense head over its stride-32 grid, with a background class.
 
-Why this shape (Zhang et al., "Rethinking the Route Towards Weakly Supervised Object Localization", CVPR 2020):
-weak labels say which sight an image shows, not where. PSOL separates the two questions: "which sight" is a
-classifier over pooled features, trained on image-level labels; "where" is a class-agnostic box regressor,
-trained on pseudo-boxes (here from the classifier's own class activation maps refined by GrabCut,
-trainer/pseudo_boxes.py) and on true boxes where the labeller gave them. The classifier is a linear layer over
-global-average-pooled features, so its weights also give the class activation map (Zhou et al., CVPR 2016) that
-localises each training image.
+Why this shape:
+- **Every sight in view gets its own box.** Each grid cell answers "which sight, if any, is here" over C sights
+  plus background, and regresses each sight's box as distances from its centre to the four sides (FCOS, Tian et
+  al., ICCV 2019, at a single level, with a box per sight). A city has each of its sights once, so a frame shows a
+  sight at most once: each sight's detection is scored by the cell most sure of it and boxed by the vote of the
+  cells that name it. Two sights in a frame are two detections.
+- **"No sight" is an answer.** The background class is trained on what is not a sight: the cells of every photo
+  outside its sight's (pseudo-)box, crops of the photos away from their sights, and photos of the city that show
+  no sight. This is the background-class approach to open-set recognition that Dhamija et al. ("Reducing Network
+  Agnostophobia", NeurIPS 2018) compare against; with the softmax over sights *and* background, a frame of
+  street gives every sight a low probability instead of sharing 1 among them. The trainer then calibrates the
+  operating threshold on held-out no-sight images for a stated false-claim rate (trainer/calibrate.py).
+- **Weak labels still work.** Images with only an image-level label are localised first by class activation maps
+  refined by GrabCut (trainer/pseudo_boxes.py); true boxes (Google Vision's) train every box of their image.
 
-One box per frame: a webcam frame is mostly of one sight. The serving graph (ExportWrapper) follows
-sightscan.detector's contract: every sight's probability, sorted, each with the regressed box.
+The serving graph (ExportWrapper) follows sightscan.detector's contract with the rule inside: one candidate per
+sight, Fast NMS across sights (Bolya et al., YOLACT, ICCV 2019: the matrix form, exportable to ONNX), scores
+under the calibrated operating threshold set to 0, top-K. So the gateway (and any other client of the graph)
+applies exactly the same "no sight" rule by dropping zero scores.
 """
 
 from __future__ import annotations
@@ -19,26 +28,69 @@ import torch.nn.functional as F
 from torch import nn
 
 STRIDE = 32
+BACKGROUND = 0  # channel 0 of the class logits; sight i is channel i + 1
+NMS_IOU_ANY = 0.7  # two sights' boxes this alike are one object whose cells disagree on its name
 
 
-class BoxHead(nn.Module):
-    """Stride-32 features -> one box (x_min, y_min, x_max, y_max in 0..1); spatial layout is kept (flattened)."""
+class DenseHead(nn.Module):
+    """Stride-32 features [N,Ch,h,w] -> (class logits [N,1+C,h,w], side distances [N,4C,h,w] in 0..1 of the frame:
+    each sight's box as seen from the cell, so a cell between two sights can place either)."""
 
-    def __init__(self, channels: int, cells: int, hidden: int = 256) -> None:
+    def __init__(self, channels: int, num_classes: int, hidden: int = 128) -> None:
         super().__init__()
-        self.reduce = nn.Sequential(nn.Conv2d(channels, 64, 1), nn.ReLU(inplace=True),
-                                    nn.Conv2d(64, 32, 3, 1, 1), nn.ReLU(inplace=True))
-        self.fc = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(32 * cells * cells, hidden),
-                                nn.ReLU(inplace=True), nn.Linear(hidden, 4))
+        self.neck = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Dropout2d(0.1),
+                                  nn.Conv2d(hidden, hidden, 3, 1, 1), nn.ReLU(inplace=True))
+        self.cls = nn.Conv2d(hidden, 1 + num_classes, 1)
+        self.box = nn.Conv2d(hidden, 4 * num_classes, 1)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        cx, cy, w, h = torch.sigmoid(self.fc(self.reduce(features))).unbind(dim=1)
-        box = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=1)
-        return box.clamp(0.0, 1.0)
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.neck(features)
+        return self.cls(x), torch.sigmoid(self.box(x))
+
+
+def cell_centres(h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
+    """[h*w, 2]: each cell's centre (x, y) in 0..1 of the frame, row-major."""
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=1)
+
+
+def decode_boxes(sides: torch.Tensor) -> torch.Tensor:
+    """Side distances [N,P,...,4] (left, top, right, bottom) from each of the P cells (row-major on a square grid)
+    -> boxes [N,P,...,4] (x_min, y_min, x_max, y_max), 0..1."""
+    p = sides.shape[1]
+    grid = round(p ** 0.5)
+    centre = cell_centres(grid, grid, sides.device).view(1, p, *([1] * (sides.dim() - 3)), 2)
+    return torch.cat([centre - sides[..., :2], centre + sides[..., 2:]], dim=-1).clamp(0.0, 1.0)
+
+
+def per_cell(logits: torch.Tensor, sides: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's maps -> (logits [N,P,1+C], side distances [N,P,C,4]) per cell."""
+    n, k, h, w = logits.shape
+    return (logits.flatten(2).transpose(1, 2),
+            sides.flatten(2).transpose(1, 2).reshape(n, h * w, k - 1, 4))
+
+
+def pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
+    """[N,K,4] -> [N,K,K] IoU of every pair within each image."""
+    area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+    lo = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2])
+    hi = torch.minimum(boxes[:, :, None, 2:], boxes[:, None, :, 2:])
+    inter = (hi - lo).clamp(min=0).prod(dim=-1)
+    return inter / (area[:, :, None] + area[:, None, :] - inter).clamp(min=1e-9)
+
+
+def fast_nms(boxes: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Fast NMS (YOLACT) across sights: scores [N,K] (sorted descending) with a candidate zeroed where a better one
+    overlaps it by more than NMS_IOU_ANY (one object whose cells disagree on its name)."""
+    better = torch.ones_like(scores[:, :, None] * scores[:, None, :]).triu(diagonal=1) > 0   # [i, j]: i above j
+    suppressed = ((pairwise_iou(boxes) > NMS_IOU_ANY) & better).any(dim=1)
+    return torch.where(suppressed, torch.zeros_like(scores), scores)
 
 
 class SightModel(nn.Module):
-    """images [N,3,S,S] 0..1 -> (class logits [N,C], box [N,4] normalised)."""
+    """images [N,3,S,S] 0..1 -> (class logits [N,1+C,h,w], side distances [N,4C,h,w]); h = w = S / 32."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, input_size: int) -> None:
         super().__init__()
@@ -47,27 +99,56 @@ class SightModel(nn.Module):
         self.backbone = backbone
         self.num_classes = num_classes
         self.input_size = input_size
-        channels = int(backbone.channels)
-        self.classifier = nn.Linear(channels, num_classes)
-        self.box_head = BoxHead(channels, input_size // STRIDE)
+        self.head = DenseHead(int(backbone.channels), num_classes)
+        self.grid = input_size // STRIDE  # the head's cells per side
+        # The operating threshold calibrated on held-out no-sight images (trainer/calibrate.py); part of the graph.
+        self.register_buffer("threshold", torch.tensor(0.5))
 
     def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.classifier(features.mean(dim=(2, 3))), self.box_head(features)
+        return self.head(features)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.heads(self.backbone(images))
 
 
-class ExportWrapper(nn.Module):
-    """The serving graph of sightscan.detector's contract: K = every sight, sorted by probability, one shared box."""
+def detections(model: SightModel, logits: torch.Tensor, sides: torch.Tensor, top_k: int,
+               apply_threshold: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The head's outputs -> (boxes [N,K,4], scores [N,K], sight indices [N,K]), best first.
 
-    def __init__(self, model: SightModel, top_k: int = 50) -> None:
+    A city has each sight once, so a frame shows it at most once: each sight is one candidate, scored by the cell
+    most sure of it, its box voted by the cells. Then Fast NMS across sights, and scores under the model's operating
+    threshold are 0 when `apply_threshold`."""
+    cell_logits, cell_sides = per_cell(logits, sides)
+    probs = F.softmax(cell_logits, dim=2)[..., 1:]                           # [N,P,C]: sights only
+    scores = probs.max(dim=1).values                                          # [N,C]
+    # Box voting: the boxes of the cells that name the sight (and of its best cell), weighted by how sure each is;
+    # the cells of one sight agree, and their mean is steadier than one cell's box.
+    owner = F.one_hot(probs.argmax(dim=2), probs.shape[2]).to(probs.dtype)   # [N,P,C]: the cell's own sight
+    vote = probs * (owner + (probs >= scores[:, None, :]).to(probs.dtype)).clamp(max=1.0)   # + the best cell
+    cell_boxes = decode_boxes(cell_sides)                                     # [N,P,C,4]
+    boxes = (cell_boxes * vote[..., None]).sum(dim=1) / vote.sum(dim=1).clamp(min=1e-9)[..., None]   # [N,C,4]
+    order = torch.argsort(scores, dim=1, descending=True)
+    scores = torch.gather(scores, 1, order)
+    boxes = torch.gather(boxes, 1, order[..., None].expand(-1, -1, 4))
+    kept = fast_nms(boxes, scores)
+    if apply_threshold:
+        kept = torch.where(kept >= model.threshold, kept, torch.zeros_like(kept))
+    k = min(top_k, scores.shape[1])
+    kept, pick = torch.topk(kept, k, dim=1)
+    return (torch.gather(boxes, 1, pick[..., None].expand(-1, -1, 4)), kept,
+            torch.gather(order, 1, pick).to(torch.int64))
+
+
+class ExportWrapper(nn.Module):
+    """The serving graph of sightscan.detector's contract: K detections, each its own sight, box and score; a score
+    of 0 means "no detection" (under the operating threshold, or suppressed)."""
+
+    def __init__(self, model: SightModel, top_k: int = 10) -> None:
         super().__init__()
         self.model = model
-        self.top_k = min(top_k, model.num_classes)
+        self.top_k = top_k
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, box = self.model(images)
-        scores, classes = torch.topk(F.softmax(logits, dim=1), self.top_k, dim=1)
-        boxes = box.unsqueeze(1).expand(-1, self.top_k, -1)
-        return boxes.contiguous(), scores, classes.to(torch.int64)
+        logits, sides = self.model(images)
+        boxes, scores, classes = detections(self.model, logits, sides, self.top_k)
+        return boxes.contiguous(), scores, classes

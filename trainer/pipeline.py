@@ -9,12 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from sightscan import db
 from sightscan.config import Settings
-from trainer.data import Dataset, NotEnoughData, Tensors, check_trainable, from_warehouse, split
-from trainer.export import check_onnx, export_onnx
+from trainer.data import Dataset, NotEnoughData, check_trainable, from_warehouse, split
+from trainer.export import check_onnx, export_onnx, probe_images
 from trainer.settings import TrainerSettings, load
 from trainer.train import TrainResult, fit
 
@@ -58,11 +56,12 @@ def train_dataset(dataset: Dataset, ts: TrainerSettings, progress: Progress | No
                                 "epochs": ts.train.epochs})
     result, _ = fit(dataset.classes, train, heldout, ts.train, progress)
     onnx_bytes = export_onnx(result.model)
-    probe = Tensors.build(heldout[:8], ts.train.input_size).images.numpy().astype(np.float32) / 255.0
+    probe = probe_images(heldout, ts.train.input_size)
     check = check_onnx(result.model, onnx_bytes, probe)
     metrics = {
         **result.metrics,
-        "train_images": len(train), "heldout_images": len(heldout), "epochs_run": result.epochs_run,
+        "train_images": sum(not s.negative for s in train), "heldout_images": sum(not s.negative for s in heldout),
+        "epochs_run": result.epochs_run,
         "train_seconds": round(result.train_seconds, 1), "device": result.device,
         "onnx_check": dataclasses.asdict(check), "evaluated_on": "heldout",
     }

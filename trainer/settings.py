@@ -77,7 +77,15 @@ class TrainerEnv(ServiceSettings):
     cam_roi: float = _env("TRAINER_CAM_ROI", _D.cam_roi, unit_interval, "GrabCut's region: CAM >= this x its peak")
     cam_core: float = _env("TRAINER_CAM_CORE", _D.cam_core, unit_interval, "GrabCut's probable foreground")
     refine_rounds: int = _env("TRAINER_REFINE_ROUNDS", _D.refine_rounds, non_negative_int,
-                              "self-training rounds of the box head")
+                              "self-training rounds of the head (second sights nobody labelled)")
+    false_claim_rate: float = _env("TRAINER_FALSE_CLAIM_RATE", _D.false_claim_rate, unit_interval,
+                                   "calibration target: share of held-out no-sight images answered with a sight")
+    threshold_floor: float = _env("TRAINER_THRESHOLD_FLOOR", _D.threshold_floor, unit_interval,
+                                  "the calibrated no-sight threshold is never lower than this")
+    away_crops: int = _env("TRAINER_AWAY_CROPS", _D.away_crops, non_negative_int,
+                           "no-sight windows cut from each photo, away from its sights")
+    pairs: float = _env("TRAINER_PAIRS", _D.pairs, non_negative_float,
+                        "frames of two photos side by side, per training photo")
     device: str = _env("TRAINER_DEVICE", "auto", one_of("auto", "cpu", "cuda"), "auto, cpu or cuda")
     threads: int = _env("TRAINER_THREADS", 0, non_negative_int, "torch CPU threads; 0 = torch's default")
     time_budget_s: float = _env("TRAINER_TIME_BUDGET_S", 0.0, non_negative_float,
@@ -102,7 +110,8 @@ def load(settings: Settings, environ: Mapping[str, str] | None = None) -> Traine
         epochs=settings.mts_epochs, input_size=e.input_size, batch_size=e.batch_size, lr=e.lr, seed=e.seed,
         backbone=e.backbone, backbone_weights=e.backbone_weights, views=e.views, pseudo_boxes=e.pseudo_boxes,
         cam_roi=e.cam_roi, cam_core=e.cam_core, refine_rounds=e.refine_rounds, device=e.device, threads=e.threads,
-        time_budget_s=e.time_budget_s)
+        time_budget_s=e.time_budget_s, false_claim_rate=e.false_claim_rate, threshold_floor=e.threshold_floor,
+        away_crops=e.away_crops, pairs=e.pairs)
     if not 0 < train.cam_roi < train.cam_core < 1:
         raise ConfigError(f"need 0 < TRAINER_CAM_ROI < TRAINER_CAM_CORE < 1, got {train.cam_roi} and {train.cam_core}")
     cloud = None

@@ -1,20 +1,23 @@
-"""Training a sight model from image-level (weak) labels and true boxes: CAM pseudo-boxes, PSOL box regression and
-a self-training refinement round.
+"""Training a sight model from image-level (weak) labels, true boxes and photos of no sight: a dense head with a
+background class over frozen ImageNet features, its "no sight" threshold calibrated on held-out data.
 
-The method, step by step (names and papers in trainer/model.py and trainer/pseudo_boxes.py):
-1. Features. The ImageNet backbone is frozen: its features of every training image, and of `views` augmented
-   copies (zoom, shift, flip, colour), are computed once. On 2 CPU cores this is most of the training time, and
-   it is why a city trains in seconds rather than minutes. (Without ImageNet weights a tiny CNN is first trained
-   end to end on the image labels, then frozen the same way.)
-2. "Which sight": a linear classifier on pooled features, trained on every image's sight label.
-3. "Where", weak images: the classifier's class activation map of the image's sight, refined by GrabCut on the
-   photo, gives a pseudo-box (trainer/pseudo_boxes.py). True boxes (Google Vision's) are used as they are: they
-   train the box head directly.
-4. A class-agnostic box head regresses those boxes from the features, views included (their boxes move with the
-   pixels).
-5. Refinement (self-training): the box head's own predictions on the weak training images replace their CAM
-   pseudo-boxes, and the head is trained again. Regression pools evidence across the whole city, so its boxes are
-   less noisy than each image's CAM.
+The method, step by step (names and papers in trainer/model.py, trainer/targets.py, trainer/pseudo_boxes.py and
+trainer/calibrate.py):
+1. Features. The ImageNet backbone is frozen: its features of every training image, of `views` augmented copies
+   (zoom, shift, flip, colour) and of the away crops are computed once. On 2 CPU cores this is most of the
+   training time, and it is why a city trains in seconds rather than minutes. (Without ImageNet weights a tiny
+   CNN is first trained end to end on the image labels, then frozen the same way.)
+2. Where the weak images' sights are: a linear classifier over pooled features gives each image's class
+   activation map, which GrabCut refines into a pseudo-box (trainer/pseudo_boxes.py). True boxes (Google
+   Vision's) are used as they are, every one of an image.
+3. What is not a sight: the cells outside every box, away crops of each photo (windows that overlap none of its
+   boxes) and the city's photos of no sight, all taught as background (trainer/targets.py).
+4. The dense head learns, per grid cell, sight-or-background and the box (trainer/model.py).
+5. Refinement (self-training): a weak image may show a second, unlabelled sight. Where the first head names
+   another sight with confidence in a weak image's background, those cells are ignored instead of taught as
+   background, and the head is trained again.
+6. Calibration: the threshold of the "no sight" rule is set on held-out no-sight images for TRAINER_FALSE_CLAIM_RATE
+   and stored in the graph (trainer/calibrate.py); the held-out figures are measured at it.
 """
 
 from __future__ import annotations
@@ -30,25 +33,31 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchvision.ops import generalized_box_iou_loss
 
 from trainer.backbones import BackboneChoice, build, choose_backbone
+from trainer.calibrate import Calibration, calibrate
 from trainer.data import Sample, Tensors, augment
 from trainer.evaluate import classification_report, coco_map
-from trainer.model import SightModel
+from trainer.model import BACKGROUND, SightModel, decode_boxes, detections, per_cell
 from trainer.pseudo_boxes import contrastive_cams, pseudo_boxes
+from trainer.targets import IGNORE, away_crops, cell_targets, side_by_side
 
 log = logging.getLogger(__name__)
 
-METHOD = ("CAM (Zhou et al. 2016) + GrabCut (Rother et al. 2004) pseudo-boxes, PSOL box regression "
-          "(Zhang et al. 2020), self-training")
+METHOD = ("dense head over a frozen ImageNet MobileNetV2 (FCOS-style, Tian et al. 2019) with a background class "
+          "(open set, as in Dhamija et al. 2018) trained on cells outside the boxes, away crops and no-sight photos; "
+          "threshold calibrated on held-out no-sight images; Fast NMS (Bolya et al. 2019); weak labels localised by "
+          "CAM (Zhou et al. 2016) + GrabCut (Rother et al. 2004) pseudo-boxes, self-training")
 Progress = Callable[[int, int, dict[str, float]], None]
+Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30             # box-head epochs (MTS_EPOCHS); the classifier and a from-scratch backbone scale too
-    input_size: int = 224        # MobileNetV2's ImageNet size: a 7x7 stride-32 map
+    epochs: int = 30             # head epochs per round (MTS_EPOCHS); a from-scratch backbone scales too
+    input_size: int = 224        # MobileNetV2's ImageNet size: a 7x7 stride-32 grid
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-3
@@ -59,10 +68,15 @@ class TrainConfig:
     pseudo_boxes: str = "grabcut"  # "grabcut" (CAM refined by GrabCut) or "cam" (the thresholded CAM alone)
     cam_roi: float = 0.4         # GrabCut's region: where the CAM is >= this fraction of its peak (plus a margin)
     cam_core: float = 0.6        # GrabCut's probable foreground (and the "cam" method's threshold)
-    refine_rounds: int = 1       # self-training rounds of the box head
+    refine_rounds: int = 0       # self-training rounds of the head
     zoom_min: float = 0.6        # augmentation: crop window size relative to the frame (<1 zooms in, >1 out)
     zoom_max: float = 1.15
     width: int = 16              # channels of the tiny backbone's first stage
+    away_crops: int = 1          # no-sight windows cut from each photo, away from its sights
+    pairs: float = 0.5           # frames of two photos side by side, per training photo
+    false_claim_rate: float = 0.02   # the calibration's target on held-out no-sight images
+    threshold_floor: float = 0.5     # the operating threshold is never lower than this
+    top_k: int = 10              # detections the graph returns per frame
     device: str = "auto"         # auto | cpu | cuda
     threads: int = 0             # torch CPU threads; 0 = torch's default
     time_budget_s: float = 0.0   # a guard for small machines: cut head training short past this (0 = no limit)
@@ -82,14 +96,25 @@ class TrainResult:
 
 @dataclass
 class HeldoutPredictions:
-    """The model's answers on the held-out images, for metrics here and for benchmarks' own scoring."""
+    """The graph's detections on the held-out images, unthresholded, best first (for metrics and benchmarks)."""
 
-    probabilities: np.ndarray    # [N,C]
-    boxes: np.ndarray            # [N,4] normalised
+    boxes: np.ndarray            # [N,K,4] normalised
+    scores: np.ndarray           # [N,K]
+    classes: np.ndarray          # [N,K]
 
     @property
     def predicted(self) -> np.ndarray:
-        return self.probabilities.argmax(axis=1)
+        """[N]: the top detection's sight."""
+        return self.classes[:, 0]
+
+    def best_box(self, i: int, sight: int) -> np.ndarray | None:
+        """Image i's best-scored box of `sight`, or None when no detection names it."""
+        hits = np.nonzero((self.classes[i] == sight) & (self.scores[i] > 0))[0]
+        return self.boxes[i, hits[0]] if len(hits) else None
+
+    def score_of(self, i: int, sight: int) -> float:
+        hits = np.nonzero(self.classes[i] == sight)[0]
+        return float(self.scores[i, hits[0]]) if len(hits) else 0.0
 
 
 def pick_device(name: str) -> torch.device:
@@ -102,46 +127,27 @@ def pick_device(name: str) -> torch.device:
 def extract(backbone: torch.nn.Module, images_u8: torch.Tensor, device: torch.device, batch: int = 32) -> torch.Tensor:
     """Frozen-backbone features of uint8 [N,3,S,S] images (kept on `device`)."""
     backbone.eval()
+    if not len(images_u8):
+        return torch.zeros(0, int(backbone.channels), 1, 1, device=device)
     return torch.cat([backbone(images_u8[i:i + batch].to(device).float() / 255.0)
                       for i in range(0, images_u8.shape[0], batch)])
 
 
-def main_boxes(samples: list[Sample]) -> torch.Tensor:
-    """[N,4]: each sample's largest box (for true boxes, the sight the image is of)."""
-    return torch.tensor([s.boxes[int(np.argmax([(b[2] - b[0]) * (b[3] - b[1]) for b in s.boxes]))]
-                         for s in samples], dtype=torch.float32)
-
-
-class _Views:
-    """`views` augmented copies of the training images, replayable: the same draws move any set of boxes."""
-
-    def __init__(self, images_u8: torch.Tensor, cfg: TrainConfig, device: torch.device) -> None:
-        self.images, self.cfg, self.device = images_u8, cfg, device
-
-    def _run(self, boxes: torch.Tensor, with_images: bool) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        gen = torch.Generator().manual_seed(self.cfg.seed + 1)
-        n = self.images.shape[0]
-        out_images, out_boxes, kept = [], [], []
-        for _ in range(self.cfg.views):
-            for i in range(0, n, 64):
-                chunk = self.images[i:i + 64].to(self.device).float() / 255.0
-                labels = torch.zeros(chunk.shape[0], 1, dtype=torch.int64, device=self.device)
-                img, box, lab = augment(chunk, boxes[i:i + 64, None].to(self.device), labels, self.cfg.input_size,
-                                        gen, (self.cfg.zoom_min, self.cfg.zoom_max))
-                if with_images:
-                    out_images.append((img * 255).round().to(torch.uint8).cpu())
-                out_boxes.append(box[:, 0].cpu())
-                kept.append(lab[:, 0].cpu() >= 0)
-        return (torch.cat(out_images) if with_images else None), torch.cat(out_boxes), torch.cat(kept)
-
-    def images_and_boxes(self, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        images, moved, kept = self._run(boxes, with_images=True)
-        assert images is not None
-        return images, moved, kept
-
-    def boxes(self, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        _, moved, kept = self._run(boxes, with_images=False)
-        return moved, kept
+def _views(images_u8: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
+           device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`views` augmented copies of the images, their boxes moved with the pixels; a box mostly cut off gets
+    label -1 (ignored, not background). Seeded: the same call gives the same copies."""
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    out_images, out_boxes, out_labels = [], [], []
+    for _ in range(cfg.views):
+        for i in range(0, len(images_u8), 64):
+            chunk = images_u8[i:i + 64].to(device).float() / 255.0
+            img, box, lab = augment(chunk, boxes[i:i + 64].to(device), labels[i:i + 64].to(device),
+                                    cfg.input_size, gen, (cfg.zoom_min, cfg.zoom_max))
+            out_images.append((img * 255).round().to(torch.uint8).cpu())
+            out_boxes.append(box.cpu())
+            out_labels.append(lab.cpu())
+    return torch.cat(out_images), torch.cat(out_boxes), torch.cat(out_labels)
 
 
 def _batches(n: int, batch: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -153,17 +159,17 @@ def _cosine(step: int, total: int, lr: float) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
 
 
-def train_classifier(model: SightModel, pooled: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
-                     epochs: int, gen: torch.Generator) -> float:
-    """The linear sight classifier on pooled features; returns the last epoch's mean loss."""
-    opt = torch.optim.AdamW(model.classifier.parameters(), lr=cfg.lr * 3, weight_decay=cfg.weight_decay)
+def train_cam_classifier(classifier: nn.Linear, pooled: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
+                         epochs: int, gen: torch.Generator) -> float:
+    """The image-level linear classifier whose weights give the class activation maps; returns the last loss."""
+    opt = torch.optim.AdamW(classifier.parameters(), lr=cfg.lr * 3, weight_decay=cfg.weight_decay)
     total, step, loss_sum = epochs * math.ceil(len(pooled) / cfg.batch_size), 0, 0.0
     for _ in range(epochs):
         loss_sum, batches = 0.0, _batches(len(pooled), cfg.batch_size, gen)
         for idx in batches:
             for g in opt.param_groups:
                 g["lr"] = _cosine(step, total, cfg.lr * 3)
-            loss = F.cross_entropy(model.classifier(pooled[idx]), labels[idx])
+            loss = F.cross_entropy(classifier(pooled[idx]), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -172,19 +178,36 @@ def train_classifier(model: SightModel, pooled: torch.Tensor, labels: torch.Tens
     return loss_sum
 
 
-def train_box_head(model: SightModel, features: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig, epochs: int,
-                   gen: torch.Generator, on_epoch: Callable[[int, float], bool] | None = None) -> int:
-    """The class-agnostic box head on (features, target box) pairs, from fresh weights; returns epochs run.
+def head_loss(logits: torch.Tensor, sides: torch.Tensor, cls_targets: torch.Tensor,
+              side_targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over sights and background on every cell that is not ignored, and GIoU + L1 on the box each
+    sight's cell sees for its own sight."""
+    cell_logits, cell_sides = per_cell(logits, sides)
+    loss = F.cross_entropy(cell_logits.reshape(-1, cell_logits.shape[2]), cls_targets.reshape(-1),
+                           ignore_index=IGNORE)
+    positive = cls_targets > BACKGROUND                                        # [N,P]
+    if positive.any():
+        own = (cls_targets - 1).clamp(min=0)
+        pred_sides = torch.gather(cell_sides, 2, own[..., None, None].expand(-1, -1, 1, 4))[:, :, 0]   # [N,P,4]
+        pred, target = decode_boxes(pred_sides)[positive], decode_boxes(side_targets)[positive]
+        loss = loss + generalized_box_iou_loss(pred, target, reduction="mean") + F.l1_loss(
+            pred_sides[positive], side_targets[positive])
+    return loss
+
+
+def train_head(model: SightModel, features: torch.Tensor, cls_targets: torch.Tensor, side_targets: torch.Tensor,
+               cfg: TrainConfig, epochs: int, gen: torch.Generator,
+               on_epoch: Callable[[int, float], bool] | None = None) -> int:
+    """The dense head on (features, cell targets), from fresh weights; returns epochs run.
 
     `on_epoch(epoch, loss)` may return False to stop early (the time budget)."""
-    head = model.box_head
+    head = model.head
     for module in head.modules():
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
     head.train()
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total, step = epochs * math.ceil(len(features) / cfg.batch_size), 0
-    ran = 0
+    total, step, ran = epochs * math.ceil(len(features) / cfg.batch_size), 0, 0
     for epoch in range(1, epochs + 1):
         loss_sum, batches = 0.0, _batches(len(features), cfg.batch_size, gen)
         for idx in batches:
@@ -192,8 +215,8 @@ def train_box_head(model: SightModel, features: torch.Tensor, targets: torch.Ten
                 continue
             for g in opt.param_groups:
                 g["lr"] = _cosine(step, total, cfg.lr)
-            pred, target = head(features[idx]), targets[idx]
-            loss = generalized_box_iou_loss(pred, target, reduction="mean") + F.l1_loss(pred, target)
+            logits, sides = head(features[idx])
+            loss = head_loss(logits, sides, cls_targets[idx], side_targets[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -206,10 +229,10 @@ def train_box_head(model: SightModel, features: torch.Tensor, targets: torch.Ten
     return ran
 
 
-def train_from_scratch(model: SightModel, images_u8: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
-                       device: torch.device, gen: torch.Generator) -> None:
+def train_from_scratch(model: SightModel, classifier: nn.Linear, images_u8: torch.Tensor, labels: torch.Tensor,
+                       cfg: TrainConfig, device: torch.device, gen: torch.Generator) -> None:
     """The fallback without ImageNet weights: backbone and classifier end to end on augmented image labels."""
-    params = list(model.backbone.parameters()) + list(model.classifier.parameters())
+    params = list(model.backbone.parameters()) + list(classifier.parameters())
     opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=5e-4)
     epochs = max(cfg.epochs, 10)
     total, step = epochs * math.ceil(len(images_u8) / 16), 0
@@ -225,7 +248,8 @@ def train_from_scratch(model: SightModel, images_u8: torch.Tensor, labels: torch
                               (cfg.zoom_min, cfg.zoom_max))
             for g in opt.param_groups:
                 g["lr"] = _cosine(step, total, 2e-3)
-            loss = F.cross_entropy(model.classifier(model.backbone(x).mean(dim=(2, 3))), labels[idx].to(device))
+            pooled = model.backbone(x).mean(dim=(2, 3))
+            loss = F.cross_entropy(classifier(pooled), labels[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -234,37 +258,125 @@ def train_from_scratch(model: SightModel, images_u8: torch.Tensor, labels: torch
 
 
 @torch.no_grad()
-def predict(model: SightModel, images_u8: torch.Tensor, device: torch.device, batch: int = 32) -> HeldoutPredictions:
+def predict(model: SightModel, images_u8: torch.Tensor, device: torch.device, top_k: int = 10,
+            batch: int = 32) -> HeldoutPredictions:
+    """The serving graph's detections without the threshold (the rule is applied by whoever scores them)."""
     model.eval()
-    probs, boxes = [], []
+    out: list[list[torch.Tensor]] = [[], [], []]
     for i in range(0, images_u8.shape[0], batch):
-        logits, box = model(images_u8[i:i + batch].to(device).float() / 255.0)
-        probs.append(F.softmax(logits, dim=1).cpu())
-        boxes.append(box.cpu())
-    return HeldoutPredictions(torch.cat(probs).numpy(), torch.cat(boxes).numpy())
+        logits, sides = model(images_u8[i:i + batch].to(device).float() / 255.0)
+        for part, t in zip(out, detections(model, logits, sides, top_k, apply_threshold=False), strict=True):
+            part.append(t.cpu())
+    if not out[0]:
+        return HeldoutPredictions(np.zeros((0, top_k, 4), np.float32), np.zeros((0, top_k), np.float32),
+                                  np.zeros((0, top_k), np.int64))
+    return HeldoutPredictions(*(torch.cat(part).numpy() for part in out))
 
 
-def evaluate(model: SightModel, classes: list[str], heldout: list[Sample], device: torch.device) -> tuple[
-        dict[str, Any], HeldoutPredictions]:
-    """Top-1 and the confusion matrix on every held-out image; box mAP only on those with true boxes."""
-    images = Tensors.build(heldout, model.input_size).images
-    pred = predict(model, images, device)
-    metrics: dict[str, Any] = classification_report(classes, [s.primary for s in heldout], pred.predicted)
-    boxed = [i for i, s in enumerate(heldout) if not s.weak]
+def localise(classifier: nn.Linear, backbone: nn.Module, images: torch.Tensor, features: torch.Tensor,
+             labels: torch.Tensor, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
+    """Pseudo-boxes [N,4] of weak images: their sight's contrastive CAM (with the mirrored image's) refined by
+    GrabCut (trainer/pseudo_boxes.py)."""
+    with torch.no_grad():
+        mirrored = extract(backbone, images.flip(3), device).flip(3)
+        weights = classifier.weight
+        cams = contrastive_cams(features, weights, labels), contrastive_cams(mirrored, weights, labels)
+    return pseudo_boxes(images, *cams, method=cfg.pseudo_boxes, roi=cfg.cam_roi, core=cfg.cam_core,
+                        seed=cfg.seed).to(device)
+
+
+def _pad(t: torch.Tensor, m: int, value: float = 0.0) -> torch.Tensor:
+    """Pad dim 1 of boxes [N,k,4] or labels [N,k] to m entries (zero-area boxes, -1 labels)."""
+    if t.shape[1] >= m:
+        return t
+    shape = list(t.shape)
+    shape[1] = m - t.shape[1]
+    return torch.cat([t, torch.full(shape, value, dtype=t.dtype)], dim=1)
+
+
+def padded(boxes: list[list[Box]], labels: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image box and label lists -> [N,M,4] and [N,M] (zero-area boxes and -1 labels pad)."""
+    m = max([1, *(len(b) for b in boxes)])
+    out_b, out_l = torch.zeros(len(boxes), m, 4), torch.full((len(boxes), m), -1, dtype=torch.int64)
+    for i, (b, lab) in enumerate(zip(boxes, labels, strict=True)):
+        if b:
+            out_b[i, :len(b)] = torch.tensor(b, dtype=torch.float32)
+            out_l[i, :len(lab)] = torch.tensor(lab)
+    return out_b, out_l
+
+
+def unseen_sights(model: SightModel, features: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor,
+                  weak: torch.Tensor, confidence: float = 0.5) -> torch.Tensor:
+    """Self-training: in weak images, background cells where the head confidently names another sight than the
+    image's label become IGNORE (a second sight nobody labelled is not background)."""
+    with torch.no_grad():
+        logits, _ = model.head.eval()(features)
+    probs = F.softmax(logits, dim=1).flatten(2)                               # [N,1+C,P]
+    best, cls = probs[:, 1:].max(dim=1)
+    other = (cls != labels[:, None]) & (best >= confidence)
+    flip = weak[:, None] & (targets == BACKGROUND) & other
+    return torch.where(flip, torch.full_like(targets, IGNORE), targets)
+
+
+def heldout_boxes(samples: list[Sample], pseudo: torch.Tensor | None) -> list[list[Box]]:
+    """Each held-out image's boxes as far as they are known: true boxes, or the weak image's pseudo-box."""
+    out, k = [], 0
+    for s in samples:
+        if s.weak:
+            assert pseudo is not None
+            out.append([tuple(float(v) for v in pseudo[k])])
+            k += 1
+        else:
+            out.append([tuple(b) for b in s.boxes])
+    return out
+
+
+def evaluate(model: SightModel, classes: list[str], heldout: list[Sample], cfg: TrainConfig,
+             classifier: nn.Linear, device: torch.device) -> tuple[dict[str, Any], HeldoutPredictions, Calibration]:
+    """Calibrate the threshold on the held-out no-sight images, then measure at it: top-1 and the confusion matrix
+    on every held-out sight image, the false-claim rate, recall and AUROC of the open-set score, and box mAP on the
+    held-out images with true boxes (every sight in them)."""
+    sights = [s for s in heldout if not s.negative]
+    photos_of_nothing = [s for s in heldout if s.negative]
+    images = Tensors.build(sights, model.input_size).images if sights else torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
+    pred = predict(model, images, device, cfg.top_k)
+    weak_idx = [i for i, s in enumerate(sights) if s.weak]
+    pseudo = None
+    if weak_idx:
+        weak_images = images[weak_idx]
+        feats = extract(model.backbone, weak_images, device)
+        pseudo = localise(classifier, model.backbone, weak_images, feats,
+                          torch.tensor([sights[i].primary for i in weak_idx], device=device), cfg, device)
+    # The crops keep away from every sight the model finds in the photo too: a weak photo may show a second sight
+    # that nobody labelled, and a crop of it is no "no sight" image.
+    avoid = [known + [tuple(float(v) for v in b) for b, sc in zip(pred.boxes[i], pred.scores[i], strict=True)
+                      if sc >= cfg.threshold_floor]
+             for i, known in enumerate(heldout_boxes(sights, pseudo))]
+    negatives = away_crops(sights, avoid, model.input_size, cfg.seed + 7, cfg.away_crops)
+    if photos_of_nothing:
+        negatives = torch.cat([negatives, Tensors.build(photos_of_nothing, model.input_size).images])
+    negative_scores = predict(model, negatives, device, cfg.top_k).scores[:, 0]
+    found = np.array([pred.score_of(i, s.primary) for i, s in enumerate(sights)])
+    cal = calibrate(negative_scores, found, pred.scores[:, 0], cfg.false_claim_rate, cfg.threshold_floor)
+    model.threshold.fill_(cal.threshold)
+
+    metrics: dict[str, Any] = classification_report(classes, [s.primary for s in sights], pred.predicted)
+    metrics.update(threshold=round(cal.threshold, 4), false_claim_rate=round(cal.false_claim_rate, 4),
+                   recall=round(cal.recall, 4), auroc=round(cal.auroc, 4), heldout_negatives=cal.negatives,
+                   heldout_negative_photos=len(photos_of_nothing), false_claim_target=cfg.false_claim_rate)
+    boxed = [i for i, s in enumerate(sights) if not s.weak]
     metrics["box_images_heldout"] = len(boxed)
     metrics["map50"] = metrics["map"] = None
     if boxed:
-        k = min(50, len(classes))
-        order = np.argsort(-pred.probabilities, axis=1)[:, :k]
-        dets = [(np.repeat(pred.boxes[i][None], k, axis=0), pred.probabilities[i][order[i]], order[i]) for i in boxed]
-        scored = coco_map(classes, [(heldout[i].boxes, heldout[i].labels) for i in boxed], dets)
+        dets = [(pred.boxes[i], pred.scores[i], pred.classes[i]) for i in boxed]
+        scored = coco_map(classes, [(sights[i].boxes, sights[i].labels) for i in boxed], dets)
         metrics.update(map50=scored["map50"], map=scored["map"], per_sight_map=scored["per_sight"])
-    return metrics, pred
+    return metrics, pred, cal
 
 
 def fit(classes: list[str], train: list[Sample], heldout: list[Sample], cfg: TrainConfig,
         progress: Progress | None = None) -> tuple[TrainResult, HeldoutPredictions]:
-    """Train a sight model on `train`, score it on `heldout`; see the module doc for the method."""
+    """Train a sight model on `train`, calibrate and score it on `heldout`; see the module doc for the method."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -276,6 +388,7 @@ def fit(classes: list[str], train: list[Sample], heldout: list[Sample], cfg: Tra
                                                                          "pretrained": choice.pretrained,
                                                                          "reason": choice.reason})
     model = SightModel(build(choice, cfg.width), len(classes), cfg.input_size).to(device)
+    classifier = nn.Linear(int(model.backbone.channels), len(classes)).to(device)
     for p in model.backbone.parameters():
         p.requires_grad_(False)
     history: list[dict[str, float]] = []
@@ -285,39 +398,53 @@ def fit(classes: list[str], train: list[Sample], heldout: list[Sample], cfg: Tra
         history.append(record)
         log.info("training stage", extra=record)
 
-    images = Tensors.build(train, cfg.input_size).images
-    labels = torch.tensor([s.primary for s in train])
+    sights = [s for s in train if not s.negative]
+    nothing = [s for s in train if s.negative]
+    images = Tensors.build(sights, cfg.input_size).images
+    labels = torch.tensor([s.primary for s in sights])
     if not choice.pretrained:
         for p in model.backbone.parameters():
             p.requires_grad_(True)
-        train_from_scratch(model, images, labels, cfg, device, gen)
+        train_from_scratch(model, classifier, images, labels, cfg, device, gen)
         for p in model.backbone.parameters():
             p.requires_grad_(False)
         stage("backbone from scratch")
     features = extract(model.backbone, images, device)
     labels = labels.to(device)
-    train_classifier(model, features.mean(dim=(2, 3)), labels, cfg, 60, gen)
-    stage("features and first classifier", images=len(train))
+    train_cam_classifier(classifier, features.mean(dim=(2, 3)), labels, cfg, 60, gen)
+    stage("features and CAM classifier", images=len(sights))
 
-    weak = torch.tensor([s.weak for s in train], device=device)
-    pseudo = torch.zeros(len(train), 4, device=device)
+    weak = torch.tensor([s.weak for s in sights], device=device)
+    pseudo = torch.zeros(len(sights), 4, device=device)
     if weak.any():
-        with torch.no_grad():
-            mirrored = extract(model.backbone, images.flip(3), device).flip(3)
-            weights = model.classifier.weight
-            cams = contrastive_cams(features, weights, labels), contrastive_cams(mirrored, weights, labels)
-        pseudo = pseudo_boxes(images, *cams, method=cfg.pseudo_boxes, roi=cfg.cam_roi, core=cfg.cam_core,
-                              seed=cfg.seed).to(device)
-    targets = torch.where(weak[:, None], pseudo, main_boxes(train).to(device))
+        pseudo = localise(classifier, model.backbone, images, features, labels, cfg, device)
+    boxes = [[tuple(float(v) for v in pseudo[i])] if s.weak else [tuple(b) for b in s.boxes]
+             for i, s in enumerate(sights)]
+    box_t, label_t = padded(boxes, [[s.primary] if s.weak else list(s.labels) for s in sights])
     stage("pseudo-boxes", weak_images=int(weak.sum()), box_images=int((~weak).sum()))
 
-    views = _Views(images, cfg, device)
-    view_images, view_boxes, view_kept = views.images_and_boxes(targets.cpu())
-    view_features = extract(model.backbone, view_images, device)
-    all_features = torch.cat([features, view_features])
-    view_labels = labels.repeat(cfg.views)
-    loss = train_classifier(model, all_features.mean(dim=(2, 3)), torch.cat([labels, view_labels]), cfg, 40, gen)
-    stage("views and classifier", views=len(view_images), classifier_loss=round(loss, 4))
+    view_images, view_boxes, view_labels = _views(images, box_t, label_t, cfg, device)
+    # Pairs: the largest box of each photo (for weak photos, the pseudo-box) is the one its half keeps.
+    main = torch.stack([box_t[i, int(np.argmax([(b[2] - b[0]) * (b[3] - b[1]) for b in boxes[i]]))]
+                        for i in range(len(sights))])
+    pair_images, pair_boxes, pair_labels = side_by_side(images, main, labels.cpu(), cfg.seed + 5,
+                                                        round(cfg.pairs * len(sights)))
+    away = away_crops(sights, boxes, cfg.input_size, cfg.seed + 3, cfg.away_crops)
+    nothing_images = Tensors.build(nothing, cfg.input_size).images if nothing else away[:0]
+    negatives = torch.cat([away, nothing_images, nothing_images.flip(3)])
+    extra = extract(model.backbone, torch.cat([view_images, pair_images, negatives]), device)
+    all_features = torch.cat([features, extra])
+    grid = model.grid
+    m = max(box_t.shape[1], 2)
+    pos_targets, pos_sides = cell_targets(
+        torch.cat([_pad(box_t, m), _pad(view_boxes, m), _pad(pair_boxes, m)]).to(device),
+        torch.cat([_pad(label_t, m, -1), _pad(view_labels, m, -1), _pad(pair_labels, m, -1)]).to(device),
+        torch.cat([weak.repeat(1 + cfg.views), torch.ones(len(pair_images), dtype=torch.bool, device=device)]), grid)
+    neg_targets = torch.zeros(len(negatives), grid * grid, dtype=torch.int64, device=device)
+    cls_targets = torch.cat([pos_targets, neg_targets])
+    side_targets = torch.cat([pos_sides, torch.zeros(len(negatives), grid * grid, 4, device=device)])
+    stage("views, pairs and negatives", views=len(view_images), pairs=len(pair_images), away_crops=len(away),
+          negative_photos=len(nothing))
 
     deadline = started + cfg.time_budget_s if cfg.time_budget_s else None
     rounds = 1 + cfg.refine_rounds
@@ -334,27 +461,27 @@ def fit(classes: list[str], train: list[Sample], heldout: list[Sample], cfg: Tra
             return True
         return report
 
+    n_pos = len(labels) * (1 + cfg.views)  # the photos and their views: what self-training revisits
+    image_labels = labels.repeat(1 + cfg.views)
     for r in range(rounds):
         if r:
-            # Self-training: the head's own boxes replace the weak images' CAM boxes; true boxes stay as they are.
-            with torch.no_grad():
-                refined = model.box_head.eval()(features)
-            targets = torch.where(weak[:, None], refined, targets)
-            view_boxes, view_kept = views.boxes(targets.cpu())
-        keep = torch.cat([torch.ones(len(features), dtype=torch.bool), view_kept]).to(device)
-        epochs_run = train_box_head(model, all_features[keep], torch.cat([targets, view_boxes.to(device)])[keep],
-                                    cfg, cfg.epochs, gen, on_epoch(r))
-        stage(f"box head, round {r + 1} of {rounds}", epochs=epochs_run, pairs=int(keep.sum()))
+            refined = unseen_sights(model, all_features[:n_pos], cls_targets[:n_pos], image_labels,
+                                    weak.repeat(1 + cfg.views))
+            stage("self-training", cells_ignored=int((refined != cls_targets[:n_pos]).sum()))
+            cls_targets = torch.cat([refined, cls_targets[n_pos:]])
+        epochs_run = train_head(model, all_features, cls_targets, side_targets, cfg, cfg.epochs, gen, on_epoch(r))
+        stage(f"head, round {r + 1} of {rounds}", epochs=epochs_run, samples=len(all_features))
         if deadline and time.monotonic() > deadline:
             break
 
     train_seconds = time.monotonic() - started
-    metrics, predictions = evaluate(model, classes, heldout, device)
+    metrics, predictions, _ = evaluate(model, classes, heldout, cfg, classifier, device)
     metrics.update(method=METHOD, backbone=choice.name, pretrained=choice.pretrained, backbone_note=choice.reason,
                    pseudo_boxes=cfg.pseudo_boxes, refine_rounds=cfg.refine_rounds,
-                   labels={"image_level": int(weak.sum()), "boxes": int((~weak).sum())})
-    stage("held-out evaluation", top1=metrics["top1"])
+                   labels={"image_level": int(weak.sum()), "boxes": int((~weak).sum()), "negatives": len(nothing)},
+                   away_crops=len(away))
+    stage("calibration and held-out evaluation", top1=metrics["top1"], threshold=metrics["threshold"],
+          false_claim_rate=metrics["false_claim_rate"], recall=metrics["recall"])
     model.eval()
     return TrainResult(model.cpu(), list(classes), metrics, epochs_run, train_seconds, str(device), choice,
                        history), predictions
-

@@ -26,10 +26,10 @@ import torch
 
 from bench.stats import summary_ms
 from sightscan.demo.city import clip_frames, render_city
-from sightscan.demo.scoring import ClipScore, iou, normalised
+from sightscan.demo.scoring import ClipScore, frame_truths, iou
 from sightscan.detector import OnnxDetector, preprocess
-from trainer.data import Tensors, from_coco_folder, split
-from trainer.export import check_onnx, export_onnx, session
+from trainer.data import from_coco_folder, split
+from trainer.export import check_onnx, export_onnx, probe_images, session
 from trainer.model import ExportWrapper, SightModel
 from trainer.train import TrainConfig, fit
 
@@ -78,33 +78,36 @@ def latency(model: SightModel, onnx_bytes: bytes, threads: int, runs: int) -> di
 
 def one_city(seed: int, a: argparse.Namespace, cfg: TrainConfig) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix=f"bench-city-{seed}-"))
-    info = render_city(folder, city=f"Bench {seed}", seed=seed, sights=a.sights, per_sight=a.per_sight)
+    info = render_city(folder, city=f"Bench {seed}", seed=seed, sights=a.sights, per_sight=a.per_sight,
+                       negatives=a.negatives, look=a.look)
     ds = from_coco_folder(folder, weak=a.labels == "weak")
     train, heldout = split(ds.samples, 0.2, 0)
     started = time.monotonic()
     result, pred = fit(ds.classes, train, heldout, cfg)
     onnx_bytes = export_onnx(result.model)
     total = time.monotonic() - started
-    probe = Tensors.build(heldout[:8], cfg.input_size).images.numpy().astype(np.float32) / 255.0
+    probe = probe_images(heldout, cfg.input_size)
     check = check_onnx(result.model, onnx_bytes, probe)
     detector = OnnxDetector(onnx_bytes, ds.classes, cfg.input_size, threads=a.threads)
     clip = ClipScore()
     for frame in clip_frames(info, seconds=2.0 * a.sights, fps=10):
         (found,) = detector.detect(preprocess(frame.rgb, cfg.input_size)[None])
-        top = found[0] if found else None
-        clip.add(frame.sight, normalised(frame.bbox), top.sight if top else None, top.box if top else None)
+        clip.add(frame_truths(frame), [(d.sight, d.score, d.box) for d in found])
     m = result.metrics
     out: dict[str, Any] = {
         "seed": seed, "train_images": len(train), "heldout_images": len(heldout),
         "train_seconds": round(result.train_seconds, 1), "train_and_export_seconds": round(total, 1),
         "heldout_top1": round(m["top1"], 4), "clip": clip.as_dict(),
+        "heldout_open_set": {k: m[k] for k in ("threshold", "false_claim_rate", "recall", "auroc",
+                                               "heldout_negatives")},
         "onnx_check": dataclasses.asdict(check), "stages": result.history, "backbone": m["backbone"],
         "pretrained": m["pretrained"], "model": result.model, "onnx": onnx_bytes,
     }
     if a.labels == "weak":
         # The true boxes of weak samples were never used in training: score the held-out boxes against them.
-        right = pred.predicted == np.array([s.primary for s in heldout])
-        ious = [iou(s.boxes[0], b) for s, b, ok in zip(heldout, pred.boxes, right, strict=True) if ok]
+        sights = [s for s in heldout if not s.negative]
+        boxes = [pred.best_box(i, s.primary) for i, s in enumerate(sights)]
+        ious = [iou(s.boxes[0], b) for s, b in zip(sights, boxes, strict=True) if b is not None]
         out["heldout_box_iou_when_right"] = round(float(np.mean(ious)), 4) if ious else 0.0
     else:
         out["heldout_map50"] = round(m["map50"], 4)
@@ -115,6 +118,8 @@ def one_city(seed: int, a: argparse.Namespace, cfg: TrainConfig) -> dict[str, An
 def means(cities: list[dict[str, Any]], labels: str) -> dict[str, float]:
     picks = {"heldout_top1": lambda c: c["heldout_top1"], "clip_top1": lambda c: c["clip"]["top1"],
              "clip_mean_iou": lambda c: c["clip"]["mean_iou"],
+             "clip_false_claims": lambda c: c["clip"]["false_claims"],
+             "clip_both_boxed": lambda c: c["clip"]["both_boxed"],
              "train_and_export_seconds": lambda c: c["train_and_export_seconds"]}
     if labels == "weak":
         picks["heldout_box_iou_when_right"] = lambda c: c["heldout_box_iou_when_right"]
@@ -129,6 +134,8 @@ def main() -> None:
     p.add_argument("--sights", type=int, default=5)
     p.add_argument("--per-sight", type=int, default=40)
     p.add_argument("--labels", choices=("weak", "boxes"), default="weak")
+    p.add_argument("--look", choices=("synthetic", "photo"), default="synthetic")
+    p.add_argument("--negatives", type=int, default=8, help="photos of the city's streets with no sight")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")

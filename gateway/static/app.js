@@ -144,6 +144,13 @@ function onMessage(msg) {
       li.dataset.sight = d.sight;
       return li;
     }));
+    if (msg.detections.length === 0) {  // the model's "no sight" answer: the page goes quiet, and says so
+      const li = document.createElement("li");
+      li.textContent = "no sight in view";
+      li.className = "quiet";
+      li.dataset.none = "1";
+      list.replaceChildren(li);
+    }
     for (const d of msg.detections) state.seen.set(d.sight, new Date());
     $("seen").replaceChildren(...[...state.seen.entries()].sort((a, b) => b[1] - a[1]).slice(0, 10).map(([s, t]) => {
       const li = document.createElement("li");

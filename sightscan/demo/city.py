@@ -11,8 +11,13 @@ lighting, blur and JPEG noise. The same arguments always give the same bytes.
 Writes DIR/images/*.jpg and DIR/annotations.json (COCO-style: "categories", "images" with the "query_sight" each
 photo was taken for, "annotations" with bbox [x, y, w, h] in pixels). With --video it also writes a YUV4MPEG2
 clip (Chromium's --use-file-for-fake-video-capture reads it) in which the camera pans across each sight in turn,
-and DIR/video_annotations.json: {"fps", "frames": [{"frame", "sight", "bbox": [x, y, w, h]}]}, one entry for
-every frame. Needs numpy and Pillow only.
+across pairs of sights side by side, and across stretches of street with no sight at all, and
+DIR/video_annotations.json: {"fps", "frames": [{"frame", "sights": [{"sight", "bbox": [x, y, w, h]}, ...]}]},
+one entry for every frame, listing every sight in view (possibly none). Needs numpy and Pillow only.
+
+What a city looks like is a `Look`: its sights' names, their sprites and the backgrounds they stand on. The
+default is drawn procedurally (`SyntheticLook`); sightscan.demo.photos builds cities from real photographs with
+the same renderer.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
@@ -46,6 +52,7 @@ class CityInfo:
     sights: tuple[str, ...]  # category i + 1 is sights[i]
     per_sight: int
     folder: Path
+    look: str = "synthetic"  # the Look it was rendered with (look_named)
 
     @property
     def annotations(self) -> Path:
@@ -56,18 +63,69 @@ class CityInfo:
         """The city rendered into `folder` earlier (from its annotations.json)."""
         coco = json.loads((folder / "annotations.json").read_text())
         names = tuple(c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"]))
-        per_sight = len(coco["images"]) // max(1, len(names))
-        return cls(coco["city"], int(coco["seed"]), names, per_sight, folder)
+        per_sight = sum(1 for i in coco["images"] if i.get("query_sight")) // max(1, len(names))
+        return cls(coco["city"], int(coco["seed"]), names, per_sight, folder, coco.get("look", "synthetic"))
 
 
 @dataclass(frozen=True)
 class ClipFrame:
-    """One webcam frame and its ground truth: the sight in view and its box [x, y, w, h] in pixels."""
+    """One webcam frame and its ground truth: every sight in view with its box [x, y, w, h] in pixels (possibly
+    none: the camera is on the street between sights)."""
 
     index: int
     rgb: np.ndarray  # H x W x 3, uint8
-    sight: str
-    bbox: Box
+    truths: tuple[tuple[str, Box], ...]
+    pan: float = 0.0  # where along the street the camera looks (clip_background)
+
+    @property
+    def sights(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.truths)
+
+    @property
+    def kind(self) -> str:
+        """"none", "one" or "two": how many sights are in view (what the open-world checks score separately)."""
+        return ("none", "one", "two")[min(2, len(self.truths))]
+
+
+class Look(Protocol):
+    """What a city looks like: its sights' names and sprites, and the streets they stand in."""
+
+    name: str
+
+    def sight_names(self, rng: random.Random, k: int) -> list[str]:
+        """`k` distinct sight names, drawn from `rng` (the city's stream: the first draws it makes)."""
+
+    def sprites(self, seed: int, k: int) -> list[Image.Image]:
+        """The city's `k` sights as RGBA sprites, transparent around each, in category order."""
+
+    def background(self, rng: random.Random) -> Image.Image:
+        """A W x H RGB street scene with none of the city's sights in it."""
+
+
+class SyntheticLook:
+    """Procedurally drawn buildings on procedurally drawn streets: any number of sights, no files needed."""
+
+    name = "synthetic"
+
+    def sight_names(self, rng: random.Random, k: int) -> list[str]:
+        return _names(rng, k)
+
+    def sprites(self, seed: int, k: int) -> list[Image.Image]:
+        return city_sprites(seed, k)
+
+    def background(self, rng: random.Random) -> Image.Image:
+        return background(rng)
+
+
+def look_named(name: str) -> Look:
+    """The Look called `name`: "synthetic" (drawn) or "photo" (real photographs, sightscan.demo.photos)."""
+    if name == "synthetic":
+        return SyntheticLook()
+    if name == "photo":
+        from sightscan.demo.photos import PhotoLook
+
+        return PhotoLook()
+    raise ValueError(f"unknown city look {name!r}: synthetic or photo")
 
 
 # Drawing ------------------------------------------------------------------------------------------------------
@@ -220,26 +278,29 @@ def finish(img: Image.Image, rng: random.Random) -> Image.Image:
 
 
 def render_city(out: Path, *, city: str = "Synthetica", seed: int = 7, sights: int = 5,
-                per_sight: int = 60) -> CityInfo:
+                per_sight: int = 60, negatives: int = 0, look: str | Look = "synthetic") -> CityInfo:
     """Render `sights` x `per_sight` photos with their boxes into `out` (images/, annotations.json).
 
     Each photo is taken for one sight (its "query_sight", as a crawler's search for that sight would find it);
-    one in five shows a second sight too. Deterministic: the same arguments give the same bytes.
+    one in five shows a second sight too. `negatives` more photos show the city's streets with no sight at all
+    ("query_sight": null, no annotations): what a search for the city itself also finds. Deterministic: the same
+    arguments give the same bytes.
     """
-    if per_sight < 0:
-        raise ValueError(f"per_sight must be >= 0, not {per_sight}")
+    if per_sight < 0 or negatives < 0:
+        raise ValueError(f"per_sight and negatives must be >= 0, not {per_sight} and {negatives}")
+    style = look_named(look) if isinstance(look, str) else look
     rng = random.Random(seed)
-    names = _names(rng, sights)
-    sprites = city_sprites(seed, sights)
+    names = style.sight_names(rng, sights)
+    sprites = style.sprites(seed, sights)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    coco: dict = {"city": city, "seed": seed,
+    coco: dict = {"city": city, "seed": seed, "look": style.name,
                   "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
                   "images": [], "annotations": []}
     image_id = 0
     for main in range(sights):
         for _ in range(per_sight):
             image_id += 1
-            img = background(rng)
+            img = style.background(rng)
             present = [main]
             if rng.random() < 0.2 and sights > 1:
                 present.append(rng.choice([i for i in range(sights) if i != main]))
@@ -258,8 +319,16 @@ def render_city(out: Path, *, city: str = "Synthetica", seed: int = 7, sights: i
                 coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id,
                                             "category_id": cat + 1, "bbox": box, "area": box[2] * box[3],
                                             "iscrowd": 0})
+    street_rng = random.Random(seed * 31 + 17)  # their own stream: adding negatives changes no sight photo
+    for _ in range(negatives):
+        image_id += 1
+        name = f"{image_id:05d}.jpg"
+        finish(style.background(street_rng), street_rng).save(out / "images" / name,
+                                                               quality=street_rng.randint(55, 92))
+        coco["images"].append({"id": image_id, "file_name": f"images/{name}", "width": W, "height": H,
+                               "query_sight": None})
     (out / "annotations.json").write_text(json.dumps(coco, indent=1))
-    return CityInfo(city, seed, tuple(names), per_sight, out)
+    return CityInfo(city, seed, tuple(names), per_sight, out, style.name)
 
 
 # The webcam clip ------------------------------------------------------------------------------------------------
@@ -269,42 +338,107 @@ def _clip_rng(info: CityInfo) -> random.Random:
     return random.Random(info.seed * 7919 + 104729)  # the clip's own stream: independent of the photos
 
 
-def clip_background(info: CityInfo) -> np.ndarray:
-    """The clip's street with no sight in view (H x W x 3 uint8): every frame is it with one sight pasted in."""
-    return np.asarray(background(_clip_rng(info)))
+def clip_background(info: CityInfo, pan: float = 0.0) -> np.ndarray:
+    """The clip's street with no sight in view (H x W x 3 uint8), as the camera sees it at `pan` (ClipFrame.pan);
+    it pans along a street a third wider than the frame."""
+    street = _street(look_named(info.look), _clip_rng(info))
+    return np.asarray(_view(street, pan))
+
+
+def _street(look: Look, rng: random.Random) -> Image.Image:
+    """The clip's street: a background a third wider than the frame, so the camera can pan along it."""
+    return look.background(rng).resize((W * 4 // 3, H), Image.BICUBIC)
+
+
+def _view(street: Image.Image, pan: float) -> Image.Image:
+    """The frame-sized window of the street at `pan` (0..1, left to right)."""
+    x = round((street.width - W) * min(1.0, max(0.0, pan)))
+    return street.crop((x, 0, x + W, H))
+
+
+def clip_plan(k: int) -> list[tuple[int, ...]]:
+    """The clip's passes, in order: each sight alone, each pair of neighbours side by side, and stretches of street
+    with no sight (the empty tuple) between them; about a fifth of the frames show no sight."""
+    plan: list[tuple[int, ...]] = []
+    for i in range(k):
+        plan.append((i,))
+        if i % 2 == 1:
+            plan += [(i - 1, i), ()]
+    if k % 2 == 1:
+        plan += [(k - 1, 0), ()] if k > 1 else [()]
+    return plan
+
+
+_PASS_WEIGHT = {0: 0.7, 1: 1.0, 2: 1.0}  # an empty stretch is a little shorter than a pass over a sight
+
+
+def pass_lengths(plan: list[tuple[int, ...]], seconds: float, fps: int) -> list[int]:
+    """Frames per pass of the clip: `seconds` x `fps` shared by weight, at least one each."""
+    weights = [_PASS_WEIGHT[len(p)] for p in plan]
+    ends = np.round(np.cumsum(weights) / sum(weights) * round(seconds * fps)).astype(int)
+    return [max(1, int(e - b)) for b, e in zip([0, *ends[:-1]], ends, strict=True)]
+
+
+def clip_length(sights: int, seconds: float, fps: int) -> int:
+    """How many frames clip_frames yields for a city of `sights` sights."""
+    return sum(pass_lengths(clip_plan(sights), seconds, fps))
+
+
+def _slots(n: int) -> list[tuple[float, float]]:
+    """Where in the frame (left and right edge, 0..1) each of `n` sights in view may drift: alone across the middle,
+    side by side each in its own half."""
+    return [(0.3, 0.7)] if n == 1 else [(0.05, 0.5), (0.5, 0.95)]
+
+
+def _place_in_slot(frame: Image.Image, sprite: Image.Image, slot: tuple[float, float],
+                   pose: tuple[float, float, float], phase: float, cy: float, paired: bool) -> Box:
+    """Paste one sight of a pass into its slot at `phase` (0..1) of the pass; its box. It always fits wholly."""
+    angle, brightness, base = pose
+    lo_f, hi_f = slot
+    # A wide building is shown smaller: the whole of it must fit in its share of the frame's width.
+    share = (hi_f - lo_f) * (0.9 if paired else 1.0)
+    base = min(base * (0.8 if paired else 1.0), share * 0.9 * W / (H * sprite.width / sprite.height))
+    s = _transform(sprite, max(16, int(H * (base + 0.06 * math.sin(phase * math.pi)))), angle, brightness)
+    half = s.width / 2 + 4
+    inset = half if paired else 0.0
+    lo, hi = max(half, W * lo_f + inset), min(W - half, W * hi_f - inset)
+    cx = hi - (hi - lo) * phase if lo < hi else (lo + hi) / 2
+    box = _paste(frame, s, cx, cy)
+    assert box is not None  # a sight in view is always wholly in the frame
+    return box
 
 
 def clip_frames(info: CityInfo, *, seconds: float = 6.0, fps: int = 10) -> Iterator[ClipFrame]:
-    """The frames of a webcam panning across the city, each with its ground truth.
+    """The frames of a webcam panning along the city's street, each with its ground truth.
 
-    The camera visits every sight in turn for an equal share of the frames (at least one each): the sight stays
-    wholly in view, at the scale of a photo taken from across the square, drifting across the frame as the camera
-    pans and growing a little as it gets closer. Deterministic for the city's seed.
+    The camera passes every sight alone, then pairs of sights side by side, with stretches of street between them
+    where no sight is in view (clip_plan). A sight in view stays wholly in the frame, at the scale of a photo
+    taken from across the square, drifting as the camera pans and growing a little as it gets closer.
+    Deterministic for the city's seed.
     """
     if fps <= 0 or seconds <= 0:
         raise ValueError("seconds and fps must be > 0")
-    names, sprites = info.sights, city_sprites(info.seed, len(info.sights))
+    look = look_named(info.look)
+    names, sprites = info.sights, look.sprites(info.seed, len(info.sights))
     rng = _clip_rng(info)
-    scene = background(rng)
-    total = max(len(names), round(seconds * fps))
-    starts = [round(k * total / len(names)) for k in range(len(names) + 1)]
-    for idx, (name, sprite) in enumerate(zip(names, sprites, strict=True)):
-        # One pass of the camera over this sight: its look stays put, only its place and size change.
-        angle, brightness = rng.uniform(-4, 4), rng.uniform(0.85, 1.2)
-        base, cy = rng.uniform(0.5, 0.6), H * rng.uniform(0.48, 0.55)
-        # A wide building is shown smaller: the whole of it must fit in a third to a half of the frame's width.
-        base = min(base, 0.5 * W / (H * sprite.width / sprite.height))
-        length = starts[idx + 1] - starts[idx]
-        for i in range(starts[idx], starts[idx + 1]):
-            phase = (i - starts[idx]) / max(1, length - 1) if length > 1 else 0.5
-            s = _transform(sprite, max(16, int(H * (base + 0.06 * math.sin(phase * math.pi)))), angle, brightness)
-            half = s.width / 2 + 4
-            lo, hi = max(half, W * 0.3), min(W - half, W * 0.7)
-            cx = hi - (hi - lo) * phase if lo < hi else W / 2
-            frame = scene.copy()
-            box = _paste(frame, s, cx, cy)
-            assert box is not None  # the sight is always in view
-            yield ClipFrame(i, np.asarray(frame), name, box)
+    street = _street(look, rng)
+    plan = clip_plan(len(names))
+    lengths = pass_lengths(plan, seconds, fps)
+    for p, present in enumerate(plan):
+        # One pass of the camera: the look of each sight stays put, only its place and size change.
+        poses = [(rng.uniform(-4, 4), rng.uniform(0.85, 1.2), rng.uniform(0.5, 0.6)) for _ in present]
+        cy = H * rng.uniform(0.48, 0.55)
+        length = lengths[p]
+        first = sum(lengths[:p])
+        for i in range(first, first + length):
+            phase = (i - first) / max(1, length - 1) if length > 1 else 0.5
+            pan = (p + phase) / len(plan)
+            frame = _view(street, pan)
+            truths = []
+            for slot, cat, pose in zip(_slots(len(present)), present, poses, strict=False):
+                box = _place_in_slot(frame, sprites[cat], slot, pose, phase, cy, paired=len(present) > 1)
+                truths.append((names[cat], box))
+            yield ClipFrame(i, np.asarray(frame), tuple(truths), pan)
 
 
 def _y4m_frame(rgb: np.ndarray) -> bytes:
@@ -327,7 +461,8 @@ def render_clip(out: Path, info: CityInfo, *, seconds: float = 6.0, fps: int = 1
         f.write(f"YUV4MPEG2 W{W} H{H} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
         for frame in clip_frames(info, seconds=seconds, fps=fps):
             f.write(_y4m_frame(frame.rgb))
-            meta.append({"frame": frame.index, "sight": frame.sight, "bbox": list(frame.bbox)})
+            meta.append({"frame": frame.index,
+                         "sights": [{"sight": name, "bbox": list(box)} for name, box in frame.truths]})
     annotations.parent.mkdir(parents=True, exist_ok=True)
     annotations.write_text(json.dumps({"fps": fps, "frames": meta}, indent=1))
     return out
@@ -352,11 +487,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--sights", type=int, default=5)
     p.add_argument("--per-sight", type=int, default=60)
+    p.add_argument("--negatives", type=int, default=0, help="photos of the city's streets with no sight")
+    p.add_argument("--look", default="synthetic", choices=["synthetic", "photo"])
     p.add_argument("--video", type=Path, help="also write a .y4m fake-webcam clip here")
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--fps", type=int, default=10)
     a = p.parse_args(argv)
-    info = render_city(a.out, city=a.city, seed=a.seed, sights=a.sights, per_sight=a.per_sight)
+    info = render_city(a.out, city=a.city, seed=a.seed, sights=a.sights, per_sight=a.per_sight,
+                       negatives=a.negatives, look=a.look)
     if a.video:
         render_clip(a.video, info, seconds=a.seconds, fps=a.fps, annotations=a.out / "video_annotations.json")
     print(f"{a.city}: {a.sights} sights x {a.per_sight} images -> {a.out}")

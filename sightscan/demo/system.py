@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from sightscan.config import Settings
-from sightscan.demo.city import CityInfo, H, W, render_city, render_clip
+from sightscan.demo.city import CityInfo, H, W, clip_length, render_city, render_clip
 from sightscan.demo.web_sources import sources_env
 from sightscan.stack.settings import SystemSettings
 
@@ -41,6 +41,8 @@ class DemoOptions:
     fps: int = 10
     timeout: float = 1800.0                   # seconds to wait for a live model; 0: do not wait
     poll_s: float = 2.0
+    look: str = "synthetic"                   # "photo": a city of real photographs (sightscan.demo.photos)
+    negatives: int = 6                        # photos of the city's streets with no sight, rendered with it
 
     @property
     def clip_seconds(self) -> float:
@@ -50,7 +52,8 @@ class DemoOptions:
 def demo_folder(settings: Settings, opts: DemoOptions) -> Path:
     """Where the demo city is rendered: SIGHTSCAN_HOME/demo/<city>-seed<seed>-<sights>x<per_sight>/."""
     slug = re.sub(r"[^a-z0-9]+", "-", opts.city.lower()).strip("-") or "city"
-    return settings.home / "demo" / f"{slug}-seed{opts.seed}-{opts.sights}x{opts.per_sight}"
+    look = "" if opts.look == "synthetic" else f"-{opts.look}"
+    return settings.home / "demo" / f"{slug}-seed{opts.seed}-{opts.sights}x{opts.per_sight}{look}"
 
 
 def prepare_city(settings: Settings, opts: DemoOptions,
@@ -63,12 +66,13 @@ def prepare_city(settings: Settings, opts: DemoOptions,
         info = CityInfo.load(folder)
     except (OSError, ValueError, KeyError):
         pass
-    if info is None or (info.city, info.seed, len(info.sights), info.per_sight) != (
-            opts.city, opts.seed, opts.sights, opts.per_sight):
-        progress(f"rendering {opts.city}: {opts.sights} sights x {opts.per_sight} photos -> {folder}")
-        info = render_city(folder, city=opts.city, seed=opts.seed, sights=opts.sights, per_sight=opts.per_sight)
+    if info is None or (info.city, info.seed, len(info.sights), info.per_sight, info.look) != (
+            opts.city, opts.seed, opts.sights, opts.per_sight, opts.look):
+        progress(f"rendering {opts.city}: {opts.sights} sights x {opts.per_sight} photos ({opts.look}) -> {folder}")
+        info = render_city(folder, city=opts.city, seed=opts.seed, sights=opts.sights, per_sight=opts.per_sight,
+                           negatives=opts.negatives, look=opts.look)
     clip, meta_path = folder / "clip.y4m", folder / "video_annotations.json"
-    frames = max(opts.sights, round(opts.clip_seconds * opts.fps))
+    frames = clip_length(opts.sights, opts.clip_seconds, opts.fps)
     try:
         meta = json.loads(meta_path.read_text())
         fresh = (meta["fps"] == opts.fps and len(meta["frames"]) == frames

@@ -260,14 +260,16 @@ class WebSources(BackgroundServer):
 
 def from_synthetic_city(folder: Path, city: str, qid: str = "Q4115189") -> FakeWeb:
     """A fake web whose Wikidata knows `city` with the sights of a synthetic city folder (sightscan.demo.city), and
-    whose Commons has that folder's photos of each sight (Maps, with its key, lists the same sights)."""
+    whose Commons has that folder's photos of each sight (Maps, with its key, lists the same sights), and, under a
+    search for the city itself, its photos of streets that show no sight."""
     coco = json.loads((folder / "annotations.json").read_text())
     sights = [c["name"] for c in coco["categories"]]
     fake = FakeWeb()
     fake.add_city(FakeCity(city, qid, sights, places=sights))
     for img in coco["images"]:
-        name = f"{img['query_sight'].replace(' ', '_')}_{img['id']:05d}.jpg"
-        fake.add_images(img["query_sight"], [FakeFile(name, (folder / img["file_name"]).read_bytes())])
+        query = img["query_sight"] or city
+        name = f"{query.replace(' ', '_')}_{img['id']:05d}.jpg"
+        fake.add_images(query, [FakeFile(name, (folder / img["file_name"]).read_bytes())])
     return fake
 
 

@@ -32,7 +32,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> CityInfo:
 def test_same_seed_same_bytes_other_seed_other_city(city: CityInfo, tmp_path: Path) -> None:
     again = render_city(tmp_path / "again", city="Testopolis", seed=5, sights=3, per_sight=4)
     render_clip(tmp_path / "again" / "clip.y4m", again, seconds=3, fps=10)
-    assert again == CityInfo("Testopolis", 5, city.sights, 4, tmp_path / "again")
+    assert again == CityInfo("Testopolis", 5, city.sights, 4, tmp_path / "again", "synthetic")
     assert _digest(tmp_path / "again") == _digest(city.folder)
     other = render_city(tmp_path / "other", city="Testopolis", seed=6, sights=3, per_sight=4)
     assert other.sights != city.sights
@@ -58,6 +58,18 @@ def test_the_folder_is_a_coco_dataset_of_the_sights(city: CityInfo) -> None:
     assert CityInfo.load(city.folder) == city
 
 
+def test_negatives_are_photos_of_the_street_with_no_sight(city: CityInfo, tmp_path: Path) -> None:
+    info = render_city(tmp_path / "neg", city="Testopolis", seed=5, sights=3, per_sight=4, negatives=3)
+    coco = json.loads(info.annotations.read_text())
+    negatives = [img for img in coco["images"] if img["query_sight"] is None]
+    assert len(negatives) == 3 and len(coco["images"]) == 15
+    assert not {a["image_id"] for a in coco["annotations"]} & {img["id"] for img in negatives}
+    # The sight photos are the same bytes as without negatives: they come from their own stream.
+    with_neg, without = _digest(info.folder), _digest(city.folder)
+    assert all(with_neg[f"images/{i:05d}.jpg"] == without[f"images/{i:05d}.jpg"] for i in range(1, 13))
+    assert CityInfo.load(info.folder).per_sight == 4
+
+
 def test_the_cli_writes_what_the_api_does(city: CityInfo, tmp_path: Path) -> None:
     out = tmp_path / "cli"
     subprocess.run([sys.executable, "-m", "sightscan.demo.city", "--out", str(out), "--city", "Testopolis",
@@ -66,26 +78,41 @@ def test_the_cli_writes_what_the_api_does(city: CityInfo, tmp_path: Path) -> Non
     assert _digest(out) == _digest(city.folder)
 
 
-def test_every_clip_frame_has_its_sight_and_a_tight_box(city: CityInfo) -> None:
+def test_every_clip_frame_lists_every_sight_in_view_with_a_tight_box(city: CityInfo) -> None:
     meta = json.loads((city.folder / "video_annotations.json").read_text())
     frames = list(clip_frames(city, seconds=3, fps=10))
     assert meta["fps"] == 10 and len(meta["frames"]) == len(frames) == 30
     assert [m["frame"] for m in meta["frames"]] == list(range(30))
-    assert [(m["sight"], m["bbox"]) for m in meta["frames"]] == [(f.sight, list(f.bbox)) for f in frames]
-    # The camera visits each sight in turn, for an equal share of the clip.
-    assert [f.sight for f in frames] == [s for s in city.sights for _ in range(10)]
-    street = clip_background(city).astype(int)
+    assert [[(s["sight"], s["bbox"]) for s in m["sights"]] for m in meta["frames"]] == [
+        [(name, list(box)) for name, box in f.truths] for f in frames]
+    # Each sight alone, pairs of sights side by side, and stretches of street with no sight, in clip_plan's order.
+    passes = [f.sights for i, f in enumerate(frames) if i == 0 or f.sights != frames[i - 1].sights]
+    a, b, c = city.sights
+    assert passes == [(a,), (b,), (a, b), (), (c,), (c, a), ()]
+    kinds = Counter(f.kind for f in frames)
+    assert kinds["none"] >= 0.15 * len(frames) and kinds["two"] >= 0.2 * len(frames) and kinds["one"] >= 9
     for f in frames:
         assert f.rgb.shape == (H, W, 3) and f.rgb.dtype == np.uint8
-        x, y, w, h = f.bbox
-        assert x >= 0 and y >= 0 and x + w <= W and y + h <= H
-        assert w * h > 0.04 * W * H  # at a photo's scale, not a speck
-        # The sight is all that changed in the street, and its box is tight around it.
-        ys, xs = np.nonzero(np.abs(f.rgb.astype(int) - street).max(axis=2) > 0)
-        margins = (xs.min() - x, ys.min() - y, x + w - 1 - xs.max(), y + h - 1 - ys.max())
-        assert all(0 <= m <= 2 for m in margins), (f.index, margins)
-    # The camera pans: the sight drifts across the frame during its pass.
-    first, last = frames[0].bbox, frames[9].bbox
+        street = clip_background(city, f.pan).astype(int)
+        changed = np.abs(f.rgb.astype(int) - street).max(axis=2) > 0
+        if not f.truths:
+            assert not changed.any(), f.index  # nothing but the street
+            continue
+        inside = np.zeros_like(changed)
+        for _, (x, y, w, h) in f.truths:
+            assert x >= 0 and y >= 0 and x + w <= W and y + h <= H
+            assert w * h > 0.02 * W * H  # at a photo's scale, not a speck
+            inside[int(y):int(y + h), int(x):int(x + w)] = True
+            # Each box is tight around its sight.
+            ys, xs = np.nonzero(changed[int(y):int(y + h), int(x):int(x + w)])
+            assert xs.min() <= 2 and ys.min() <= 2 and w - 1 - xs.max() <= 2 and h - 1 - ys.max() <= 2, f.index
+        assert not (changed & ~inside).any(), f.index  # the sights are all that changed in the street
+        if f.kind == "two":  # side by side, not on top of each other
+            (_, left), (_, right) = f.truths
+            assert left[0] + left[2] <= right[0] + 1
+    # The camera pans: a sight drifts across the frame during its pass.
+    alone = [f for f in frames if f.sights == (a,)]
+    first, last = alone[0].truths[0][1], alone[-1].truths[0][1]
     assert abs((first[0] + first[2] / 2) - (last[0] + last[2] / 2)) > 0.2 * W
 
 

@@ -29,15 +29,19 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], byt
     out = tmp_path_factory.mktemp("clip")
     info = render_city(out, city="Synthetica", seed=11, sights=3, per_sight=1)
     video = render_clip(out / "clip.y4m", info, seconds=6, fps=10)
-    meta = json.loads((out / "video_annotations.json").read_text())["frames"]
-    frames = [f.astype(np.float32) / 255.0 for f in read_y4m(video)]  # what the camera delivers
+    # The colour model is fitted to the frames with one sight in view (the clip also has street and pairs).
+    alone = [(i, f["sights"][0]) for i, f in enumerate(json.loads((out / "video_annotations.json").read_text())
+                                                       ["frames"]) if len(f["sights"]) == 1]
+    every = [f.astype(np.float32) / 255.0 for f in read_y4m(video)]  # what the camera delivers
+    frames = [every[i] for i, _ in alone]
+    meta = [truth for _, truth in alone]
     names = list(dict.fromkeys(f["sight"] for f in meta))
     feats = np.array([f.mean(axis=(0, 1)) for f in frames])
     labels = np.array([names.index(f["sight"]) for f in meta])
     protos = np.array([feats[labels == i].mean(axis=0) for i in range(len(names))])
     boxes = []
     for i in range(len(names)):
-        bb = np.array([f["bbox"] for f in meta if f["sight"] == names[i] and f["bbox"]]).mean(axis=0)
+        bb = np.array([f["bbox"] for f in meta if f["sight"] == names[i]]).mean(axis=0)
         boxes.append([bb[0] / 640, bb[1] / 480, (bb[0] + bb[2]) / 640, (bb[1] + bb[3]) / 480])
     # The decoy sits far from every frame's colour.
     protos = np.vstack([protos, [1.0, 0.0, 1.0]])

@@ -18,8 +18,8 @@ from tests.synthetic import render_city
 
 @pytest.fixture(scope="session")
 def synthetic_city(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The issue's benchmark city: 5 sights x 60 images."""
-    return render_city(tmp_path_factory.mktemp("city5"), 5, 60)
+    """The issue's benchmark city: 5 sights x 60 images, and 12 photos of its streets with no sight."""
+    return render_city(tmp_path_factory.mktemp("city5"), 5, 60, negatives=12)
 
 
 @pytest.fixture(scope="session")

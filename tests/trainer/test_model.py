@@ -20,7 +20,7 @@ from trainer.backbones import (
     packaged_weights,
 )
 from trainer.export import check_onnx, export_onnx, session
-from trainer.model import ExportWrapper, SightModel
+from trainer.model import ExportWrapper, SightModel, cell_centres, decode_boxes, detections, fast_nms
 from trainer.pseudo_boxes import contrastive_cams, grabcut_box, pseudo_boxes, threshold_box
 
 SIZE = 64
@@ -39,8 +39,40 @@ def test_serving_graph_follows_the_contract(model):
     assert (boxes >= 0).all() and (boxes <= 1).all()
     assert (boxes[..., 2] >= boxes[..., 0]).all() and (boxes[..., 3] >= boxes[..., 1]).all()
     assert (scores[:, :-1] >= scores[:, 1:]).all(), "scores must be sorted descending"
-    assert torch.allclose(scores.sum(dim=1), torch.ones(2)), "every sight's probability, summing to 1"
-    assert sorted(classes[0].tolist()) == [0, 1, 2, 3]
+    assert ((scores == 0) | (scores >= model.threshold)).all(), "under the operating threshold a score is 0"
+    # One detection per sight at most: a city has each sight once.
+    for row, kept in zip(classes, scores, strict=True):
+        named = row[kept > 0].tolist()
+        assert len(named) == len(set(named))
+
+
+def test_the_operating_threshold_in_the_graph_decides_no_sight(model):
+    images = torch.rand(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        _, raw, _ = detections(model, *model(images), top_k=4, apply_threshold=False)
+    model.threshold.fill_(float(raw[:, 0].max()) + 1e-3)  # above every frame's best: every frame is "no sight"
+    try:
+        _, scores, _ = ExportWrapper(model)(images)
+        assert (scores == 0).all()
+        model.threshold.fill_(0.0)
+        _, scores, _ = ExportWrapper(model)(images)
+        assert (scores[:, 0] > 0).all()
+    finally:
+        model.threshold.fill_(0.5)
+
+
+def test_fast_nms_keeps_one_box_per_object_across_sights():
+    boxes = torch.tensor([[[0.1, 0.1, 0.4, 0.9], [0.12, 0.1, 0.42, 0.9], [0.6, 0.2, 0.9, 0.8]]])
+    kept = fast_nms(boxes, torch.tensor([[0.9, 0.8, 0.7]]))
+    assert kept.tolist() == [[pytest.approx(0.9), 0.0, pytest.approx(0.7)]]
+
+
+def test_decoded_boxes_are_the_cells_side_distances():
+    sides = torch.zeros(1, 4, 1, 4)            # one image, 2x2 grid, one sight
+    sides[0, 0, 0] = torch.tensor([0.25, 0.25, 0.25, 0.25])   # cell (0, 0), centre (0.25, 0.25)
+    boxes = decode_boxes(sides)
+    assert boxes[0, 0, 0].tolist() == [0.0, 0.0, 0.5, 0.5]
+    assert cell_centres(2, 2).tolist() == [[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]]
 
 
 def test_onnx_export_matches_torch_and_has_a_dynamic_batch(model):
