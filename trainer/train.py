@@ -40,6 +40,7 @@ from trainer.backbones import BackboneChoice, build, choose_backbone
 from trainer.calibrate import Calibration, calibrate
 from trainer.data import Sample, Tensors, augment
 from trainer.evaluate import classification_report, coco_map
+from trainer.features import FeatureExtractor
 from trainer.model import BACKGROUND, SightModel, decode_boxes, detections, per_cell
 from trainer.pseudo_boxes import contrastive_cams, pseudo_boxes
 from trainer.targets import IGNORE, away_crops, cell_targets, side_by_side
@@ -123,14 +124,9 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@torch.no_grad()
-def extract(backbone: torch.nn.Module, images_u8: torch.Tensor, device: torch.device, batch: int = 32) -> torch.Tensor:
+def extract(backbone: FeatureExtractor, images_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Frozen-backbone features of uint8 [N,3,S,S] images (kept on `device`)."""
-    backbone.eval()
-    if not len(images_u8):
-        return torch.zeros(0, int(backbone.channels), 1, 1, device=device)
-    return torch.cat([backbone(images_u8[i:i + batch].to(device).float() / 255.0)
-                      for i in range(0, images_u8.shape[0], batch)])
+    return backbone(images_u8).to(device)
 
 
 def _views(images_u8: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
@@ -258,13 +254,17 @@ def train_from_scratch(model: SightModel, classifier: nn.Linear, images_u8: torc
 
 
 @torch.no_grad()
-def predict(model: SightModel, images_u8: torch.Tensor, device: torch.device, top_k: int = 10,
-            batch: int = 32) -> HeldoutPredictions:
+def predict(model: SightModel, images_u8: torch.Tensor, device: torch.device, top_k: int = 10, batch: int = 32,
+            features_of: FeatureExtractor | None = None) -> HeldoutPredictions:
     """The serving graph's detections without the threshold (the rule is applied by whoever scores them)."""
     model.eval()
     out: list[list[torch.Tensor]] = [[], [], []]
     for i in range(0, images_u8.shape[0], batch):
-        logits, sides = model(images_u8[i:i + batch].to(device).float() / 255.0)
+        chunk = images_u8[i:i + batch]
+        if features_of is not None:
+            logits, sides = model.heads(features_of(chunk))
+        else:
+            logits, sides = model(chunk.to(device).float() / 255.0)
         for part, t in zip(out, detections(model, logits, sides, top_k, apply_threshold=False), strict=True):
             part.append(t.cpu())
     if not out[0]:
@@ -273,7 +273,7 @@ def predict(model: SightModel, images_u8: torch.Tensor, device: torch.device, to
     return HeldoutPredictions(*(torch.cat(part).numpy() for part in out))
 
 
-def localise(classifier: nn.Linear, backbone: nn.Module, images: torch.Tensor, features: torch.Tensor,
+def localise(classifier: nn.Linear, backbone: FeatureExtractor, images: torch.Tensor, features: torch.Tensor,
              labels: torch.Tensor, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
     """Pseudo-boxes [N,4] of weak images: their sight's contrastive CAM (with the mirrored image's) refined by
     GrabCut (trainer/pseudo_boxes.py)."""
@@ -332,20 +332,21 @@ def heldout_boxes(samples: list[Sample], pseudo: torch.Tensor | None) -> list[li
 
 
 def evaluate(model: SightModel, classes: list[str], heldout: list[Sample], cfg: TrainConfig,
-             classifier: nn.Linear, device: torch.device) -> tuple[dict[str, Any], HeldoutPredictions, Calibration]:
+             classifier: nn.Linear, device: torch.device,
+             features_of: FeatureExtractor) -> tuple[dict[str, Any], HeldoutPredictions, Calibration]:
     """Calibrate the threshold on the held-out no-sight images, then measure at it: top-1 and the confusion matrix
     on every held-out sight image, the false-claim rate, recall and AUROC of the open-set score, and box mAP on the
     held-out images with true boxes (every sight in them)."""
     sights = [s for s in heldout if not s.negative]
     photos_of_nothing = [s for s in heldout if s.negative]
     images = Tensors.build(sights, model.input_size).images if sights else torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
-    pred = predict(model, images, device, cfg.top_k)
+    pred = predict(model, images, device, cfg.top_k, features_of=features_of)
     weak_idx = [i for i, s in enumerate(sights) if s.weak]
     pseudo = None
     if weak_idx:
         weak_images = images[weak_idx]
-        feats = extract(model.backbone, weak_images, device)
-        pseudo = localise(classifier, model.backbone, weak_images, feats,
+        feats = extract(features_of, weak_images, device)
+        pseudo = localise(classifier, features_of, weak_images, feats,
                           torch.tensor([sights[i].primary for i in weak_idx], device=device), cfg, device)
     # The crops keep away from every sight the model finds in the photo too: a weak photo may show a second sight
     # that nobody labelled, and a crop of it is no "no sight" image.
@@ -355,7 +356,7 @@ def evaluate(model: SightModel, classes: list[str], heldout: list[Sample], cfg: 
     negatives = away_crops(sights, avoid, model.input_size, cfg.seed + 7, cfg.away_crops)
     if photos_of_nothing:
         negatives = torch.cat([negatives, Tensors.build(photos_of_nothing, model.input_size).images])
-    negative_scores = predict(model, negatives, device, cfg.top_k).scores[:, 0]
+    negative_scores = predict(model, negatives, device, cfg.top_k, features_of=features_of).scores[:, 0]
     found = np.array([pred.score_of(i, s.primary) for i, s in enumerate(sights)])
     cal = calibrate(negative_scores, found, pred.scores[:, 0], cfg.false_claim_rate, cfg.threshold_floor)
     model.threshold.fill_(cal.threshold)
@@ -409,7 +410,8 @@ def fit(classes: list[str], train: list[Sample], heldout: list[Sample], cfg: Tra
         for p in model.backbone.parameters():
             p.requires_grad_(False)
         stage("backbone from scratch")
-    features = extract(model.backbone, images, device)
+    features_of = FeatureExtractor(model.backbone, cfg.input_size, device, cfg.threads)
+    features = extract(features_of, images, device)
     labels = labels.to(device)
     train_cam_classifier(classifier, features.mean(dim=(2, 3)), labels, cfg, 60, gen)
     stage("features and CAM classifier", images=len(sights))
@@ -417,7 +419,7 @@ def fit(classes: list[str], train: list[Sample], heldout: list[Sample], cfg: Tra
     weak = torch.tensor([s.weak for s in sights], device=device)
     pseudo = torch.zeros(len(sights), 4, device=device)
     if weak.any():
-        pseudo = localise(classifier, model.backbone, images, features, labels, cfg, device)
+        pseudo = localise(classifier, features_of, images, features, labels, cfg, device)
     boxes = [[tuple(float(v) for v in pseudo[i])] if s.weak else [tuple(b) for b in s.boxes]
              for i, s in enumerate(sights)]
     box_t, label_t = padded(boxes, [[s.primary] if s.weak else list(s.labels) for s in sights])
@@ -432,7 +434,7 @@ def fit(classes: list[str], train: list[Sample], heldout: list[Sample], cfg: Tra
     away = away_crops(sights, boxes, cfg.input_size, cfg.seed + 3, cfg.away_crops)
     nothing_images = Tensors.build(nothing, cfg.input_size).images if nothing else away[:0]
     negatives = torch.cat([away, nothing_images, nothing_images.flip(3)])
-    extra = extract(model.backbone, torch.cat([view_images, pair_images, negatives]), device)
+    extra = extract(features_of, torch.cat([view_images, pair_images, negatives]), device)
     all_features = torch.cat([features, extra])
     grid = model.grid
     m = max(box_t.shape[1], 2)
@@ -475,7 +477,7 @@ def fit(classes: list[str], train: list[Sample], heldout: list[Sample], cfg: Tra
             break
 
     train_seconds = time.monotonic() - started
-    metrics, predictions, _ = evaluate(model, classes, heldout, cfg, classifier, device)
+    metrics, predictions, _ = evaluate(model, classes, heldout, cfg, classifier, device, features_of)
     metrics.update(method=METHOD, backbone=choice.name, pretrained=choice.pretrained, backbone_note=choice.reason,
                    pseudo_boxes=cfg.pseudo_boxes, refine_rounds=cfg.refine_rounds,
                    labels={"image_level": int(weak.sum()), "boxes": int((~weak).sum()), "negatives": len(nothing)},
