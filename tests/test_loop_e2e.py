@@ -257,8 +257,7 @@ def test_offline_loop_recognises_the_city_live(settings, tmp_path, topic_reader)
         assert version >= 1 and score.sight_frames and score.empty_frames and score.pair_frames
         # The open-world checks through the real loop. Seed 21 (4 x 20 photos, 20 epochs): top-1 1.0, mean IoU 0.49,
         # no no-sight frame claimed (0 of 16). Two-sight frames: both boxed at IoU >= 0.5 on 0 of 20 with this
-        # small city, so that figure is printed and not asserted yet (issue 18 stays open on it); each of their
-        # sights must still be named, never a sight that is not in view.
+        # small city, so that figure is printed and not asserted yet (issue 18 stays open on it).
         assert score.top1 >= 0.85, score.as_dict()                 # the right sight, on sight frames
         assert score.mean_iou >= 0.3, score.as_dict()
         assert score.false_claims <= 0.15, score.as_dict()         # no claim, on no-sight frames
