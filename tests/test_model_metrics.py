@@ -29,7 +29,7 @@ def test_new_metrics_are_named_with_their_basis() -> None:
                          "display": "97.5 %", "basis": "40 held-out images, image-level labels",
                          "group": "measured"}
     assert (f["map50"]["name"], f["map50"]["display"], f["map50"]["basis"]) == (
-        "Box mAP@0.5 (true boxes only)", "0.612", "12 held-out images with true boxes")
+        "Box mAP@0.5 (true boxes only)", "0.612", "12 held-out images with true boxes, every sight in them")
     assert f["map"]["name"] == "Box mAP@0.5:0.95 (true boxes only)"
     assert f["confusion"]["value"] == NEW["confusion"]
     assert f["confusion"]["display"] == "39 of 40 held-out images on the diagonal"

@@ -57,7 +57,7 @@ def test_request_trains_stores_next_version_and_announces_it(isolated, small_cit
     assert event["version"] == 2 and sorted(event["classes"]) == sorted(sights)
     # The city's labels are true boxes (load_city): top-1 and the confusion matrix, and box mAP on them.
     assert {"top1", "confusion", "map50", "map", "per_sight_map"} <= event["metrics"].keys()
-    assert event["metrics"]["labels"] == {"image_level": 0, "boxes": event["metrics"]["train_images"]}
+    assert event["metrics"]["labels"] == {"image_level": 0, "boxes": event["metrics"]["train_images"], "negatives": 0}
     assert event["metrics"]["evaluated_on"] == "heldout" and event["metrics"]["heldout_images"] >= 3
 
     with db.transaction(isolated) as cur:
