@@ -82,6 +82,8 @@ class TrainerEnv(ServiceSettings):
                                    "calibration target: share of held-out no-sight images answered with a sight")
     threshold_floor: float = _env("TRAINER_THRESHOLD_FLOOR", _D.threshold_floor, unit_interval,
                                   "the calibrated no-sight threshold is never lower than this")
+    min_recall: float = _env("TRAINER_MIN_RECALL", _D.min_recall, unit_interval,
+                             "... nor higher than what keeps this share of held-out sight images found")
     away_crops: int = _env("TRAINER_AWAY_CROPS", _D.away_crops, non_negative_int,
                            "no-sight windows cut from each photo, away from its sights")
     pairs: float = _env("TRAINER_PAIRS", _D.pairs, non_negative_float,
@@ -111,7 +113,7 @@ def load(settings: Settings, environ: Mapping[str, str] | None = None) -> Traine
         backbone=e.backbone, backbone_weights=e.backbone_weights, views=e.views, pseudo_boxes=e.pseudo_boxes,
         cam_roi=e.cam_roi, cam_core=e.cam_core, refine_rounds=e.refine_rounds, device=e.device, threads=e.threads,
         time_budget_s=e.time_budget_s, false_claim_rate=e.false_claim_rate, threshold_floor=e.threshold_floor,
-        away_crops=e.away_crops, pairs=e.pairs)
+        min_recall=e.min_recall, away_crops=e.away_crops, pairs=e.pairs)
     if not 0 < train.cam_roi < train.cam_core < 1:
         raise ConfigError(f"need 0 < TRAINER_CAM_ROI < TRAINER_CAM_CORE < 1, got {train.cam_roi} and {train.cam_core}")
     cloud = None

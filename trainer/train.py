@@ -77,6 +77,7 @@ class TrainConfig:
     pairs: float = 0.5           # frames of two photos side by side, per training photo
     false_claim_rate: float = 0.02   # the calibration's target on held-out no-sight images
     threshold_floor: float = 0.5     # the operating threshold is never lower than this
+    min_recall: float = 0.9          # ... nor higher than what keeps this share of held-out sights (calibrate.py)
     top_k: int = 10              # detections the graph returns per frame
     device: str = "auto"         # auto | cpu | cuda
     threads: int = 0             # torch CPU threads; 0 = torch's default
@@ -358,13 +359,15 @@ def evaluate(model: SightModel, classes: list[str], heldout: list[Sample], cfg: 
         negatives = torch.cat([negatives, Tensors.build(photos_of_nothing, model.input_size).images])
     negative_scores = predict(model, negatives, device, cfg.top_k, features_of=features_of).scores[:, 0]
     found = np.array([pred.score_of(i, s.primary) for i, s in enumerate(sights)])
-    cal = calibrate(negative_scores, found, pred.scores[:, 0], cfg.false_claim_rate, cfg.threshold_floor)
+    cal = calibrate(negative_scores, found, pred.scores[:, 0], cfg.false_claim_rate, cfg.threshold_floor,
+                    cfg.min_recall)
     model.threshold.fill_(cal.threshold)
 
     metrics: dict[str, Any] = classification_report(classes, [s.primary for s in sights], pred.predicted)
     metrics.update(threshold=round(cal.threshold, 4), false_claim_rate=round(cal.false_claim_rate, 4),
                    recall=round(cal.recall, 4), auroc=round(cal.auroc, 4), heldout_negatives=cal.negatives,
-                   heldout_negative_photos=len(photos_of_nothing), false_claim_target=cfg.false_claim_rate)
+                   heldout_negative_photos=len(photos_of_nothing), false_claim_target=cfg.false_claim_rate,
+                   threshold_rule=cal.rule, min_recall=cfg.min_recall)
     boxed = [i for i, s in enumerate(sights) if not s.weak]
     metrics["box_images_heldout"] = len(boxed)
     metrics["map50"] = metrics["map"] = None

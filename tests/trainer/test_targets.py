@@ -85,3 +85,17 @@ def test_calibration_meets_the_false_claim_target_and_reports_at_it():
     assert floored.threshold == 0.6 and floored.false_claim_rate == 0.0
     assert auroc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 1.0
     assert auroc(np.array([0.5]), np.array([0.5])) == 0.5
+
+
+def test_a_single_noisy_negative_cannot_push_the_threshold_past_the_recall_guard():
+    # 31 clean no-sight crops and one crop that shows the sight after all (a photo with its sight twice).
+    negatives = np.array([0.05] * 31 + [0.99])
+    found = np.linspace(0.55, 1.0, 40)          # the held-out sights' own scores
+    strict = calibrate(negatives, found, found, false_claim_rate=0.02, floor=0.5)
+    assert strict.threshold == pytest.approx(0.99) and strict.recall < 0.1 and strict.rule == "false_claim_rate"
+    guarded = calibrate(negatives, found, found, false_claim_rate=0.02, floor=0.5, min_recall=0.9)
+    assert guarded.rule == "min_recall" and guarded.recall >= 0.9
+    assert guarded.false_claim_rate == pytest.approx(1 / 32)   # the conflict shows in the measured rate
+    # No conflict: the false-claim target sets it, and the floor still holds under it.
+    clean = calibrate(negatives[:31], found, found, false_claim_rate=0.02, floor=0.5, min_recall=0.9)
+    assert clean.rule == "floor" and clean.threshold == 0.5 and clean.false_claim_rate == 0.0
