@@ -2,6 +2,9 @@
 
 SIGHTSCAN_TEST_STACK_HOME=<dir> keeps that stack between runs (fast iteration); by default each run starts a
 private stack on free ports and deletes it at the end.
+
+Tiers (tests/README.md): a test that uses the `stack` fixture, directly or through another fixture, is marked
+`stack` here, so nobody has to remember the marker; `./dev test --quick` runs `-m "not stack and not slow"`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ from sightscan import kafka
 from sightscan.config import Settings
 from sightscan.stack import LocalStack
 from tests.support.stack import ephemeral_settings
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "stack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.stack)
 
 
 @pytest.fixture(scope="session")
