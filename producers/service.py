@@ -26,9 +26,9 @@ from confluent_kafka import Message
 from producers.exit_codes import EXIT_OK, EXIT_SOURCES_FAILED, EXIT_UNKNOWN_CITY
 from producers.settings import CrawlerSettings
 from sightscan import db
+from sightscan.children import stop_popen
 from sightscan.commands import BadCommand, CommandWorker, RetryLater
 from sightscan.config import Settings
-from sightscan.stack.proc import stop_popen
 
 log = logging.getLogger(__name__)
 

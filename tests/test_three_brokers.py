@@ -24,10 +24,10 @@ from confluent_kafka.admin import ConfigResource
 
 import connectors
 from sightscan import db, kafka
+from sightscan.children import stop_popen
 from sightscan.config import Settings
 from sightscan.stack import LocalStack
 from sightscan.stack.kafka import Kafka
-from sightscan.stack.proc import stop_popen
 from sightscan.topics import (
     COMMAND_KINDS,
     WATCHED_TABLES,

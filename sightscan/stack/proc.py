@@ -90,18 +90,6 @@ def stop_process(proc: psutil.Process, timeout: float = 30.0, children_too: bool
         psutil.wait_procs(alive + children, timeout=5)
 
 
-def stop_popen(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    """SIGTERM a child we started, then SIGKILL it if it has not exited within `timeout`."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
 def wait_for(check: Callable[[], bool], timeout: float, what: str, log_path: Path | None = None,
              alive: Callable[[], bool] | None = None) -> None:
     """Poll `check` until true. Fail early if `alive` says the process died, quoting its log."""

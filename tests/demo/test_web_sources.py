@@ -13,9 +13,9 @@ from urllib.parse import urlencode
 
 import pytest
 
+from sightscan.children import stop_popen
 from sightscan.demo.city import CityInfo, render_city
 from sightscan.demo.web_sources import WebSources, from_synthetic_city, sources_env
-from sightscan.stack.proc import stop_popen
 from tests.support.stack import free_port
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from sightscan.stack.proc import stop_popen
+from sightscan.children import stop_popen
 
 INSTALL = Path(__file__).resolve().parent / "install_chromium.sh"
 

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from sightscan.children import stop_popen
 from sightscan.config import Settings
-from sightscan.stack.proc import stop_popen
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-0123456789"

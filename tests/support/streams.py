@@ -12,8 +12,8 @@ from pathlib import Path
 from confluent_kafka import TopicPartition
 
 from sightscan import db, kafka
+from sightscan.children import stop_popen
 from sightscan.config import Settings
-from sightscan.stack.proc import stop_popen
 
 ROOT = Path(__file__).resolve().parents[2]
 
