@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sightscan.config import ServiceSettings, one_of, positive_float, positive_int, unit_interval
+from sightscan.config import ServiceSettings, consumer_group, one_of, positive_float, positive_int, unit_interval
 from sightscan.config import env_field as _env
 
 BACKENDS = ("auto", "vision", "weak")
@@ -61,7 +61,7 @@ class LabellerSettings(ServiceSettings):
         return "vision" if (self.vision_endpoint or self.credentials_file) else "weak"
 
     def group(self, topic_prefix: str) -> str:
-        return self.group_id or f"{topic_prefix}-labeller"
+        return consumer_group(topic_prefix, "labeller", self.group_id)
 
 
 def describe() -> list[tuple[str, str, str]]:

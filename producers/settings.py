@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from sightscan.config import (
     ServiceSettings,
     boolean,
+    consumer_group,
     non_negative_float,
     non_negative_int,
     one_of,
@@ -81,7 +82,7 @@ class CrawlerSettings(ServiceSettings):
                              "a crawl request failing this many times goes to the command dead-letter topic")
 
     def group(self, topic_prefix: str) -> str:
-        return self.group_id or f"{topic_prefix}-crawler"
+        return consumer_group(topic_prefix, "crawler", self.group_id)
 
     @property
     def uses_maps(self) -> bool:

@@ -92,6 +92,12 @@ def one_of(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def consumer_group(topic_prefix: str, service: str, named: str = "") -> str:
+    """A service's Kafka consumer group: the one its `*_GROUP_ID` names, else `<TOPIC_PREFIX>-<service>`, so two
+    systems that share a Kafka cluster under different prefixes never share a group."""
+    return named or f"{topic_prefix}-{service}"
+
+
 def read_fields(cls: type, environ: Mapping[str, str]) -> dict[str, Any]:
     """Each env_field of a settings dataclass, parsed; ConfigError names a malformed variable and its default."""
     values: dict[str, Any] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sightscan.config import ServiceSettings, positive_float, positive_int
+from sightscan.config import ServiceSettings, consumer_group, positive_float, positive_int
 from sightscan.config import env_field as _env
 
 
@@ -26,7 +26,7 @@ class StreamsSettings(ServiceSettings):
                                      "longest wait for a labelling request to fill before it goes out smaller")
 
     def app_id_for(self, topic_prefix: str) -> str:
-        return self.app_id or f"{topic_prefix}-streams"
+        return consumer_group(topic_prefix, "streams", self.app_id)
 
 
 def describe() -> list[tuple[str, str, str]]:

@@ -11,6 +11,7 @@ from sightscan.config import (
     ConfigError,
     ServiceSettings,
     Settings,
+    consumer_group,
     non_negative_float,
     non_negative_int,
     one_of,
@@ -123,7 +124,7 @@ def load(settings: Settings, environ: Mapping[str, str] | None = None) -> Traine
             raise ConfigError("MTS_EC2_INSTANCE_ID is set but AWS_REGION is not; export AWS_REGION=eu-central-1")
         cloud = CloudConfig(e.ec2_instance_id, region, e.aws_endpoint_url or None)
     return TrainerSettings(train=train, heldout_fraction=e.heldout_fraction, min_sights=e.min_sights,
-                           group_id=e.group_id or f"{settings.topic_prefix}-trainer", cloud=cloud,
+                           group_id=consumer_group(settings.topic_prefix, "trainer", e.group_id), cloud=cloud,
                            idle_stop_s=e.idle_stop_s)
 
 
