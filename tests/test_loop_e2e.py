@@ -202,8 +202,11 @@ def test_city_request_becomes_a_trained_model(settings, tmp_path, topic_reader):
 
 # The offline default, scored live ----------------------------------------------------------------------------
 
-OFFLINE_SETTINGS = {"MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING": "48", "MIN_IMAGE_NUMBER_PER_LABEL": "8",
-                    "MTS_EPOCHS": "20", "LABELLING_BATCH_SIZE": "16", "LABELLER_BACKEND": "weak",
+# The model trains once every one of the city's 80 photos is labelled: a model on part of them (48) named the sights
+# but boxed too loosely for two-sight frames (0 of 20), and when a retraining comes depends on how labels and the
+# first model's event interleave, which a test cannot pin.
+OFFLINE_SETTINGS = {"MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING": "80", "MIN_IMAGE_NUMBER_PER_LABEL": "8",
+                    "MTS_EPOCHS": "30", "LABELLING_BATCH_SIZE": "16", "LABELLER_BACKEND": "weak",
                     "SIGHTSCAN_LOG_FORMAT": "console"}
 
 
@@ -244,8 +247,7 @@ def test_offline_loop_recognises_the_city_live(settings, tmp_path, topic_reader)
         first = outcomes.collect(lambda ms: any(m["value"].get("city_id") == requested.id for m in ms), timeout=600)
         event = next(m["value"] for m in first if m["value"].get("city_id") == requested.id)
         assert event["status"] == "succeeded", event
-        # The crawl goes round-robin across sights, so the first model, trained at the threshold with part of the
-        # photos, already knows every sight.
+        # Every sight has enough photos, so the model knows every sight.
         assert sorted(event["classes"]) == sorted(info.sights), event["classes"]
         metrics = event["metrics"]
         assert metrics["labels"]["boxes"] == 0 and metrics["labels"]["image_level"] > 0
@@ -255,12 +257,12 @@ def test_offline_loop_recognises_the_city_live(settings, tmp_path, topic_reader)
         score, version = asyncio.run(_stream_clip(gateway.ws_url, name, frames))
         print(f"\n[loop] model v{version} {metrics['top1']=} {metrics['threshold']=} clip {score.as_dict()}")
         assert version >= 1 and score.sight_frames and score.empty_frames and score.pair_frames
-        # The open-world checks through the real loop. Seed 21 (4 x 20 photos, 20 epochs): top-1 1.0, mean IoU 0.49,
-        # no no-sight frame claimed (0 of 16). Two-sight frames: both boxed at IoU >= 0.5 on 0 of 20 with this
-        # small city, so that figure is printed and not asserted yet (issue 18 stays open on it).
+        # The three open-world checks through the real loop. Seed 21 (4 x 20 photos): top-1 1.0, no no-sight frame
+        # claimed (0 of 16), both sights boxed at IoU >= 0.5 on 11 of 20 two-sight frames, mean IoU 0.65.
         assert score.top1 >= 0.85, score.as_dict()                 # the right sight, on sight frames
-        assert score.mean_iou >= 0.3, score.as_dict()
         assert score.false_claims <= 0.15, score.as_dict()         # no claim, on no-sight frames
+        assert score.both_boxed >= 0.2, score.as_dict()            # both sights boxed, on two-sight frames
+        assert score.mean_iou >= 0.4, score.as_dict()
     finally:
         stop_gateway(gateway)
         worker.stop()

@@ -135,14 +135,18 @@ def detections(model: SightModel, logits: torch.Tensor, sides: torch.Tensor, top
     under the model's operating threshold are 0 when `apply_threshold`."""
     cell_logits, cell_sides = per_cell(logits, sides)
     probs = F.softmax(cell_logits, dim=2)[..., 1:]                           # [N,P,C]: sights only
-    scores = probs.max(dim=1).values                                          # [N,C]
+    # A sight's score is its probability averaged over 3x3 cells, at the best place: a sight fills several
+    # stride-16 cells, while a street detail that fools the head is mostly one. Measured on a small city's clip,
+    # the best no-sight frame fell from 0.67 to 0.43 while the 5th percentile of sight frames went 0.95 -> 0.90.
+    area = F.avg_pool2d(F.softmax(logits, dim=1)[:, 1:], 3, 1, padding=1, count_include_pad=False)
+    scores = area.flatten(2).max(dim=2).values                               # [N,C]
     # Box voting: the boxes of the VOTERS cells most sure of the sight, weighted by how sure each is. Their mean is
     # steadier than one cell's box; the sight's outer cells (ignored in training, their view half street) are left
     # out, as they widen the box (clip IoU 0.73 -> 0.75 on a city of photos, 0.55 -> 0.60 on a synthetic one).
     # Each weight is the cell's margin over the first cell left out, so a near-tie at the edge of the vote weighs
     # next to nothing either way and the box does not jump between ONNX Runtime and torch (or between frames).
     first_out = torch.topk(probs, min(VOTERS + 1, probs.shape[1]), dim=1).values[:, -1:, :]   # [N,1,C]
-    best = (probs >= scores[:, None, :]).to(probs.dtype)
+    best = (probs >= probs.max(dim=1, keepdim=True).values).to(probs.dtype)
     vote = (probs - first_out).clamp(min=0.0) + 1e-6 * best
     cell_boxes = decode_boxes(cell_sides)                                     # [N,P,C,4]
     boxes = (cell_boxes * vote[..., None]).sum(dim=1) / vote.sum(dim=1).clamp(min=1e-9)[..., None]   # [N,C,4]
