@@ -21,6 +21,8 @@ from trainer.pipeline import train_dataset
 from trainer.settings import TrainerSettings
 from trainer.train import TrainConfig
 
+pytestmark = pytest.mark.slow  # each test trains real models: minutes on 2 cores
+
 SETTINGS = TrainerSettings(train=TrainConfig(epochs=20, device="cpu", threads=2), heldout_fraction=0.2,
                            min_sights=2, group_id="unused", cloud=None, idle_stop_s=0)
 
