@@ -8,8 +8,8 @@ Why this shape:
 - **Every sight in view gets its own box.** Each grid cell answers "which sight, if any, is here" over C sights
   plus background, and regresses each sight's box as distances from its centre to the four sides (FCOS, Tian et
   al., ICCV 2019, at a single level, with a box per sight). A city has each of its sights once, so a frame shows a
-  sight at most once: each sight's detection is scored by the cell most sure of it and boxed by the vote of the
-  three cells most sure of it. Two sights in a frame are two detections.
+  sight at most once: each sight's detection is scored by the 2x2 cells most sure of it and boxed by the vote
+  of the three cells most sure of it. Two sights in a frame are two detections.
 - **"No sight" is an answer.** The background class is trained on what is not a sight: the cells of every photo
   outside its sight's (pseudo-)box, crops of the photos away from their sights, and photos of the city that show
   no sight. This is the background-class approach to open-set recognition that Dhamija et al. ("Reducing Network
@@ -130,8 +130,8 @@ def detections(model: SightModel, logits: torch.Tensor, sides: torch.Tensor, top
                apply_threshold: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The head's outputs -> (boxes [N,K,4], scores [N,K], sight indices [N,K]), best first.
 
-    A city has each sight once, so a frame shows it at most once: each sight is one candidate, scored by the cell
-    most sure of it, its box voted by the VOTERS cells most sure of it. Then Fast NMS across sights, and scores
+    A city has each sight once, so a frame shows it at most once: each sight is one candidate, scored by the 2x2
+    cells most sure of it, its box voted by the VOTERS cells most sure of it. Then Fast NMS across sights, and scores
     under the model's operating threshold are 0 when `apply_threshold`."""
     cell_logits, cell_sides = per_cell(logits, sides)
     probs = F.softmax(cell_logits, dim=2)[..., 1:]                           # [N,P,C]: sights only
@@ -140,7 +140,8 @@ def detections(model: SightModel, logits: torch.Tensor, sides: torch.Tensor, top
     # clip the best no-sight frame fell from 0.67 to 0.53, the 5th percentile of sight frames from 0.95 to 0.93;
     # on a city of photos the sight frames found stayed the same. (3x3 cells: 0.43 on the first, but 4% fewer
     # sight frames found on the second, whose narrowest sight is about two cells wide.)
-    area = F.avg_pool2d(F.softmax(logits, dim=1)[:, 1:], 2, 1)
+    n, p, c = probs.shape
+    area = F.avg_pool2d(probs.transpose(1, 2).reshape(n, c, *logits.shape[2:]), 2, 1)
     scores = area.flatten(2).max(dim=2).values                               # [N,C]
     # Box voting: the boxes of the VOTERS cells most sure of the sight, weighted by how sure each is. Their mean is
     # steadier than one cell's box; the sight's outer cells (ignored in training, their view half street) are left
