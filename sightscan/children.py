@@ -1,6 +1,6 @@
 """Child processes a service starts itself (the crawler's scrapy run): stopping one politely, then for sure.
 
-Part of the shared core, not of the local stack (sightscan/stack/), because production services use it too.
+Part of the shared core, not of the local stack (localsystem/stack/), because production services use it too.
 """
 
 from __future__ import annotations

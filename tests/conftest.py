@@ -21,9 +21,9 @@ import psutil
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
+from localsystem.stack import LocalStack
 from sightscan import kafka
 from sightscan.config import Settings
-from sightscan.stack import LocalStack
 from tests.support.stack import ephemeral_settings
 
 

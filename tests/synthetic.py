@@ -1,10 +1,10 @@
-"""The tests' synthetic city: sightscan.demo.city's renderer (real landmark photos cannot be downloaded here)."""
+"""The tests' synthetic city: localsystem.demo.city's renderer (real landmark photos cannot be downloaded here)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sightscan.demo import city
+from localsystem.demo import city
 
 
 def render_city(out: Path, sights: int, per_sight: int, seed: int = 7, city: str = "Synthetica",

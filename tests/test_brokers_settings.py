@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from localsystem.stack import StackError, with_recorded_brokers
 from sightscan.config import Settings
-from sightscan.stack import StackError, with_recorded_brokers
 
 
 def test_one_node_by_default():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 
 import connectors
+from localsystem.stack import LocalStack
 from sightscan import db
 from sightscan.events import parse_change
-from sightscan.stack import LocalStack
 from sightscan.topics import change_topic
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from localsystem.stack.kafka import Connect, Kafka
 from sightscan.config import Settings
-from sightscan.stack.kafka import Connect, Kafka
 
 COMPOSE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
 
@@ -115,7 +115,7 @@ def test_docker_compose_config_parses_where_compose_exists():
 
 
 def test_compose_runs_each_of_our_services_as_the_local_stack_does():
-    from sightscan.stack.services import SERVICES
+    from localsystem.stack.services import SERVICES
 
     services = _compose()["services"]
     for spec in SERVICES:

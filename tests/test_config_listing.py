@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sightscan.cli import main, settings_of_every_service
+from localsystem.cli import main, settings_of_every_service
 from streams.settings import StreamsSettings
 from trainer.settings import TrainerEnv
 
@@ -69,7 +69,7 @@ def test_config_needs_no_training_or_imaging_packages() -> None:
     # OpenCV are made unimportable in a fresh interpreter, and the listing still names the trainer's settings.
     code = ("import sys\n"
             "for m in ('torch', 'torchvision', 'onnxruntime', 'cv2'): sys.modules[m] = None\n"
-            "from sightscan.cli import main\n"
+            "from localsystem.cli import main\n"
             "sys.argv = ['sightscan', 'config']\n"
             "main()\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

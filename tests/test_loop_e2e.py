@@ -22,12 +22,12 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from PIL import Image
 
+from localsystem.demo import city as demo_city
+from localsystem.demo.city import clip_frames
+from localsystem.demo.scoring import ClipScore, frame_truths
+from localsystem.demo.web_sources import WebSources, from_synthetic_city
 from sightscan import db, kafka
 from sightscan.config import Settings
-from sightscan.demo import city as demo_city
-from sightscan.demo.city import clip_frames
-from sightscan.demo.scoring import ClipScore, frame_truths
-from sightscan.demo.web_sources import WebSources, from_synthetic_city
 from sightscan.detector import OnnxDetector, preprocess
 from sightscan.topics import WATCHED_TABLES, change_topic, command_topic, ensure_topics, training_events_topic
 from streams.rekey import rekey_group

@@ -14,7 +14,7 @@ from tests.support.stack import ephemeral_settings
 
 
 def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sightscan.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "localsystem.cli", *args], env=env, capture_output=True, text=True,
                           timeout=300)
 
 
@@ -57,7 +57,7 @@ def test_required_setting_missing_says_how_to_set_it():
 
 def test_kafka_cluster_ids_never_look_like_an_option():
     # One base64url UUID in 64 starts with "-", which kafka-storage's parser took for an option.
-    from sightscan.stack.kafka import random_cluster_id
+    from localsystem.stack.kafka import random_cluster_id
 
     ids = [random_cluster_id() for _ in range(2000)]
     assert not any(i.startswith("-") for i in ids) and len(set(ids)) == 2000 and {len(i) for i in ids} == {22}

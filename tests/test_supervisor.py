@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from localsystem.stack import LocalStack
+from localsystem.stack.proc import StackError
+from localsystem.stack.services import services, start_all, stop_all, supervisor
+from localsystem.stack.settings import SystemSettings
+from localsystem.stack.supervisor import Supervisor, read_state
 from sightscan import cli
 from sightscan.config import Settings
-from sightscan.stack import LocalStack
-from sightscan.stack.proc import StackError
-from sightscan.stack.services import services, start_all, stop_all, supervisor
-from sightscan.stack.settings import SystemSettings
-from sightscan.stack.supervisor import Supervisor, read_state
 from tests.support.stack import free_port
 
 # The supervisor's own logic, on units that only pretend to be processes ---------------------------------------

@@ -7,9 +7,9 @@ import urllib.request
 
 import psutil
 
-from sightscan.stack import LocalStack
-from sightscan.stack.proc import port_in_use
-from sightscan.stack.services import services, start_all, stop_all
+from localsystem.stack import LocalStack
+from localsystem.stack.proc import port_in_use
+from localsystem.stack.services import services, start_all, stop_all
 from tests.support.stack import free_port
 
 

@@ -23,11 +23,11 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.admin import ConfigResource
 
 import connectors
+from localsystem.stack import LocalStack
+from localsystem.stack.kafka import Kafka
 from sightscan import db, kafka
 from sightscan.children import stop_popen
 from sightscan.config import Settings
-from sightscan.stack import LocalStack
-from sightscan.stack.kafka import Kafka
 from sightscan.topics import (
     COMMAND_KINDS,
     WATCHED_TABLES,

@@ -91,7 +91,7 @@ def from_warehouse(rows: Iterable[LabelledImage], min_images_per_label: int,
 
 
 def from_coco_folder(folder: Path, weak: bool = False) -> Dataset:
-    """A COCO-style folder (annotations.json with pixel boxes), as sightscan.demo.city renders a synthetic city.
+    """A COCO-style folder (annotations.json with pixel boxes), as localsystem.demo.city renders a synthetic city.
 
     weak=True keeps only what the offline loop knows: each image's query sight as an image-level label. Its true
     box is kept in `boxes` so that benchmarks can score localisation, but marked weak, so training ignores it.

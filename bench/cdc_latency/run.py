@@ -24,9 +24,9 @@ from confluent_kafka import TopicPartition
 
 import connectors
 from bench.stats import exit_cleanly_on_sigterm, machine_note, median_spread, report, summary_ms
+from localsystem.stack import LocalStack
+from localsystem.stack.kafka import Connect
 from sightscan import db, kafka
-from sightscan.stack import LocalStack
-from sightscan.stack.kafka import Connect
 from sightscan.topics import change_topic
 from tests.support.stack import ephemeral_settings
 

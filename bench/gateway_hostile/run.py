@@ -30,8 +30,8 @@ from schemathesis.specs.openapi.checks import negative_data_rejection, positive_
 
 from bench.stats import exit_cleanly_on_sigterm, report, summary_ms
 from gateway import openapi
+from localsystem.stack import LocalStack
 from sightscan import db
-from sightscan.stack import LocalStack
 from tests.support.gateway import (
     TOKEN,
     Gateway,

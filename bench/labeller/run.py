@@ -32,9 +32,9 @@ from bench.stats import exit_cleanly_on_sigterm, report
 from consumers import warehouse
 from consumers.service import LabellerService
 from consumers.settings import LabellerSettings
+from localsystem.demo.city import render_city
 from sightscan import db, kafka
 from sightscan.config import Settings
-from sightscan.demo.city import render_city
 from sightscan.topics import command_dead_letter_topic, command_topic
 from tests.fakes.vision_server import FakeVision, VisionServer, box_landmark
 from tests.support.stack import ephemeral_stack

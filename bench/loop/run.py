@@ -14,7 +14,7 @@ before (its retrainings as the data grew), so each is timed from an idle trainer
 Targets (issues "Recognition" and "Open world", 2-core CPU, 5-8 sights x 40 photos, weak labels only): request ->
 live model with every sight <= 90 s; clip top-1 on one-sight frames >= 0.97; no-sight frames answered with a sight
 <= 5%; both sights boxed at IoU >= 0.5 on >= 90% of two-sight frames; mean IoU of the right box >= 0.75.
-`--look photo` runs a city of real photographs (sightscan.demo.photos).
+`--look photo` runs a city of real photographs (localsystem.demo.photos).
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ from urllib.parse import quote
 from PIL import Image
 
 from bench.stats import exit_cleanly_on_sigterm, report, summary_ms
+from localsystem.demo.city import ClipFrame, clip_frames
+from localsystem.demo.scoring import ClipScore, frame_truths
+from localsystem.demo.system import DemoOptions, prepare_city, request_city, start_system
+from localsystem.stack import LocalStack
+from localsystem.stack.services import api_token, stop_all
 from sightscan import db, kafka
 from sightscan.config import Settings
-from sightscan.demo.city import ClipFrame, clip_frames
-from sightscan.demo.scoring import ClipScore, frame_truths
-from sightscan.demo.system import DemoOptions, prepare_city, request_city, start_system
-from sightscan.stack import LocalStack
-from sightscan.stack.services import api_token, stop_all
 from tests.support.stack import ephemeral_settings
 
 TARGETS = {"all_sights_live_s": "<= 90", "clip_top1": ">= 0.97", "clip_false_claims": "<= 0.05",
@@ -183,7 +183,7 @@ def main() -> None:
     p.add_argument("--sights", type=int, default=5)
     p.add_argument("--per-sight", type=int, default=40)
     p.add_argument("--look", choices=("synthetic", "photo"), default="synthetic",
-                   help="drawn sights, or a city of real photographs (sightscan.demo.photos)")
+                   help="drawn sights, or a city of real photographs (localsystem.demo.photos)")
     p.add_argument("--timeout", type=float, default=600.0, help="per seed: request -> model with every sight")
     a = p.parse_args()
     exit_cleanly_on_sigterm()

@@ -25,8 +25,8 @@ from confluent_kafka import TopicPartition
 
 from bench.stats import exit_cleanly_on_sigterm, machine_note, median, median_spread, report, summary_ms
 from bench.streams import state_cost
+from localsystem.stack import LocalStack
 from sightscan import db, kafka
-from sightscan.stack import LocalStack
 from sightscan.topics import WATCHED_TABLES, change_topic, command_topic, training_events_topic
 from streams.rekey import rekey_group
 from streams.settings import StreamsSettings

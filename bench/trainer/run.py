@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from bench.stats import summary_ms
-from sightscan.demo.city import clip_frames, render_city
-from sightscan.demo.scoring import ClipScore, frame_truths, iou
+from localsystem.demo.city import clip_frames, render_city
+from localsystem.demo.scoring import ClipScore, frame_truths, iou
 from sightscan.detector import OnnxDetector, preprocess
 from trainer.data import from_coco_folder, split
 from trainer.export import check_onnx, export_onnx, probe_images, session

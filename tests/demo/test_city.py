@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sightscan.demo.city import CityInfo, H, W, clip_background, clip_frames, read_y4m, render_city, render_clip
+from localsystem.demo.city import CityInfo, H, W, clip_background, clip_frames, read_y4m, render_city, render_clip
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -72,7 +72,7 @@ def test_negatives_are_photos_of_the_street_with_no_sight(city: CityInfo, tmp_pa
 
 def test_the_cli_writes_what_the_api_does(city: CityInfo, tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    subprocess.run([sys.executable, "-m", "sightscan.demo.city", "--out", str(out), "--city", "Testopolis",
+    subprocess.run([sys.executable, "-m", "localsystem.demo.city", "--out", str(out), "--city", "Testopolis",
                     "--seed", "5", "--sights", "3", "--per-sight", "4", "--video", str(out / "clip.y4m"),
                     "--seconds", "3", "--fps", "10"], check=True, capture_output=True, timeout=120)
     assert _digest(out) == _digest(city.folder)

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sightscan.cli import build_parser
-from sightscan.config import Settings
-from sightscan.demo.city import CityInfo
-from sightscan.demo.system import DemoOptions, demo_env, demo_folder, page_url, prepare_city, progress_line
-from sightscan.stack.services import (
+from localsystem.cli import build_parser
+from localsystem.demo.city import CityInfo
+from localsystem.demo.system import DemoOptions, demo_env, demo_folder, page_url, prepare_city, progress_line
+from localsystem.stack.services import (
     DEMO_SOURCES,
     SERVICES,
     demo_state,
@@ -21,6 +20,7 @@ from sightscan.stack.services import (
     stop_all,
     write_demo_state,
 )
+from sightscan.config import Settings
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_while_a_demo_runs_its_sources_are_a_service_and_every_service_gets_its_
     demo = services(home_settings)
     assert [s.name for s in demo] == [DEMO_SOURCES] + [s.name for s in SERVICES]  # the sources start first
     sources = demo[0]
-    assert sources.spec.argv == ("-m", "sightscan.demo.web_sources", "--folder", "/x/city", "--city", "Synthetica",
+    assert sources.spec.argv == ("-m", "localsystem.demo.web_sources", "--folder", "/x/city", "--city", "Synthetica",
                                  "--port", "8799")
     assert (sources.spec.port, sources.spec.probe, sources.spec.port_env) == (8799, "/robots.txt",
                                                                               "DEMO_SOURCES_PORT")

@@ -9,10 +9,10 @@ import uuid
 
 import psutil
 
-from sightscan.cli import main as cli_main
-from sightscan.demo.system import DemoOptions, city_status, demo_env, page_url, run_demo
-from sightscan.stack.proc import port_in_use
-from sightscan.stack.services import DEMO_SOURCES, demo_state, demo_state_path, services, stop_all
+from localsystem.cli import main as cli_main
+from localsystem.demo.system import DemoOptions, city_status, demo_env, page_url, run_demo
+from localsystem.stack.proc import port_in_use
+from localsystem.stack.services import DEMO_SOURCES, demo_state, demo_state_path, services, stop_all
 from tests.support.stack import free_port
 
 

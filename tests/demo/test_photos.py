@@ -1,4 +1,4 @@
-"""The photo city (sightscan.demo.photos): real photographs on real streets through the same renderer, with the
+"""The photo city (localsystem.demo.photos): real photographs on real streets through the same renderer, with the
 same guarantees as the synthetic city (deterministic bytes, boxes in the frame, a clip with none/one/two sights),
 names and sprites that agree for a seed, and streets that never show a piece of a sight."""
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sightscan.demo import photos
-from sightscan.demo.city import CityInfo, H, W, clip_frames, look_named, render_city
-from sightscan.demo.photos import GROUNDS, PHOTOS, SCENES, SIGHTS, PhotoLook
+from localsystem.demo import photos
+from localsystem.demo.city import CityInfo, H, W, clip_frames, look_named, render_city
+from localsystem.demo.photos import GROUNDS, PHOTOS, SCENES, SIGHTS, PhotoLook
 
 SEED = 3
 

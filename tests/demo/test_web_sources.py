@@ -13,9 +13,9 @@ from urllib.parse import urlencode
 
 import pytest
 
+from localsystem.demo.city import CityInfo, render_city
+from localsystem.demo.web_sources import WebSources, from_synthetic_city, sources_env
 from sightscan.children import stop_popen
-from sightscan.demo.city import CityInfo, render_city
-from sightscan.demo.web_sources import WebSources, from_synthetic_city, sources_env
 from tests.support.stack import free_port
 
 
@@ -66,7 +66,7 @@ def test_the_city_is_served_in_process(city: CityInfo) -> None:
 def test_the_service_serves_a_rendered_folder(city: CityInfo, tmp_path: Path) -> None:
     port = free_port()
     log = (tmp_path / "sources.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "sightscan.demo.web_sources", "--folder", str(city.folder),
+    proc = subprocess.Popen([sys.executable, "-m", "localsystem.demo.web_sources", "--folder", str(city.folder),
                              "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30

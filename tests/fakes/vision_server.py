@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sightscan.demo.background import BackgroundServer
+from localsystem.demo.background import BackgroundServer
 
 STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}

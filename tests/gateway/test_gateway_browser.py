@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
+from localsystem.demo.city import read_y4m, render_city, render_clip
 from sightscan import db
 from sightscan.config import Settings
-from sightscan.demo.city import read_y4m, render_city, render_clip
 from tests.gateway.gw_browser import Browser, poll
 from tests.support.gateway import REPO, Gateway
 from tests.support.onnx_models import build_colour_model

@@ -33,7 +33,7 @@ import yaml
 from connectors import CONNECTOR_NAME, debezium_config
 from consumers.settings import LabellerSettings
 from gateway.settings import GatewaySettings
-from sightscan.cli import settings_of_every_service
+from localsystem.cli import settings_of_every_service
 from sightscan.config import Settings
 from sightscan.topics import command_topic
 from streams.rekey import rekey_group

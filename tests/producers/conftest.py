@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from localsystem.demo.web_sources import FakeWeb, WebSources
 from sightscan import kafka
 from sightscan.config import Settings
-from sightscan.demo.web_sources import FakeWeb, WebSources
 from sightscan.topics import command_dead_letter_topic, command_topic
 from tests.synthetic import render_city
 

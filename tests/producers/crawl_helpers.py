@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from localsystem.demo.web_sources import WebSources
 from sightscan import db
 from sightscan.config import Settings
-from sightscan.demo.web_sources import WebSources
 
 ROOT = Path(__file__).resolve().parents[2]
 

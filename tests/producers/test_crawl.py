@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 
-from sightscan.demo.web_sources import FakeCity, FakeFile, WebSources, from_synthetic_city
+from localsystem.demo.web_sources import FakeCity, FakeFile, WebSources, from_synthetic_city
 from tests.producers.crawl_helpers import ROOT, city_row, crawler_env, png, run_crawl, sight_names, stored_images
 from tests.synthetic import render_city
 
@@ -227,7 +227,7 @@ def test_a_warehouse_failure_stops_the_crawl_without_finishing_the_city(settings
 
 
 def test_a_synthetic_city_served_alone_is_crawled_whole(settings, tmp_path):
-    """The web sources run alone (python -m sightscan.demo.web_sources) serve a synthetic city: the demo source."""
+    """The web sources run alone (python -m localsystem.demo.web_sources) serve a synthetic city: the demo source."""
     city = _unique("Synthetica")
     folder = render_city(tmp_path / "city", sights=2, per_sight=3, seed=3, city=city)
     with WebSources(from_synthetic_city(folder, city)) as web:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sightscan.demo.web_sources import WebSources, from_synthetic_city
+from localsystem.demo.web_sources import WebSources, from_synthetic_city
 from tests.producers.crawl_helpers import city_row, run_crawl, stored_images
 from tests.synthetic import render_city
 

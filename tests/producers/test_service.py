@@ -16,11 +16,11 @@ import uuid
 
 import pytest
 
+from localsystem.demo.web_sources import FakeCity, FakeFile
 from producers.service import CrawlerService, crawl_in_child
 from producers.settings import CrawlerSettings
 from sightscan import db, kafka
 from sightscan.commands import BadCommand, RetryLater
-from sightscan.demo.web_sources import FakeCity, FakeFile
 from sightscan.topics import change_topic, command_dead_letter_topic, command_topic
 from tests.producers.crawl_helpers import FAST, ROOT, city_row, crawler_env, stored_images
 

@@ -9,8 +9,8 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from localsystem.stack import LocalStack
 from sightscan.config import Settings
-from sightscan.stack import LocalStack
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""Trainer fixtures: a synthetic city rendered by sightscan.demo.city, and moto's EC2 server."""
+"""Trainer fixtures: a synthetic city rendered by localsystem.demo.city, and moto's EC2 server."""
 
 from __future__ import annotations
 

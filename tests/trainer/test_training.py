@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from sightscan.demo.city import CityInfo, clip_frames
-from sightscan.demo.scoring import ClipScore, frame_truths
+from localsystem.demo.city import CityInfo, clip_frames
+from localsystem.demo.scoring import ClipScore, frame_truths
 from sightscan.detector import OnnxDetector, preprocess
 from trainer.data import Dataset, from_coco_folder
 from trainer.pipeline import train_dataset

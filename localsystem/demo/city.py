@@ -5,8 +5,8 @@ benchmarks and `sightscan demo` use this renderer. Every sight has its own deter
 palette, texture); every photo places one or two sights on a varied background with clutter, scale, tilt,
 lighting, blur and JPEG noise. The same arguments always give the same bytes.
 
-    python -m sightscan.demo.city --out DIR [--city Synthetica] [--seed 7] [--sights 5] [--per-sight 60]
-    python -m sightscan.demo.city --out DIR --video clip.y4m --seconds 6 --fps 10   # a fake-webcam clip too
+    python -m localsystem.demo.city --out DIR [--city Synthetica] [--seed 7] [--sights 5] [--per-sight 60]
+    python -m localsystem.demo.city --out DIR --video clip.y4m --seconds 6 --fps 10   # a fake-webcam clip too
 
 Writes DIR/images/*.jpg and DIR/annotations.json (COCO-style: "categories", "images" with the "query_sight" each
 photo was taken for, "annotations" with bbox [x, y, w, h] in pixels). With --video it also writes a YUV4MPEG2
@@ -16,7 +16,7 @@ DIR/video_annotations.json: {"fps", "frames": [{"frame", "sights": [{"sight", "b
 one entry for every frame, listing every sight in view (possibly none). Needs numpy and Pillow only.
 
 What a city looks like is a `Look`: its sights' names, their sprites and the backgrounds they stand on. The
-default is drawn procedurally (`SyntheticLook`); sightscan.demo.photos builds cities from real photographs with
+default is drawn procedurally (`SyntheticLook`); localsystem.demo.photos builds cities from real photographs with
 the same renderer.
 """
 
@@ -118,11 +118,11 @@ class SyntheticLook:
 
 
 def look_named(name: str) -> Look:
-    """The Look called `name`: "synthetic" (drawn) or "photo" (real photographs, sightscan.demo.photos)."""
+    """The Look called `name`: "synthetic" (drawn) or "photo" (real photographs, localsystem.demo.photos)."""
     if name == "synthetic":
         return SyntheticLook()
     if name == "photo":
-        from sightscan.demo.photos import PhotoLook
+        from localsystem.demo.photos import PhotoLook
 
         return PhotoLook()
     raise ValueError(f"unknown city look {name!r}: synthetic or photo")
@@ -481,7 +481,7 @@ def read_y4m(path: Path) -> Iterator[np.ndarray]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m sightscan.demo.city", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m localsystem.demo.city", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="the folder to write images/ and annotations.json to")
     p.add_argument("--city", default="Synthetica")
     p.add_argument("--seed", type=int, default=7)

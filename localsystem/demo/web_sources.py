@@ -20,8 +20,8 @@
 
 Every request is recorded in `FakeWeb.requests` (path, query, User-Agent).
 
-    python -m sightscan.demo.web_sources --city Synthetica --port 8766   # alone, serving a synthetic city
-    python -m sightscan.demo.web_sources --folder DIR --port 8766       # serving a city rendered before
+    python -m localsystem.demo.web_sources --city Synthetica --port 8766   # alone, serving a synthetic city
+    python -m localsystem.demo.web_sources --folder DIR --port 8766       # serving a city rendered before
 
 Run alone it prints the four *_URL settings that point the crawler at it; `sightscan demo` runs it as a service.
 """
@@ -42,7 +42,7 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
-from sightscan.demo.background import BackgroundServer
+from localsystem.demo.background import BackgroundServer
 
 ROBOTS_TXT = """User-agent: *
 Disallow: /w/
@@ -259,7 +259,7 @@ class WebSources(BackgroundServer):
 
 
 def from_synthetic_city(folder: Path, city: str, qid: str = "Q4115189") -> FakeWeb:
-    """A fake web whose Wikidata knows `city` with the sights of a synthetic city folder (sightscan.demo.city), and
+    """A fake web whose Wikidata knows `city` with the sights of a synthetic city folder (localsystem.demo.city), and
     whose Commons has that folder's photos of each sight (Maps, with its key, lists the same sights), and, under a
     search for the city itself, its photos of streets that show no sight."""
     coco = json.loads((folder / "annotations.json").read_text())
@@ -281,9 +281,9 @@ def sources_env(base_url: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from sightscan.demo.city import CityInfo, render_city
+    from localsystem.demo.city import CityInfo, render_city
 
-    p = argparse.ArgumentParser(prog="python -m sightscan.demo.web_sources",
+    p = argparse.ArgumentParser(prog="python -m localsystem.demo.web_sources",
                                 description="the crawler's sources, local: a synthetic city on Wikidata and Commons")
     p.add_argument("--folder", type=Path, help="serve this rendered city (default: render one in a temporary folder)")
     p.add_argument("--city", help="the city's name (default: the folder's, or Synthetica)")

@@ -9,7 +9,7 @@ After SUPERVISOR_MAX_CRASHES crashes in the window the unit is given up: an erro
 postmaster leaves its backends holding the shared memory, and only an operator should decide what happens then.
 
 State for `sightscan status`: SIGHTSCAN_HOME/run/supervisor.json, rewritten whenever it changes.
-Run it as `python -m sightscan.stack.supervisor` (what `up` does, detached, logging to logs/supervisor.log).
+Run it as `python -m localsystem.stack.supervisor` (what `up` does, detached, logging to logs/supervisor.log).
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from localsystem.stack import LocalStack
+from localsystem.stack.proc import StackError
+from localsystem.stack.services import services, supervisor
+from localsystem.stack.settings import SystemSettings
 from sightscan import log as slog
 from sightscan.config import Settings
-from sightscan.stack import LocalStack
-from sightscan.stack.proc import StackError
-from sightscan.stack.services import services, supervisor
-from sightscan.stack.settings import SystemSettings
 
 log = logging.getLogger("sightscan.supervisor")
 

@@ -1,7 +1,7 @@
 """`sightscan demo`: the whole system learns a synthetic city offline, end to end, and serves it to the web page.
 
-It renders a synthetic city (sightscan.demo.city) and a webcam clip of it under SIGHTSCAN_HOME/demo/, serves the
-city on local web sources that speak Wikidata's, Commons' and Maps' APIs (sightscan.demo.web_sources, started as
+It renders a synthetic city (localsystem.demo.city) and a webcam clip of it under SIGHTSCAN_HOME/demo/, serves the
+city on local web sources that speak Wikidata's, Commons' and Maps' APIs (localsystem.demo.web_sources, started as
 a service of the local system), brings up the stack and SightScan's services with the crawler pointed at those
 sources and thresholds sized to the city, requests the city through the gateway's REST API and follows it until
 it has a model to serve.
@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from localsystem.demo.city import CityInfo, H, W, clip_length, render_city, render_clip
+from localsystem.demo.web_sources import sources_env
+from localsystem.stack.settings import SystemSettings
 from sightscan.config import Settings
-from sightscan.demo.city import CityInfo, H, W, clip_length, render_city, render_clip
-from sightscan.demo.web_sources import sources_env
-from sightscan.stack.settings import SystemSettings
 
 DEFAULT_SOURCES_PORT: int = SystemSettings.demo_sources_port  # DEMO_SOURCES_PORT's default
 
@@ -41,7 +41,7 @@ class DemoOptions:
     fps: int = 10
     timeout: float = 1800.0                   # seconds to wait for a live model; 0: do not wait
     poll_s: float = 2.0
-    look: str = "synthetic"                   # "photo": a city of real photographs (sightscan.demo.photos)
+    look: str = "synthetic"                   # "photo": a city of real photographs (localsystem.demo.photos)
     negatives: int = 6                        # photos of the city's streets with no sight, rendered with it
 
     @property
@@ -145,8 +145,8 @@ def progress_line(row: Mapping[str, Any], expected: int) -> str:
 def start_system(settings: Settings, opts: DemoOptions, info: CityInfo, clip: Path,
                  progress: Callable[[str], None]) -> None:
     """The stack, then the services in demo mode: the web sources first, every service with `demo_env`."""
-    from sightscan.stack import LocalStack
-    from sightscan.stack.services import (
+    from localsystem.stack import LocalStack
+    from localsystem.stack.services import (
         DEMO_SOURCES,
         PythonService,
         demo_sources_spec,
@@ -177,7 +177,7 @@ def run_demo(settings: Settings, opts: DemoOptions, progress: Callable[[str], No
              say: Callable[[str], None] = print) -> int:
     """The demo; 0 once the city has a model to serve (or at once with timeout 0), 1 when the timeout passes
     first (the system keeps running)."""
-    from sightscan.stack.services import api_token, gateway_port
+    from localsystem.stack.services import api_token, gateway_port
 
     info, clip = prepare_city(settings, opts, progress)
     start_system(settings, opts, info, clip, progress)

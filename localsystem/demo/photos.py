@@ -1,4 +1,4 @@
-"""A city of real photographs: the "photo" Look of sightscan.demo.city (`render_city(..., look="photo")`).
+"""A city of real photographs: the "photo" Look of localsystem.demo.city (`render_city(..., look="photo")`).
 
 The synthetic Look draws every sight and street with one renderer, so a recogniser could learn that renderer's
 statistics instead of the sights. This Look builds the same kind of city from real photographs: its sights are
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
-from sightscan.demo.city import PREFIXES, H, W
+from localsystem.demo.city import PREFIXES, H, W
 
 SPRITE_SIZE = 320  # the long side of a sprite, in pixels (the renderer rescales it)
 

@@ -15,9 +15,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from sightscan.config import Settings
-from sightscan.kafka import client_config
-from sightscan.stack.proc import (
+from localsystem.stack.proc import (
     PidFile,
     StackError,
     port_in_use,
@@ -26,9 +24,11 @@ from sightscan.stack.proc import (
     stop_process,
     wait_for,
 )
+from sightscan.config import Settings
+from sightscan.kafka import client_config
 
 log = logging.getLogger(__name__)
-_QUIET = logging.getLogger("sightscan.stack.rdkafka-probe")
+_QUIET = logging.getLogger("localsystem.stack.rdkafka-probe")
 _QUIET.setLevel(logging.CRITICAL)
 
 TEMPLATES = Path(__file__).parent / "templates"

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import connectors
+from localsystem.stack.kafka import Connect, Kafka, recorded_brokers
+from localsystem.stack.postgres import Postgres
+from localsystem.stack.proc import StackError, require_free_port
+from localsystem.stack.tools import find_java, resolve_jars
 from sightscan import db
 from sightscan.config import Settings
-from sightscan.stack.kafka import Connect, Kafka, recorded_brokers
-from sightscan.stack.postgres import Postgres
-from sightscan.stack.proc import StackError, require_free_port
-from sightscan.stack.tools import find_java, resolve_jars
 
 log = logging.getLogger(__name__)
 

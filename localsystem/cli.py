@@ -13,7 +13,7 @@ from sightscan.config import ConfigError, Settings, current_values
 from sightscan.names import BadName
 
 if TYPE_CHECKING:
-    from sightscan.stack import LocalStack
+    from localsystem.stack import LocalStack
 
 
 def with_brokers(args: argparse.Namespace, settings: Settings) -> Settings:
@@ -23,7 +23,7 @@ def with_brokers(args: argparse.Namespace, settings: Settings) -> Settings:
 
 
 def _stack(args: argparse.Namespace, settings: Settings) -> int:
-    from sightscan.stack import LocalStack
+    from localsystem.stack import LocalStack
 
     def progress(msg: str) -> None:
         print(f"sightscan: {msg}", file=sys.stderr, flush=True)
@@ -46,8 +46,8 @@ def _stack(args: argparse.Namespace, settings: Settings) -> int:
 
 def _system(args: argparse.Namespace, settings: Settings) -> int:
     """The whole system: the stack, then SightScan's services (up); services, then the stack (down)."""
-    from sightscan.stack import LocalStack
-    from sightscan.stack.services import api_token, gateway_port, start_all, stop_all
+    from localsystem.stack import LocalStack
+    from localsystem.stack.services import api_token, gateway_port, start_all, stop_all
 
     def progress(msg: str) -> None:
         print(f"sightscan: {msg}", file=sys.stderr, flush=True)
@@ -69,8 +69,8 @@ def _system(args: argparse.Namespace, settings: Settings) -> int:
 
 def _print_status(settings: Settings, stack: LocalStack) -> int:
     """One line a part: state, where (port or log), and what the supervisor did to it; exit 3 unless all healthy."""
-    from sightscan.stack.services import services, supervisor
-    from sightscan.stack.supervisor import read_state
+    from localsystem.stack.services import services, supervisor
+    from localsystem.stack.supervisor import read_state
 
     supervised = read_state(settings)
     rows = [(r.name, r.healthy, r.running, r.where) for r in stack.status()]
@@ -90,8 +90,8 @@ def _print_status(settings: Settings, stack: LocalStack) -> int:
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     """Offline: a synthetic city on local web sources, learnt by the whole system and served to the page."""
-    from sightscan.demo.system import DemoOptions, run_demo
-    from sightscan.stack.settings import SystemSettings
+    from localsystem.demo.system import DemoOptions, run_demo
+    from localsystem.stack.settings import SystemSettings
 
     port = args.sources_port if args.sources_port is not None else SystemSettings.from_env().demo_sources_port
 
@@ -126,8 +126,8 @@ def settings_of_every_service() -> list[tuple[str, type]]:
     """(service, its settings class) for `sightscan config`: every variable any SightScan process reads."""
     from consumers.settings import LabellerSettings
     from gateway.settings import GatewaySettings
+    from localsystem.stack.settings import SystemSettings
     from producers.settings import CrawlerSettings
-    from sightscan.stack.settings import SystemSettings
     from streams.settings import StreamsSettings
     from trainer.settings import TrainerEnv
 
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sights", type=int, default=5)
     demo.add_argument("--per-sight", type=int, default=40, help="photos of each sight on the web sources")
     demo.add_argument("--look", choices=("synthetic", "photo"), default="synthetic",
-                      help="drawn sights, or real photographs (sightscan.demo.photos)")
+                      help="drawn sights, or real photographs (localsystem.demo.photos)")
     demo.add_argument("--sources-port", type=int,
                       help="port of the local web sources (default: DEMO_SOURCES_PORT, else 8766)")
     demo.add_argument("--seconds", type=float, help="length of the webcam clip (default 2 s per sight)")
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:  # a plain message for the known failure kinds, a trace for the rest
         from connectors import ConnectorError
-        from sightscan.stack import StackError
+        from localsystem.stack import StackError
 
         if isinstance(exc, StackError | ConnectorError):
             print(f"sightscan: error: {exc}", file=sys.stderr)

@@ -18,7 +18,7 @@ class SystemSettings(ServiceSettings):
                                doc="write token for every service; unset: one generated in SIGHTSCAN_HOME/api-token")
     demo_sources_port: int = env_field("DEMO_SOURCES_PORT", 8766, tcp_port, "port of the demo's local web sources")
 
-    # The supervisor `up` leaves behind (sightscan/stack/supervisor.py).
+    # The supervisor `up` leaves behind (localsystem/stack/supervisor.py).
     max_crashes: int = env_field("SUPERVISOR_MAX_CRASHES", 5, positive_int,
                                  "crashes of one service within SUPERVISOR_CRASH_WINDOW_S before it is given up")
     crash_window_s: float = env_field("SUPERVISOR_CRASH_WINDOW_S", 300.0, positive_float,

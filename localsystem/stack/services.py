@@ -23,9 +23,9 @@ from typing import Any
 
 import psutil
 
+from localsystem.stack.proc import PidFile, require_free_port, start_detached, stop_process, wait_for
+from localsystem.stack.settings import SystemSettings
 from sightscan.config import Settings
-from sightscan.stack.proc import PidFile, require_free_port, start_detached, stop_process, wait_for
-from sightscan.stack.settings import SystemSettings
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ SERVICES = (
 
 DEMO_SOURCES = "websources"
 
-# Restarts a crashed service (sightscan/stack/supervisor.py); `up` starts it last, `down` stops it first.
-SUPERVISOR = ServiceSpec("supervisor", ("-m", "sightscan.stack.supervisor"), stop_children=False)
+# Restarts a crashed service (localsystem/stack/supervisor.py); `up` starts it last, `down` stops it first.
+SUPERVISOR = ServiceSpec("supervisor", ("-m", "localsystem.stack.supervisor"), stop_children=False)
 
 
 def gateway_port() -> int:
@@ -78,9 +78,9 @@ def write_demo_state(settings: Settings, state: Mapping[str, Any]) -> None:
 
 
 def demo_sources_spec(state: Mapping[str, Any]) -> ServiceSpec:
-    """The demo's web sources: a synthetic city on local Wikidata, Commons and Maps (sightscan.demo.web_sources)."""
+    """The demo's web sources: a synthetic city on local Wikidata, Commons and Maps (localsystem.demo.web_sources)."""
     port = int(state["port"])
-    return ServiceSpec(DEMO_SOURCES, ("-m", "sightscan.demo.web_sources", "--folder", str(state["folder"]),
+    return ServiceSpec(DEMO_SOURCES, ("-m", "localsystem.demo.web_sources", "--folder", str(state["folder"]),
                                       "--city", str(state["city"]), "--port", str(port)),
                        port=port, port_env="DEMO_SOURCES_PORT", probe="/robots.txt")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import psycopg2
 
+from localsystem.stack.proc import PidFile, StackError, require_free_port, wait_for
 from sightscan.config import Settings
-from sightscan.stack.proc import PidFile, StackError, require_free_port, wait_for
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from sightscan.stack.proc import StackError
+from localsystem.stack.proc import StackError
 
 log = logging.getLogger(__name__)
 

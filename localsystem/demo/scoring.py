@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sightscan.demo.city import Box, ClipFrame, H, W
+from localsystem.demo.city import Box, ClipFrame, H, W
 
 
 def normalised(bbox: Box, width: int = W, height: int = H) -> tuple[float, float, float, float]:
