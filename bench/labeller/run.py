@@ -36,8 +36,8 @@ from localsystem.demo.city import render_city
 from sightscan import db, kafka
 from sightscan.config import Settings
 from sightscan.topics import command_dead_letter_topic, command_topic
-from tests.fakes.vision_server import FakeVision, VisionServer, box_landmark
 from tests.support.stack import ephemeral_stack
+from tests.support.vision_server import FakeVision, VisionServer, box_landmark
 
 REQUEST_SIZE = 16  # LABELLING_BATCH_SIZE: images per labelling request from the stream agent
 

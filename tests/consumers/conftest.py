@@ -9,9 +9,9 @@ import pytest
 
 from sightscan import db, kafka
 from sightscan.config import Settings
-from tests.consumers.labelling_helpers import PREFIXES
-from tests.fakes.vision_server import VisionServer
-from tests.synthetic import render_city
+from tests.support.labelling import PREFIXES
+from tests.support.synthetic import render_city
+from tests.support.vision_server import VisionServer
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import threading
 
 from consumers.budget import Budget
 from sightscan import db
-from tests.consumers.labelling_helpers import costs_of, seed_city
+from tests.support.labelling import costs_of, seed_city
 
 
 def test_concurrent_reservations_never_exceed_the_cap(migrated, label_city):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from consumers.service import LabellerService
-from tests.consumers.labelling_helpers import (
+from tests.support.labelling import (
     add_image,
     costs_of,
     isolated,
@@ -14,7 +14,7 @@ from tests.consumers.labelling_helpers import (
     seed_city,
     wait_until,
 )
-from tests.fakes.vision_server import box_landmark
+from tests.support.vision_server import box_landmark
 
 CAP = 5
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from consumers import cli
-from tests.consumers.labelling_helpers import (
+from tests.support.labelling import (
     add_image,
     costs_of,
     isolated,
@@ -20,7 +20,7 @@ from tests.consumers.labelling_helpers import (
     seed_city,
     wait_until,
 )
-from tests.fakes.vision_server import box_landmark
+from tests.support.vision_server import box_landmark
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOGLE_VARS = ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_VISION_ENDPOINT", "LABELLER_BACKEND")

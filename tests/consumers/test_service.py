@@ -12,7 +12,7 @@ import pytest
 from consumers.service import LabellerService
 from sightscan import db
 from sightscan.topics import command_dead_letter_topic
-from tests.consumers.labelling_helpers import (
+from tests.support.labelling import (
     costs_of,
     isolated,
     labeller_settings,
@@ -22,7 +22,7 @@ from tests.consumers.labelling_helpers import (
     seed_city,
     wait_until,
 )
-from tests.fakes.vision_server import Landmark, box_landmark
+from tests.support.vision_server import Landmark, box_landmark
 
 
 def _teach(fake, city) -> dict[str, object]:

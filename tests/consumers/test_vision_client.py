@@ -8,8 +8,8 @@ import time
 import pytest
 
 from consumers.vision import VisionClient, VisionRefused, VisionUnavailable
-from tests.consumers.labelling_helpers import labeller_settings
-from tests.fakes.vision_server import Landmark, box_landmark
+from tests.support.labelling import labeller_settings
+from tests.support.vision_server import Landmark, box_landmark
 
 
 def client(server, **overrides) -> VisionClient:
@@ -72,7 +72,7 @@ def test_per_image_errors_come_with_their_image(vision_server):
 
 
 def test_nothing_listening_is_passing():
-    from tests.fakes.vision_server import VisionServer
+    from tests.support.vision_server import VisionServer
 
     server = VisionServer().start()
     endpoint = server.endpoint

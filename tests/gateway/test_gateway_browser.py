@@ -16,7 +16,7 @@ import pytest
 from localsystem.demo.city import read_y4m, render_city, render_clip
 from sightscan import db
 from sightscan.config import Settings
-from tests.gateway.gw_browser import Browser, poll
+from tests.support.browser import Browser, poll
 from tests.support.gateway import REPO, Gateway
 from tests.support.onnx_models import build_colour_model
 

@@ -14,7 +14,7 @@ from localsystem.demo.web_sources import FakeWeb, WebSources
 from sightscan import kafka
 from sightscan.config import Settings
 from sightscan.topics import command_dead_letter_topic, command_topic
-from tests.synthetic import render_city
+from tests.support.synthetic import render_city
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ import time
 import uuid
 
 from localsystem.demo.web_sources import FakeCity, FakeFile, WebSources, from_synthetic_city
-from tests.producers.crawl_helpers import ROOT, city_row, crawler_env, png, run_crawl, sight_names, stored_images
-from tests.synthetic import render_city
+from tests.support.crawl import ROOT, city_row, crawler_env, png, run_crawl, sight_names, stored_images
+from tests.support.synthetic import render_city
 
 JANE = "Jane & Co"  # FakeFile's default Artist, as plain text
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from localsystem.demo.web_sources import WebSources, from_synthetic_city
-from tests.producers.crawl_helpers import city_row, run_crawl, stored_images
-from tests.synthetic import render_city
+from tests.support.crawl import city_row, run_crawl, stored_images
+from tests.support.synthetic import render_city
 
 SIGHTS, PER_SIGHT = 4, 12
 

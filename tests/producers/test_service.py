@@ -22,7 +22,7 @@ from producers.settings import CrawlerSettings
 from sightscan import db, kafka
 from sightscan.commands import BadCommand, RetryLater
 from sightscan.topics import change_topic, command_dead_letter_topic, command_topic
-from tests.producers.crawl_helpers import FAST, ROOT, city_row, crawler_env, stored_images
+from tests.support.crawl import FAST, ROOT, city_row, crawler_env, stored_images
 
 
 def _publish(settings, messages: list[tuple[bytes, bytes]]) -> None:

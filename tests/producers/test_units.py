@@ -24,7 +24,7 @@ from producers.sources import (
 )
 from producers.validate import ImageLimits, Rejected, check_image
 from sightscan.config import ConfigError
-from tests.producers.crawl_helpers import ROOT, png
+from tests.support.crawl import ROOT, png
 
 LIMITS = ImageLimits(min_side=64, max_bytes=2_000_000, max_pixels=10_000_000)
 

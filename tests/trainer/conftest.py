@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.synthetic import render_city
+from tests.support.synthetic import render_city
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from localsystem import cli
 from localsystem.stack import LocalStack
 from localsystem.stack.proc import StackError
 from localsystem.stack.services import services, start_all, stop_all, supervisor
 from localsystem.stack.settings import SystemSettings
 from localsystem.stack.supervisor import Supervisor, read_state
-from sightscan import cli
 from sightscan.config import Settings
 from tests.support.stack import free_port
 

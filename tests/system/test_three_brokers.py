@@ -41,10 +41,10 @@ from tests.conftest import TopicReader
 from tests.support.gateway import Gateway, next_message, start_gateway, stop_gateway
 from tests.support.stack import ephemeral_settings
 from tests.support.streams import Worker, one_per_crossing, start_at_the_end, wait_marts_match
-from tests.synthetic import render_city
+from tests.support.synthetic import render_city
 from tests.trainer.trainer_helpers import load_city
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 THRESHOLDS = {"MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING": "10", "MIN_IMAGE_NUMBER_PER_LABEL": "4",
               "LABELLING_BATCH_SIZE": "8", "MTS_EPOCHS": "2"}
 

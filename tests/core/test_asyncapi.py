@@ -29,7 +29,7 @@ from streams.settings import StreamsSettings
 from tests.support.gateway import call_json, start_gateway, stop_gateway
 from tests.support.streams import Worker
 
-META_SCHEMA = Path(__file__).resolve().parent / "support" / "asyncapi-3.0.0.schema.json"
+META_SCHEMA = Path(__file__).resolve().parents[1] / "support" / "asyncapi-3.0.0.schema.json"
 DOC_URI = "urn:sightscan:kafka"
 
 

@@ -73,6 +73,6 @@ def test_config_needs_no_training_or_imaging_packages() -> None:
             "sys.argv = ['sightscan', 'config']\n"
             "main()\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr[-2000:]
     assert "TRAINER_MIN_RECALL" in done.stdout and "MTS_EPOCHS" in done.stdout

@@ -14,7 +14,7 @@ RESOURCE_EXHAUSTED, 503 UNAVAILABLE, 403 PERMISSION_DENIED…); `slow_next(secon
 timeouts); `image_error(sha256, code, message)` puts a per-image error inside a 200 response. `latency_s` and
 `per_image_s` simulate Google's service time (the benchmark uses them). Every request is recorded.
 
-    python -m tests.fakes.vision_server --port 8765   # run it alone (no landmarks known), e.g. for `sightscan label`
+    python -m tests.support.vision_server --port 8765   # run it alone (no landmarks known), e.g. for `sightscan label`
 """
 
 from __future__ import annotations

@@ -31,12 +31,12 @@ from sightscan.config import Settings
 from sightscan.detector import OnnxDetector, preprocess
 from sightscan.topics import WATCHED_TABLES, change_topic, command_topic, ensure_topics, training_events_topic
 from streams.rekey import rekey_group
-from tests.fakes.vision_server import FakeVision, VisionServer, box_landmark
 from tests.support.gateway import next_message, start_gateway, stop_gateway
 from tests.support.streams import Worker, wait_marts_match
-from tests.synthetic import render_city
+from tests.support.synthetic import render_city
+from tests.support.vision_server import FakeVision, VisionServer, box_landmark
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LOOP_SETTINGS = {"MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING": "30", "MIN_IMAGE_NUMBER_PER_LABEL": "8",
                  "MTS_EPOCHS": "2", "LABELLING_BATCH_SIZE": "16", "SIGHTSCAN_LOG_FORMAT": "console"}
 

@@ -14,7 +14,7 @@ import yaml
 from localsystem.stack.kafka import Connect, Kafka
 from sightscan.config import Settings
 
-COMPOSE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
+COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 
 
 THREE_BROKERS = COMPOSE.parent / "compose-three-brokers.env"

@@ -15,7 +15,7 @@ import aiohttp
 
 from sightscan.children import stop_popen
 
-INSTALL = Path(__file__).resolve().parent / "install_chromium.sh"
+INSTALL = Path(__file__).resolve().parents[1] / "gateway" / "install_chromium.sh"
 
 
 def chromium_binary() -> str:
