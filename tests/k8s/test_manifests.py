@@ -406,7 +406,7 @@ def test_keda_scales_the_three_consumers_on_their_real_groups_and_topics(objects
 def test_connect_builds_debezium_3_and_the_connector_is_the_projects(objects):
     connect = _one(objects, "KafkaConnect")
     assert connect["metadata"]["annotations"]["strimzi.io/use-connector-resources"] == "true"
-    pom = ET.parse(ROOT / "sightscan" / "stack" / "maven" / "debezium.pom.xml").getroot()
+    pom = ET.parse(ROOT / "localsystem" / "stack" / "maven" / "debezium.pom.xml").getroot()
     local_version = pom.find("{http://maven.apache.org/POM/4.0.0}properties/"
                              "{http://maven.apache.org/POM/4.0.0}debezium.version").text
     artifacts = [a for p in connect["spec"]["build"]["plugins"] for a in p["artifacts"]]
