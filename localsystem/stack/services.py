@@ -23,9 +23,9 @@ from typing import Any
 
 import psutil
 
+from gateway.settings import GatewaySettings
 from localsystem.stack.proc import PidFile, require_free_port, start_detached, stop_process, wait_for
-from localsystem.stack.settings import SystemSettings
-from sightscan.config import Settings
+from sightscan.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,11 @@ SUPERVISOR = ServiceSpec("supervisor", ("-m", "localsystem.stack.supervisor"), s
 
 
 def gateway_port() -> int:
-    return SystemSettings.from_env().gateway_port
+    """The gateway's DOS_PORT; the local system probes and prints it, so 0 (any free port) is refused here."""
+    port = GatewaySettings.from_env().port
+    if port == 0:
+        raise ConfigError("DOS_PORT=0 picks a free port for a gateway run alone; the local system needs a fixed one")
+    return port
 
 
 def demo_state_path(settings: Settings) -> Path:
@@ -138,8 +142,8 @@ class PythonService:
 
 
 def api_token(settings: Settings) -> str:
-    """SIGHTSCAN_API_TOKEN, or one generated once for the local stack and kept in SIGHTSCAN_HOME/api-token."""
-    configured = SystemSettings.from_env().api_token
+    """The gateway's SIGHTSCAN_API_TOKEN, or one generated once for the local stack in SIGHTSCAN_HOME/api-token."""
+    configured = GatewaySettings.from_env().api_token
     if configured:
         return configured
     path = settings.home / "api-token"

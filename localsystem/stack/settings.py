@@ -1,7 +1,7 @@
 """Settings of the local system as `sightscan up`, `demo` and the supervisor run it (not of any one service).
 
-DOS_PORT and SIGHTSCAN_API_TOKEN are the gateway's own settings too: here they say where `up` expects the gateway
-and which token it hands every service.
+Where `up` expects the gateway (DOS_PORT) and the token it hands every service (SIGHTSCAN_API_TOKEN) are the
+gateway's own settings (gateway/settings.py), declared there once and read from there (localsystem/stack/services.py).
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ from sightscan.config import ServiceSettings, env_field, positive_float, positiv
 
 @dataclass(frozen=True)
 class SystemSettings(ServiceSettings):
-    gateway_port: int = env_field("DOS_PORT", 8080, tcp_port, "port the local system's gateway serves on")
-    api_token: str = env_field("SIGHTSCAN_API_TOKEN", "",
-                               doc="write token for every service; unset: one generated in SIGHTSCAN_HOME/api-token")
     demo_sources_port: int = env_field("DEMO_SOURCES_PORT", 8766, tcp_port, "port of the demo's local web sources")
 
     # The supervisor `up` leaves behind (localsystem/stack/supervisor.py).

@@ -31,6 +31,13 @@ def test_every_setting_of_every_service_is_listed_with_its_source(monkeypatch, c
     assert rows["SIGHTSCAN_API_TOKEN"][1:3] == ["(set)", "environment"]  # a secret is never printed
 
 
+def test_every_variable_is_declared_once() -> None:
+    """One declaration, one parser, one doc line: a variable read by two services is declared by one of them
+    (DOS_PORT and SIGHTSCAN_API_TOKEN are the gateway's; the local system reads them from GatewaySettings)."""
+    names = [f.metadata["env"] for _, cls in settings_of_every_service() for f in dataclasses.fields(cls)]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
+
+
 def test_a_malformed_value_is_named_by_config_and_at_start_up(monkeypatch, capsys) -> None:
     monkeypatch.setenv("STREAMS_BATCH_SIZE", "lots")
     assert main(["config"]) == 1
