@@ -136,9 +136,27 @@ def settings_of_every_service() -> list[tuple[str, type]]:
             ("labeller", LabellerSettings), ("trainer", TrainerEnv), ("gateway", GatewaySettings)]
 
 
+def settings_reference() -> str:
+    """docs/configuration.md: every variable with its default and meaning, per service (tests keep it current)."""
+    lines = ["# Configuration", "",
+             "Every setting is an environment variable with a local default; a malformed value stops the process at",
+             "start-up with a message naming the variable. `sightscan config` prints the values in force now and where",
+             "each came from. This page is generated: `sightscan config --markdown > docs/configuration.md`.", ""]
+    for service, cls in settings_of_every_service():
+        lines += [f"## {service}", "", "| variable | default | meaning |", "|---|---|---|"]
+        for row in current_values(cls, {}):
+            meaning = row.meaning.replace("|", "\\|")  # a pipe would end the table cell
+            lines.append(f"| `{row.variable}` | {row.value or '(unset)'} | {meaning} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def _config(args: argparse.Namespace, settings: Settings) -> int:
     import os
 
+    if args.markdown:
+        print(settings_reference(), end="")
+        return 0
     malformed = 0
     for service, cls in settings_of_every_service():
         print(f"# {service}")
@@ -239,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=_migrate)
 
     config = sub.add_parser("config", help="list every setting, its current value and meaning")
+    config.add_argument("--markdown", action="store_true",
+                        help="print the reference of every setting and its default (docs/configuration.md)")
     config.set_defaults(func=_config)
 
     city = sub.add_parser("request-city", help="ask SightScan to learn a city")

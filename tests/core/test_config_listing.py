@@ -83,3 +83,11 @@ def test_config_needs_no_training_or_imaging_packages() -> None:
                           cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr[-2000:]
     assert "TRAINER_MIN_RECALL" in done.stdout and "MTS_EPOCHS" in done.stdout
+
+
+def test_the_configuration_page_is_what_config_prints() -> None:
+    """docs/configuration.md is generated; a setting added without regenerating it fails here."""
+    from localsystem.cli import settings_reference
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    assert page == settings_reference(), "regenerate: sightscan config --markdown > docs/configuration.md"
