@@ -38,13 +38,17 @@
    three-broker test. The check now skips a partition without a position, as it already skips one without a
    highwater.
 
-All five depend on Faust internals, so `install()` refuses a faust-streaming version they were not tested with:
-upgrading Faust means re-running tests/streams (the kill and rebalance tests), then adding the version here.
+All five depend on internals of faust-streaming and of aiokafka, the Kafka client it drives (fix 3 passes aiokafka's
+producer arguments, fix 4 works around its seek_to_committed, fix 5 reads its subscription state). So `install()`
+refuses a version of either that they were not tested with (TESTED_VERSIONS; pyproject.toml pins both). Upgrading
+one means running tests/streams/test_faust_fixes.py (each fix has a test there that fails without it) and the rest
+of tests/streams (the kill and rebalance tests), then adding the version here.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from importlib.metadata import version
 from typing import Any
 
@@ -55,24 +59,30 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducerDriver
 from faust.types.tuples import ConsumerMessage
 
-TESTED_VERSIONS = ("0.15.3",)
+# distribution -> the versions the fixes were tested with; the last is the one to install (pyproject.toml pins it).
+TESTED_VERSIONS: dict[str, tuple[str, ...]] = {
+    "faust-streaming": ("0.15.3",),
+    "aiokafka": ("0.14.0",),
+}
 
 _original_ack = Event.ack
 _original_verify_event_path = AIOKafkaConsumerThread.verify_event_path
 
 
-class UntestedFaustVersion(RuntimeError):
-    pass
+class UntestedVersion(RuntimeError):
+    """faust-streaming or aiokafka is installed at a version the fixes were not tested with."""
 
 
-def check_version(installed: str | None = None) -> None:
-    installed = installed or version("faust-streaming")
-    if installed not in TESTED_VERSIONS:
-        raise UntestedFaustVersion(
-            f"faust-streaming {installed} is installed, but streams/faust_fixes.py was tested with "
-            f"{', '.join(TESTED_VERSIONS)} only: its workarounds patch Faust internals. Install "
-            f"faust-streaming=={TESTED_VERSIONS[-1]}, or run tests/streams against {installed} and add it to "
-            "TESTED_VERSIONS.")
+def check_version(installed: Mapping[str, str] | None = None) -> None:
+    """Raise UntestedVersion unless faust-streaming and aiokafka are at tested versions. `installed`:
+    distribution -> version, read from the environment where not given."""
+    untested = [f"{name} {found} (tested: {', '.join(tested)})" for name, tested in TESTED_VERSIONS.items()
+                if (found := (installed or {}).get(name) or version(name)) not in tested]
+    if untested:
+        raise UntestedVersion(
+            f"streams/faust_fixes.py patches internals of faust-streaming and aiokafka, and was not tested with "
+            f"{' and '.join(untested)}. Install the versions pyproject.toml pins, or run tests/streams against "
+            "these and add them to TESTED_VERSIONS.")
 
 
 def _ack_only_what_a_stream_took(self: Event) -> bool:
@@ -83,7 +93,8 @@ def _ack_only_what_a_stream_took(self: Event) -> bool:
 
 
 def install() -> None:
-    """Check the version and install fixes 1, 3, 4 and 5; idempotent. Called before any stream runs."""
+    """Check the versions of faust-streaming and aiokafka, and install fixes 1, 3, 4 and 5; idempotent. Called
+    before any stream runs."""
     check_version()
     if Event.ack is not _ack_only_what_a_stream_took:
         Event.ack = _ack_only_what_a_stream_took  # type: ignore[method-assign]
