@@ -23,6 +23,9 @@ dedupe positions of what was sent.
 Labelling requests are batched: a city's unlabelled images wait until LABELLING_BATCH_SIZE of them are there, or
 until the oldest has waited LABELLING_LINGER_S. Request ids are the city and a sequence number, so a replay after
 a crash derives the same ids.
+
+The layouts of earlier versions (a whole city in one value; one key per record) are read by
+streams/old_state_layouts.py, until 0.4.0 drops them.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from streams import old_state_layouts
 
 Command = tuple[str, dict[str, Any]]  # (kind, the command's JSON object)
 
@@ -206,32 +211,6 @@ class CityState:
         self._buckets: dict[str, dict[str, Any]] = {}  # bucket key -> its stored value, as read or last written
         self._changed: set[str] = set()                 # "i/<id>" and "l/<id>" of the records changed since
 
-    @classmethod
-    def from_legacy(cls, raw: dict[str, Any]) -> CityState:
-        """A city stored whole by an earlier version (one JSON value with every image and label): the same state
-        in this layout, every record marked changed so the next store writes them all (once)."""
-        state, cmd = cls(raw["city_id"]), raw["cmd"]
-        c, s = raw.get("city"), state.summary
-        s.city = None if c is None else CityRecord(c["lsn"], c["present"], c["name"], c["status"])
-        s.sights = {k: SightRecord(*v) for k, v in raw["sights"].items()}
-        s.models = {k: ModelRecord(*v) for k, v in raw["models"].items()}
-        s.max_lsn, s.pending = raw["max_lsn"], [(kind, command) for kind, command in raw.get("pending", [])]
-        s.cmd = CommandProgress(cmd["crawl"], cmd["label_seq"], cmd["train_seq"], cmd["train_outstanding"],
-                                cmd["trained_on"])
-        for k, (lsn, present, sight_id) in raw["images"].items():
-            state._images[k] = ImageRecord(lsn, present, sight_id, cmd["outstanding"].get(k, ""))
-        for k, v in raw["labels"].items():
-            label = state._labels[k] = LabelRecord(*v)
-            if label.present:
-                state.image(label.image_id).labels[k] = label.sight_id
-        for k, image in state._images.items():
-            s.counts.add(image, +1)
-            if image.present and not image.labels and not image.request:
-                s.waiting.append(int(k))
-        s.waiting_since_ms = int(time.time() * 1000)
-        state._changed = {f"i/{k}" for k in state._images} | {f"l/{k}" for k in state._labels}
-        return state
-
     # Records ------------------------------------------------------------------------------------------------
 
     def _bucket(self, key: str) -> dict[str, Any]:
@@ -242,9 +221,7 @@ class CityState:
 
     def _stored(self, kind: str, row_id: str) -> Any:
         stored = self._bucket(bucket_key(kind, row_id)).get(row_id)
-        if stored is None:  # a record stored one per key by the previous version ("<city>/i/<id>")
-            stored = self._lookup(f"{kind}/{row_id}")
-        return stored
+        return stored if stored is not None else self._stored_alone(kind, row_id)
 
     def image(self, image_id: int | str) -> ImageRecord:
         key = str(image_id)
@@ -295,6 +272,17 @@ class CityState:
             s.waiting.append(int(image_id))
         elif listed and not waits:
             s.waiting.remove(int(image_id))
+
+    # Older layouts: the only place this module reads them, through streams/old_state_layouts.py (until 0.4.0) ---
+
+    @classmethod
+    def from_legacy(cls, raw: dict[str, Any]) -> CityState:
+        """A city stored whole by an earlier version (a value without "layout"), in this layout."""
+        return old_state_layouts.whole_city(raw)
+
+    def _stored_alone(self, kind: str, row_id: str) -> Any:
+        """A record missing from its bucket: stored under a key of its own by an earlier version, or None."""
+        return old_state_layouts.record_stored_alone(self._lookup, kind, row_id)
 
     # Facts ----------------------------------------------------------------------------------------------
 

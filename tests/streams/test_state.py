@@ -1,6 +1,6 @@
 """The city state on its own (streams/state.py): counts kept up to date fact by fact equal a recount, whatever the
-order, the redeliveries and the store/reload cycles; labelling requests are batched, lingering ones go out; an
-earlier version's whole-city value converts to the same state."""
+order, the redeliveries and the store/reload cycles; labelling requests are batched, lingering ones go out. The
+layouts of earlier versions are read in test_old_state_layouts.py."""
 
 from __future__ import annotations
 
@@ -158,42 +158,3 @@ def test_a_batch_writes_only_what_it_changed():
     assert len(json.dumps(written[""])) < 600  # the summary does not grow with the city's images
     assert len(written["images/3"]) == 256 - (1024 - 1001) + 1  # ids 768..1001 of this city
     assert state.counts()["per_sight"] == {7: 1000, 8: 1}
-
-
-def test_a_whole_city_value_from_the_earlier_layout_converts_to_the_same_state():
-    legacy = {"city_id": 1, "city": {"lsn": 1, "present": True, "name": "X", "status": "labelling"},
-              "images": {"1": [2, True, 7], "2": [3, True, 8], "3": [4, True, None], "4": [5, False, 7]},
-              "labels": {"9": [6, True, 1, 7], "10": [7, True, 3, None], "11": [8, False, 2, 8]},
-              "models": {"5": [9, True, 1]}, "sights": {"7": [1, True, "Tower"], "8": [1, True, "Gate"]},
-              "max_lsn": 9, "pending": [["crawl", {"request_id": "crawl-1"}]],
-              "cmd": {"crawl": True, "label_seq": 1, "outstanding": {"2": "label-1-1"}, "train_seq": 0,
-                      "train_outstanding": False, "trained_on": 0}}
-    state = CityState.from_legacy(legacy)
-    assert state.counts() == {"images": 3, "labelled_images": 1, "no_landmark_images": 1, "models": 1,
-                              "per_sight": {7: 1, 8: 0}}
-    assert state.summary.pending == [("crawl", {"request_id": "crawl-1"})]
-    assert state.summary.waiting == []            # image 2 is in request label-1-1 still
-    table = Table()
-    table.store(state)
-    again = table.load()
-    assert again.counts() == state.counts() and again.image(2).request == "label-1-1"
-    assert set(table.data) == {"1", "1/images/0", "1/labels/0"}
-    assert set(table.data["1/images/0"]) == {"1", "2", "3", "4"} and set(table.data["1/labels/0"]) == {"9", "10", "11"}
-
-
-def test_records_stored_one_per_key_by_the_previous_version_are_still_read():
-    table = Table()
-    state = CityState(1)
-    state.apply(city())
-    state.apply(image(5, 2))
-    state.apply(label(9, 3, 5, 7))
-    summary = state.records()[0][1]
-    # The previous version's layout: one key per record.
-    table.data = {"1": summary, "1/i/5": [2, True, 7, "", {"9": 7}], "1/l/9": [3, True, 5, 7]}
-    state = table.load()
-    assert not state.apply(image(5, 2)) and not state.apply(label(9, 3, 5, 7))  # duplicates, known by LSN
-    state.apply(label(9, 4, 5, 8))  # the label now names another sight
-    table.store(state)
-    again = table.load()
-    assert again.counts()["per_sight"] == {8: 1} and again.image(5).labels == {"9": 8}
-    assert table.data["1/labels/0"]["9"] == [4, True, 5, 8]
