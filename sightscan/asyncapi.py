@@ -1,12 +1,12 @@
-"""The AsyncAPI 3.0 document of every Kafka topic SightScan uses: the one catalogue of topics, keys, payloads and
-who sends and receives each, served by the gateway at /asyncapi.json.
+"""The AsyncAPI 3.0 document of every Kafka topic SightScan uses: each topic's key and payload schemas, with
+examples, and who sends and receives it; served by the gateway at /asyncapi.json.
 
-Topic names come from sightscan/topics.py (Faust's and Debezium's own topics are named here, after their rules).
-Each channel's `address` is the topic's name with the defaults (TOPIC_PREFIX "sightscan", STREAMS_APP_ID
-"<TOPIC_PREFIX>-streams"); `x-address-template` names it with the settings as placeholders, and `topics()` fills
-them in. Every message says how its Kafka key is written in `x-key-format`: "json" (a JSON document) or "text"
-(UTF-8 text); its key's schema is in the Kafka message binding. Payloads are JSON (draft-07 JSON Schema, which
-the AsyncAPI Schema extends).
+Channels and operations are rendered from the catalogue (sightscan/catalogue.py: names, partitions, configs,
+producers, consumers, consumer groups); this module adds what the messages hold. Each channel's `address` is the
+topic's name with the defaults (TOPIC_PREFIX "sightscan", STREAMS_APP_ID "<TOPIC_PREFIX>-streams");
+`x-address-template` names it with the settings as placeholders, and `topics()` fills them in. Every message says
+how its Kafka key is written in `x-key-format`: "json" (a JSON document) or "text" (UTF-8 text); its key's schema
+is in the Kafka message binding. Payloads are JSON (draft-07 JSON Schema, which the AsyncAPI Schema extends).
 """
 
 from __future__ import annotations
@@ -14,26 +14,24 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from sightscan.topics import (
+from sightscan.catalogue import (
+    APP_ID,
     COMMAND_KINDS,
+    DEFAULT_PREFIX,
+    PREFIX,
+    SERVICES,
+    TOPICS,
     WATCHED_TABLES,
-    change_topic,
-    command_dead_letter_topic,
-    command_topic,
-    dead_letter_topic,
-    facts_topic,
-    training_events_topic,
+    Topic,
+    default_app_id,
+    fill,
+    group_of,
 )
 
-PREFIX = "{TOPIC_PREFIX}"      # placeholder of the topic prefix in x-address-template
-APP_ID = "{STREAMS_APP_ID}"    # placeholder of the stream worker's app id
-DEFAULT_PREFIX = "sightscan"
+__all__ = ["APP_ID", "BINDING", "DEFAULT_PREFIX", "PREFIX", "SERVICES", "default_app_id", "document", "fill",
+           "topics"]
+
 BINDING = "0.5.0"              # version of the AsyncAPI Kafka bindings used
-
-
-def default_app_id(prefix: str) -> str:
-    """The stream worker's app id when STREAMS_APP_ID is not set (streams/settings.py StreamsSettings.app_id_for)."""
-    return f"{prefix}-streams"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -451,24 +449,15 @@ def _messages() -> dict[str, dict[str, Any]]:
     return messages
 
 
-# Channels ----------------------------------------------------------------------------------------------------
+# Channels: one per topic of the catalogue ---------------------------------------------------------------------
 
-def _channel(template: str, title: str, description: str, messages: list[str], internal: bool = False,
-             compacted: bool = False) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "address": fill(template, DEFAULT_PREFIX), "title": title, "description": description,
-        "messages": {m: {"$ref": f"#/components/messages/{m}"} for m in messages},
-        "x-address-template": template, "x-internal": internal}
-    if compacted:
-        out["bindings"] = {"kafka": {"topicConfiguration": {"cleanup.policy": ["compact"]},
-                                     "bindingVersion": BINDING}}
-    return out
-
-
-def fill(template: str, prefix: str = DEFAULT_PREFIX, app_id: str | None = None) -> str:
-    """A topic name from an x-address-template."""
-    return template.replace(APP_ID, app_id or default_app_id(prefix)).replace(PREFIX, prefix)
-
+MESSAGES_OF = {  # channel id -> its messages (components/messages)
+    **{table: [f"{table}Change"] for table in WATCHED_TABLES},
+    **{f"{kind}Commands": [f"{kind}Command"] for kind in COMMAND_KINDS},
+    "trainingEvents": ["trainingEvent"], "streamsDeadLetter": ["streamsDeadLetter"],
+    "commandsDeadLetter": ["commandsDeadLetter"], "facts": ["fact"], "cityStateChangelog": ["cityState"],
+    "faustLeader": [], "debeziumHeartbeat": ["debeziumHeartbeat"],
+}
 
 _PREFIXED = ("The prefix is TOPIC_PREFIX (\"sightscan\" by default): the name is "
              "`{TOPIC_PREFIX}` followed by the rest of the address.")
@@ -476,135 +465,40 @@ _APP = ("`{STREAMS_APP_ID}` is the stream worker's app id: STREAMS_APP_ID, by de
         "workers with the same app id share the work.")
 
 
+def _channel(topic: Topic) -> dict[str, Any]:
+    naming = _APP if APP_ID in topic.template else _PREFIXED if topic.template.startswith(PREFIX) else ""
+    out: dict[str, Any] = {
+        "address": fill(topic.template, DEFAULT_PREFIX), "title": topic.title,
+        "description": f"{topic.description} {naming}".rstrip(),
+        "messages": {m: {"$ref": f"#/components/messages/{m}"} for m in MESSAGES_OF[topic.id]},
+        "x-address-template": topic.template, "x-internal": topic.internal}
+    if topic.config:
+        configuration = {k: [v] if k == "cleanup.policy" else int(v) if k.endswith((".ms", ".bytes")) else v
+                         for k, v in topic.config.items()}
+        out["bindings"] = {"kafka": {"topicConfiguration": configuration, "bindingVersion": BINDING}}
+    return out
+
+
 def _channels() -> dict[str, dict[str, Any]]:
-    channels: dict[str, dict[str, Any]] = {}
-    for table in WATCHED_TABLES:
-        channels[table] = _channel(
-            change_topic(table, PREFIX), f"{table} changes",
-            f"Every change of warehouse table {table}, written by Debezium (connectors/) within milliseconds of "
-            "its commit; keyed by the row's primary key, so one row's changes stay in order. " + _PREFIXED,
-            [f"{table}Change"])
-    for kind in COMMAND_KINDS:
-        channels[f"{kind}Commands"] = _channel(
-            command_topic(kind, PREFIX), f"{kind} commands",
-            f"{kind.capitalize()} requests of the stream worker, keyed by city id. Every command has a "
-            "deterministic request_id: a copy (after a crash, or from a worker finishing a batch of partitions it "
-            "is losing in a rebalance) carries the same id, so consumers deduplicate by it. " + _PREFIXED,
-            [f"{kind}Command"])
-    channels.update({
-        "trainingEvents": _channel(
-            training_events_topic(PREFIX), "training outcomes",
-            "The trainer's outcome of each training request, keyed as the request was; the stream worker reads it "
-            "to allow the next request. " + _PREFIXED, ["trainingEvent"]),
-        "streamsDeadLetter": _channel(
-            dead_letter_topic(PREFIX), "stream worker dead letters",
-            "Change events and training outcomes the stream worker cannot read, and facts of a city that is not in "
-            "the warehouse, each with the reason; keyed as the input was. Nothing reads it: it is for operators. "
-            + _PREFIXED, ["streamsDeadLetter"]),
-        "commandsDeadLetter": _channel(
-            command_dead_letter_topic(PREFIX), "command dead letters",
-            "Commands the crawler, labeller or trainer can never carry out (malformed, unknown city), or that still "
-            "failed after their retries, each with the reason; keyed as the command was. Nothing reads it: it is "
-            "for operators. " + _PREFIXED, ["commandsDeadLetter"]),
-        "facts": _channel(
-            facts_topic(APP_ID), "facts",
-            "The stream worker's first stage (streams/rekey.py) turns each change event and training outcome into "
-            "a small fact keyed by city, in Kafka transactions with the source offsets; its second stage (the "
-            "Faust marts agent) reads them. Internal to the stream worker. " + _APP, ["fact"], internal=True),
-        "cityStateChangelog": _channel(
-            f"{APP_ID}-city-state-changelog", "city-state changelog",
-            "The changelog of the stream worker's Faust table city-state (streams/state.py): a worker restores the "
-            "cities of its partitions from it. Compacted; internal to the stream worker, its layout changes between "
-            "versions. " + _APP, ["cityState"], internal=True, compacted=True),
-        "faustLeader": _channel(
-            f"{APP_ID}-__assignor-__leader", "Faust leader election",
-            "Created by Faust for each app to elect a leader among its workers through partition assignment; no "
-            "message is ever written to it. Internal. " + _APP, [], internal=True),
-        "debeziumHeartbeat": _channel(
-            f"__debezium-heartbeat.{PREFIX}", "Debezium heartbeats",
-            "Debezium's heartbeat every 5 s (heartbeat.interval.ms), which keeps the replication slot moving while "
-            "no watched table changes (the heartbeat query writes table debezium_heartbeat). Nothing of SightScan "
-            "reads it. Internal. The name is Debezium's: __debezium-heartbeat.<TOPIC_PREFIX>.",
-            ["debeziumHeartbeat"], internal=True),
-    })
-    return channels
+    return {topic.id: _channel(topic) for topic in TOPICS.values()}
 
 
-# Operations: who sends and who receives on each channel ------------------------------------------------------
-
-SERVICES = {
-    "debezium": "Debezium's PostgreSQL connector (sightscan-postgres) in Kafka Connect (connectors/)",
-    "rekeyer": "the stream worker's first stage (streams/rekey.py), a Kafka-transactional thread of each worker",
-    "marts": "the stream worker's Faust marts agent (streams/worker.py)",
-    "crawler": "the crawler service (producers/service.py)",
-    "labeller": "the labeller service (consumers/service.py)",
-    "trainer": "the trainer service (trainer/service.py), on the stack or on the EC2 training instance",
-    "dispatcher": "cloud mode only: the trainer's dispatch role beside the stack, which starts the EC2 instance",
-    "gateway": "the gateway (gateway/follower.py): every instance follows model changes to hot-swap models",
-}
-
-
-def _group(template: str, description: str) -> dict[str, Any]:
-    return {"kafka": {"groupId": {"type": "string", "examples": [fill(template)],
-                                  "description": f"{template}: {description}"},
-                      "bindingVersion": BINDING}}
-
+# Operations: who sends and who receives on each channel (the catalogue's producers and consumers) ----------------
 
 def _operations() -> dict[str, dict[str, Any]]:
-    rekey = _group(f"{APP_ID}-rekey", "the rekeyer's consumer group (isolation.level read_committed; offsets "
-                                      "committed in the facts' transaction)")
-    flows: list[tuple[str, str, str, str, dict[str, Any] | None]] = [
-        *((  "debezium", "send", table, f"writes every change of table {table}", None) for table in WATCHED_TABLES),
-        ("debezium", "send", "debeziumHeartbeat", "beats every 5 s", None),
-        *(("rekeyer", "receive", table, "turns each change into a fact, or a dead letter", rekey)
-          for table in WATCHED_TABLES),
-        ("rekeyer", "receive", "trainingEvents", "turns each outcome into a fact (dispatched: none), or a dead letter",
-         rekey),
-        ("rekeyer", "send", "facts", "one message per city and batch, in the batch's transaction", None),
-        ("rekeyer", "send", "streamsDeadLetter", "events it cannot read, in the batch's transaction", None),
-        ("marts", "receive", "facts", "applies facts to the city states, writes the data marts, emits the due "
-                                      "commands", _group(APP_ID, "the Faust app's consumer group")),
-        ("marts", "send", "facts", "linger nudges (kind linger) through the city's own partition", None),
-        ("marts", "send", "crawlCommands", "once a requested city is seen", None),
-        ("marts", "send", "labellingCommands", "when LABELLING_BATCH_SIZE images wait, or the oldest waited "
-                                               "LABELLING_LINGER_S", None),
-        ("marts", "send", "trainingCommands", "at the threshold, then on growth", None),
-        ("marts", "send", "streamsDeadLetter", "facts of a city that is not in the warehouse", None),
-        ("marts", "send", "cityStateChangelog", "every city state it changes, before the commands it calls for",
-         None),
-        ("marts", "receive", "cityStateChangelog", "restores the states of its partitions at start and rebalance",
-         None),
-        ("marts", "receive", "faustLeader", "Faust's leader election (nothing is written)", None),
-        ("crawler", "receive", "crawlCommands", "crawls the city (idempotent)",
-         _group(f"{PREFIX}-crawler", "CRAWLER_GROUP_ID, by default <TOPIC_PREFIX>-crawler")),
-        ("crawler", "send", "commandsDeadLetter", "malformed requests, unknown cities, requests still failing "
-                                                  "after CRAWLER_MAX_ATTEMPTS", None),
-        ("labeller", "receive", "labellingCommands", "labels the images (idempotent)",
-         _group(f"{PREFIX}-labeller", "LABELLER_GROUP_ID, by default <TOPIC_PREFIX>-labeller")),
-        ("labeller", "send", "commandsDeadLetter", "malformed requests, requests Vision refused, requests still "
-                                                   "failing after LABELLER_MAX_ATTEMPTS", None),
-        ("trainer", "receive", "trainingCommands", "trains the city; a copy of an answered request is answered "
-                                                   "again",
-         _group(f"{PREFIX}-trainer", "TRAINER_GROUP_ID, by default <TOPIC_PREFIX>-trainer")),
-        ("trainer", "send", "trainingEvents", "one outcome per request, before the request's offset is committed",
-         None),
-        ("trainer", "send", "commandsDeadLetter", "malformed requests (also announced as failed on "
-                                                  "trainingEvents)", None),
-        ("dispatcher", "receive", "trainingCommands", "starts the EC2 training instance",
-         _group(f"{PREFIX}-trainer-dispatch", "the trainer group followed by -dispatch")),
-        ("dispatcher", "send", "trainingEvents", "dispatched, or failed when the instance did not start", None),
-        ("dispatcher", "send", "commandsDeadLetter", "malformed requests", None),
-        ("gateway", "receive", "models", "hot-swaps a city's model when a new one is stored",
-         _group("sightscan-gateway-{random}", "one group per gateway instance (every instance sees every model "
-                                              "change), reading from the start")),
-    ]
     operations: dict[str, dict[str, Any]] = {}
-    for service, action, channel, summary, bindings in flows:
-        op: dict[str, Any] = {"action": action, "channel": {"$ref": f"#/channels/{channel}"},
-                              "summary": summary, "x-service": service}
-        if bindings:
-            op["bindings"] = bindings
-        operations[f"{service}.{action}.{channel}"] = op
+    for topic in TOPICS.values():
+        for action, flows in (("send", topic.producers), ("receive", topic.consumers)):
+            for service, summary in flows.items():
+                op: dict[str, Any] = {"action": action, "channel": {"$ref": f"#/channels/{topic.id}"},
+                                      "summary": summary, "x-service": service}
+                group = group_of(service, topic.id) if action == "receive" else None
+                if group is not None:
+                    op["bindings"] = {"kafka": {
+                        "groupId": {"type": "string", "examples": [group.name()],
+                                    "description": f"{group.template}: {group.description}"},
+                        "bindingVersion": BINDING}}
+                operations[f"{service}.{action}.{topic.id}"] = op
     return operations
 
 
@@ -655,4 +549,4 @@ def document() -> dict[str, Any]:
 
 def topics(prefix: str = DEFAULT_PREFIX, app_id: str | None = None) -> dict[str, str]:
     """Channel id -> the topic's name with these settings."""
-    return {cid: fill(channel["x-address-template"], prefix, app_id) for cid, channel in _channels().items()}
+    return {topic.id: topic.name(prefix, app_id) for topic in TOPICS.values()}

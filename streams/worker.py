@@ -31,7 +31,7 @@ import faust
 import mode
 from aiokafka.partitioner import murmur2
 
-from sightscan import kafka
+from sightscan import catalogue, kafka
 from sightscan import log as sightscan_log
 from sightscan.config import Settings
 from sightscan.topics import (
@@ -128,6 +128,13 @@ def facts_of(values: list[Any]) -> list[dict[str, Any]]:
     return facts
 
 
+def worker_topics(settings: Settings, app_id: str) -> dict[str, int]:
+    """The topics a stream worker creates at start when they are missing (the catalogue's, sightscan/catalogue.py),
+    each with its partitions. Faust creates its table's changelog and its leader topic itself."""
+    return {t.name(settings.topic_prefix, app_id): t.partition_count(settings.topic_partitions)
+            for t in catalogue.created_by(catalogue.STREAM_WORKER)}
+
+
 class StreamWorker:
     """One stream worker: its Faust app, topics, city-state table, rekey thread and marts agent."""
 
@@ -161,8 +168,7 @@ class StreamWorker:
         table_of_topic = {change_topic(t, prefix): t for t in WATCHED_TABLES}
         outcomes, facts, dead_letters = training_events_topic(prefix), facts_topic(app_id), dead_letter_topic(prefix)
         if declare_topics:  # a worker that starts before a topic exists would ignore it
-            ensure_topics(settings, [*table_of_topic, outcomes, facts, dead_letters,
-                                     *(command_topic(k, prefix) for k in COMMAND_KINDS)])
+            ensure_topics(settings, worker_topics(settings, app_id))
         self.facts = self.app.topic(facts, key_serializer="raw", value_serializer="json",
                                     partitions=settings.topic_partitions)
         self.dead_letters = self.app.topic(dead_letters, key_serializer="raw", value_serializer="json")
@@ -170,8 +176,8 @@ class StreamWorker:
                                               value_serializer="json") for kind in COMMAND_KINDS}
         # Values are plain JSON in the changelog (streams/state.py has the layout).
         self.city_state = self.app.tables.add(CityTable(
-            self.app, name="city-state", default=None, partitions=settings.topic_partitions, key_type=bytes,
-            beacon=self.app.tables.beacon))
+            self.app, name=catalogue.CITY_STATE_TABLE, default=None, partitions=settings.topic_partitions,
+            key_type=bytes, beacon=self.app.tables.beacon))
         self.lingering: dict[str, int] = {}  # city -> when its waiting images are due (ms), for cities seen here
         self.changelog = faust_fixes.ConfirmedChangelog(self.city_state)
         self.marts_writer = MartsWriter(settings)

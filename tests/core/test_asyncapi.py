@@ -127,7 +127,7 @@ def test_document_is_valid_asyncapi_3() -> None:
 
 
 def test_enums_and_required_fields_are_precise() -> None:
-    """Spot checks that the schemas say what topics.py promises: enums, required fields, no other field."""
+    """Spot checks that the schemas are precise: enums, required fields, no other field."""
     validators = _validators(asyncapi.document())
     _, training, _ = validators["trainingCommand"]
     command = {"request_id": "train-7-2", "city_id": 7, "city": "Lisbon", "epochs": 3, "classes": ["A", "B"],
