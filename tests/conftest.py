@@ -33,8 +33,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.stack)
 
 
+def _show_logs_of_a_failed_run(home: Path, lines: int = 60) -> None:
+    """The tail of every stack log, printed before the purge deletes them: a CI run that failed keeps its evidence
+    (a database or broker that died mid-run is otherwise invisible once the stack is gone)."""
+    for log_file in sorted((home / "logs").glob("*.log")):
+        tail = log_file.read_text(errors="replace").splitlines()[-lines:]
+        print(f"\n[stack] ---- last {len(tail)} lines of {log_file.name} ----", flush=True)
+        print("\n".join(tail), flush=True)
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[LocalStack]:
     kept = os.environ.get("SIGHTSCAN_TEST_STACK_HOME")
     if kept:
         home = Path(kept).resolve()
@@ -52,6 +61,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     st.up()
     yield st
     if not kept:
+        if request.session.testsfailed:
+            capture = request.config.pluginmanager.getplugin("capturemanager")
+            with capture.global_and_fixture_disabled():  # to the terminal, not into a test's captured output
+                _show_logs_of_a_failed_run(settings.home)
         st.down(purge=True)
         # `down` must leave no process behind.
         left = [p.info for p in psutil.process_iter(["pid", "cmdline"])
