@@ -103,7 +103,14 @@ class _JavaService(abc.ABC):
         # can still be empty for a moment, which read as "exited during start-up".
         launched = self._launched
         alive = (lambda: launched.poll() is None) if launched is not None else self.running
-        wait_for(self.healthy, timeout, self.name, self.log_path, alive=alive)
+        try:
+            wait_for(self.healthy, timeout, self.name, self.log_path, alive=alive)
+        except StackError as exc:
+            code = launched.poll() if launched is not None else None
+            if code is None:
+                raise
+            how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+            raise StackError(f"{exc} ({self.name}: {how})") from None
 
     def stop(self) -> None:
         proc = self.pidfile.process()
