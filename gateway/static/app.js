@@ -8,8 +8,13 @@ const MAX_FPS = 10;          // frames sent per second at most
 const MAX_UNANSWERED = 2;    // frames on the wire before waiting for an answer (the server keeps only the newest)
 const SEND_WIDTH = 480;      // frames are downscaled before JPEG encoding: the model input is smaller anyway
 
+const MAX_KEPT_FRAMES = 8;    // frames sent and not yet answered, kept so an answer can be paired with its frame
+
+// frames: number -> the JPEG sent as that frame; shown: the last answered frame, as drawn ({frame, blob, width,
+// height, model_version, detections}); paused: the shown frame is frozen on screen (corrections.js acts on it).
 const state = { city: "", ws: null, stream: null, timer: null, sent: 0, answered: 0, lastSend: 0,
-                detections: [], seen: new Map(), statusTimer: null };
+                detections: [], seen: new Map(), statusTimer: null, sights: [], frames: new Map(), shown: null,
+                paused: false };
 
 function setText(el, text) { el.textContent = text; }
 
@@ -33,8 +38,9 @@ async function loadCities(selected) {
 
 async function refreshStatus() {
   if (!state.city) return;
+  const city = state.city;
   try {
-    const res = await fetch(`/api/cities/${encodeURIComponent(state.city)}`);
+    const res = await fetch(`/api/cities/${encodeURIComponent(city)}`);
     const dl = $("status");
     if (!res.ok) { dl.replaceChildren(); setText($("error"), `status: ${res.status}`); return; }
     const c = await res.json();
@@ -49,6 +55,7 @@ async function refreshStatus() {
       return [dt, dd];
     }));
     showFigures(c.model ? c.model.figures || [] : []);
+    if (city === state.city) state.sights = c.model ? c.model.classes : [];  // the "this is X" chooser
   } catch (e) { setText($("error"), `status: ${e}`); }
 }
 
@@ -114,13 +121,14 @@ function connect() {
   const ws = new WebSocket(`${proto}://${location.host}/ws/detect?city=${encodeURIComponent(state.city)}`,
                            token ? ["sightscan", `sightscan.token.${token}`] : []);
   ws.binaryType = "arraybuffer";
-  state.ws = ws; state.sent = 0; state.answered = 0;
+  state.ws = ws; state.sent = 0; state.answered = 0; state.frames.clear();
   ws.onopen = () => setText($("conn"), `connected to ${state.city}`);
   ws.onclose = (ev) => {
     if (state.ws !== ws) return;
     setText($("conn"), `closed (${ev.code}${ev.reason ? " " + ev.reason : ""})`);
     state.ws = null;
-    if (state.stream) setTimeout(connect, 1000);  // reconnect while the camera runs (e.g. after idle close)
+    // Reconnect while the camera runs (e.g. after idle close); a paused page reconnects when it resumes.
+    if (state.stream && !state.paused) setTimeout(connect, 1000);
   };
   ws.onmessage = (ev) => onMessage(JSON.parse(ev.data));
 }
@@ -128,12 +136,21 @@ function connect() {
 function onMessage(msg) {
   if (msg.frame) state.answered = Math.max(state.answered, msg.frame);
   if (msg.type === "hello") {
+    if (msg.model) state.sights = msg.model.classes;
     setText($("model-info"), msg.model ? `model v${msg.model.model_version}: ${msg.model.classes.length} sights`
                                        : "this city has no model yet");
   } else if (msg.type === "model") {
+    if (msg.classes) state.sights = msg.classes;
     setText($("model-info"), msg.model_version ? `model updated to v${msg.model_version}` : "model withdrawn");
     refreshStatus();
   } else if (msg.type === "detections") {
+    if (state.paused) return;  // the frozen frame stays as it was shown
+    // The frame this answer is about, exactly as sent: a correction sends it with the detections drawn on it.
+    const sent = state.frames.get(msg.frame);
+    for (const n of state.frames.keys()) if (n <= msg.frame) state.frames.delete(n);
+    state.shown = { frame: msg.frame, blob: sent ? sent.blob : null, width: msg.width, height: msg.height,
+                    model_version: msg.model_version, detections: msg.detections };
+    $("pause").disabled = !sent;
     state.detections = msg.detections;
     setText($("error"), "");
     setText($("conn"), `connected to ${state.city} · model v${msg.model_version} · ${msg.latency_ms} ms`);
@@ -170,7 +187,7 @@ const grab = document.createElement("canvas");
 
 function sendFrame() {
   const ws = state.ws, video = $("video");
-  if (!ws || ws.readyState !== WebSocket.OPEN || !video.videoWidth) return;
+  if (state.paused || !ws || ws.readyState !== WebSocket.OPEN || !video.videoWidth) return;
   const now = performance.now();
   // Flow control: do not pile frames up behind a slow server or network; after a second, send anyway.
   if (state.sent - state.answered >= MAX_UNANSWERED && now - state.lastSend < 1000) return;
@@ -181,17 +198,22 @@ function sendFrame() {
   grab.getContext("2d").drawImage(video, 0, 0, grab.width, grab.height);
   state.lastSend = now;
   grab.toBlob((blob) => {
-    if (blob && ws.readyState === WebSocket.OPEN) { ws.send(blob); state.sent += 1; }
+    if (!blob || ws.readyState !== WebSocket.OPEN || state.ws !== ws) return;
+    ws.send(blob);
+    state.sent += 1;  // the server numbers frames in the order they arrive: this one is frame state.sent
+    state.frames.set(state.sent, { blob });
+    for (const n of state.frames.keys()) if (n <= state.sent - MAX_KEPT_FRAMES) state.frames.delete(n);
   }, "image/jpeg", 0.75);
 }
 
 function draw() {
-  const video = $("video"), overlay = $("overlay");
-  overlay.width = video.clientWidth; overlay.height = video.clientHeight;
+  const media = state.paused ? $("still") : $("video"), overlay = $("overlay");
+  overlay.width = media.clientWidth; overlay.height = media.clientHeight;
   const ctx = overlay.getContext("2d");
   ctx.clearRect(0, 0, overlay.width, overlay.height);
   ctx.lineWidth = 3; ctx.font = "16px system-ui, sans-serif";
-  for (const d of state.detections) {
+  const detections = state.paused ? state.shown.detections : state.detections;
+  for (const d of detections) {
     const [x0, y0, x1, y1] = d.box;
     const x = x0 * overlay.width, y = y0 * overlay.height;
     const w = (x1 - x0) * overlay.width, h = (y1 - y0) * overlay.height;
@@ -200,6 +222,34 @@ function draw() {
     ctx.fillStyle = "rgba(0,0,0,0.6)"; ctx.fillRect(x, Math.max(0, y - 22), ctx.measureText(label).width + 8, 22);
     ctx.fillStyle = "#fff"; ctx.fillText(label, x + 4, Math.max(16, y - 6));
   }
+  if (state.paused) Corrections.decorate(ctx, overlay.width, overlay.height);
+}
+
+// Pause freezes the last answered frame on screen, exactly the frame its detections are about, and stops sending.
+function pause() {
+  if (state.paused || !state.shown || !state.shown.blob) return;
+  const video = $("video"), still = $("still");
+  state.paused = true;
+  still.style.width = `${video.clientWidth}px`; still.style.height = `${video.clientHeight}px`;
+  still.src = URL.createObjectURL(state.shown.blob);
+  still.hidden = false; video.hidden = true;
+  const button = $("pause");
+  button.textContent = "Resume"; button.setAttribute("aria-pressed", "true");
+  still.decode().catch(() => {}).then(draw);
+  Corrections.open(state.shown);
+}
+
+function resume() {
+  if (!state.paused) return;
+  state.paused = false;
+  Corrections.close();
+  const still = $("still");
+  URL.revokeObjectURL(still.src);
+  still.removeAttribute("src"); still.hidden = true; $("video").hidden = false;
+  const button = $("pause");
+  button.textContent = "Pause"; button.setAttribute("aria-pressed", "false");
+  state.detections = []; draw();
+  if (state.stream && !state.ws) connect();
 }
 
 async function start() {
@@ -220,12 +270,15 @@ function stop() {
   if (state.stream) state.stream.getTracks().forEach((t) => t.stop());
   state.stream = null;
   if (state.ws) { const ws = state.ws; state.ws = null; ws.close(); }
-  state.detections = []; draw();
-  $("start").disabled = false; $("stop").disabled = true;
+  resume();
+  state.detections = []; state.shown = null; draw();
+  $("start").disabled = false; $("stop").disabled = true; $("pause").disabled = true;
   setText($("conn"), "not connected");
 }
 
 function selectCity(name) {
+  resume();
+  state.shown = null; $("pause").disabled = true; state.sights = [];
   state.city = name; state.seen.clear(); state.detections = [];
   $("current").replaceChildren(); $("seen").replaceChildren();
   const url = new URL(location.href);
@@ -240,11 +293,14 @@ function selectCity(name) {
 $("city").addEventListener("change", (e) => selectCity(e.target.value));
 $("start").addEventListener("click", start);
 $("stop").addEventListener("click", stop);
+$("pause").addEventListener("click", () => (state.paused ? resume() : pause()));
+// The write token lives in this browser's localStorage, never in a URL; every write sends it as a header.
 $("token").value = localStorage.getItem("sightscan-token") || "";
+$("token").addEventListener("change", () => localStorage.setItem("sightscan-token", $("token").value.trim()));
+Corrections.init();
 $("request").addEventListener("submit", async (e) => {
   e.preventDefault();
   const name = $("new-city").value.trim(), token = $("token").value.trim();
-  localStorage.setItem("sightscan-token", token);
   const res = await fetch("/api/cities", { method: "POST", body: JSON.stringify({ name }),
     headers: { "Content-Type": "application/json", "Authorization": `Bearer ${token}` } });
   const body = await res.json();
