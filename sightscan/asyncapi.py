@@ -104,21 +104,31 @@ def _rows() -> dict[str, dict[str, Any]]:
             "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
             "width": ID, "height": ID,
             "source_url": {"type": ["string", "null"]}, "licence": {"type": ["string", "null"]},
-            "author": {"type": ["string", "null"]}, "origin": {"enum": ["crawl", "upload"]},
+            "author": {"type": ["string", "null"]}, "origin": {"enum": ["crawl", "upload", "user"],
+                                                                         "description": "user: a frame kept by a "
+                                                                                        "correction"},
             "created_at": TIMESTAMP},
             description="a row of table images, without its bytes (column data is never in an event)"),
         "LabelRow": _obj({
             "id": ID, "image_id": ID, "city_id": ID,
             "sight_id": {"type": ["integer", "null"], "minimum": 1,
-                         "description": "the sight the image shows; null: the labeller found no landmark"},
+                         "description": "the sight the image shows; null: the labeller found no landmark, or (kind "
+                                        "user-negative) a user said no sight is in the frame"},
             "score": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
             **{c: {"type": ["number", "null"], "minimum": 0, "maximum": 1,
                    "description": "box edge normalised to 0..1; the four are null together (no box)"}
                for c in ("x_min", "y_min", "x_max", "y_max")},
             "labeller": {"type": "string", "description": "google-vision, weak-query, manual…"},
             "weak": {"type": "boolean", "description": "true for the offline crawl-query label"},
-            "created_at": TIMESTAMP},
-            description="a row of table labels: one labelling outcome of an image"),
+            "created_at": TIMESTAMP,
+            "kind": {"enum": ["labeller", "user-box", "user-negative"],
+                     "description": "labeller: the labeller's outcome; user-box: a user's correction, the sight and "
+                                    "its true box; user-negative: a user's correction, no sight in the frame "
+                                    "(docs/corrections.md)"},
+            "correction_id": {"type": ["integer", "null"], "minimum": 1,
+                              "description": "the correction a user-box or user-negative label comes from; null for "
+                                             "the labeller's"}},
+            description="a row of table labels: one labelling outcome of an image, or a user's correction"),
         "ModelRow": _obj({
             "id": ID, "city_id": ID, "version": ID,
             "classes": {"type": "string", "contentMediaType": "application/json",
@@ -208,10 +218,11 @@ def _commands() -> dict[str, dict[str, Any]]:
             "classes": {"type": "array", "items": NAME, "minItems": 2, "uniqueItems": True,
                         "description": "the sights with at least MIN_IMAGE_NUMBER_PER_LABEL labelled images, sorted"},
             "labelled_images": COUNT,
-            "reason": {"enum": ["threshold", "growth"],
+            "reason": {"enum": ["threshold", "growth", "corrections"],
                        "description": "threshold: the first model, once MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING "
                                       "labelled images are there; growth: labelled images grew by "
-                                      "RETRAIN_GROWTH_FRACTION since the last request. (The trainer also accepts "
+                                      "RETRAIN_GROWTH_FRACTION since the last request; corrections: "
+                                      "RETRAIN_MIN_CORRECTIONS corrections arrived since. (The trainer also accepts "
                                       "\"manual\", and a request without a reason, from a hand-written request.)"},
             "ts_ms": MS},
             description="train (or retrain) the city's model"),
@@ -221,12 +232,13 @@ def _commands() -> dict[str, dict[str, Any]]:
 def _training_events() -> dict[str, dict[str, Any]]:
     base = {"request_id": {"type": "string", "description": "the request's id (\"\" when it had none)"},
             "city_id": ID, "city": TEXT,
-            "trigger": {"enum": ["threshold", "growth", "manual"], "description": "the request's reason"}}
+            "trigger": {"enum": ["threshold", "growth", "corrections", "manual"],
+                        "description": "the request's reason"}}
     return {
         "TrainingEvent": {
             "description": "one outcome per training request, keyed as the request was",
             "oneOf": [_ref("TrainingSucceeded"), _ref("TrainingAnsweredAgain"), _ref("TrainingFailed"),
-                      _ref("TrainingBadRequest"), _ref("TrainingDispatched")]},
+                      _ref("TrainingRejected"), _ref("TrainingBadRequest"), _ref("TrainingDispatched")]},
         "TrainingSucceeded": _obj({
             **base, "status": {"const": "succeeded"}, "version": ID, "model_id": ID,
             "classes": {"type": "array", "items": NAME, "minItems": 1},
@@ -241,6 +253,12 @@ def _training_events() -> dict[str, dict[str, Any]]:
             required=[*base, "status", "reason"],
             description="training failed (not enough data, unknown city, a crash, or in cloud mode the instance "
                         "did not start)"),
+        "TrainingRejected": _obj({
+            **base, "status": {"const": "rejected"}, "reason": NAME,
+            "guard": {"type": "object", "description": "the held-out check that refused it: the candidate's and the "
+                                                       "live model's figures and the tolerances (trainer/README.md)"}},
+            description="trained, but the model learned from users' corrections and does worse than the live model "
+                        "on the labeller's held-out images: no model row is stored, the live model stays"),
         "TrainingBadRequest": _obj({
             "request_id": {"description": "the request's request_id field as it was (any JSON value), or null when "
                                          "the request could not be read"},
@@ -274,22 +292,27 @@ def _dead_letter() -> dict[str, dict[str, Any]]:
 
 
 def _facts() -> dict[str, dict[str, Any]]:
-    def fact(kind: str, fields: dict[str, Any], description: str, row: bool = True) -> dict[str, Any]:
+    def fact(kind: str, fields: dict[str, Any], description: str, row: bool = True,
+             optional: tuple[str, ...] = ()) -> dict[str, Any]:
         head = ({"kind": {"const": kind}, "id": ID, "city_id": ID, "lsn": LSN,
                  "present": {"type": "boolean", "description": "false: the row was deleted"}} if row else
                 {"kind": {"const": kind}, "id": {"const": 0}, "city_id": ID, "lsn": {"type": "null"},
                  "present": {"const": True}})
-        return _obj({**head, **fields}, description=description)
+        every = {**head, **fields}
+        return _obj(every, required=[k for k in every if k not in optional], description=description)
 
     return {
         "Fact": {"description": "one change, keyed by city (streams/facts.py)", "oneOf": [
             fact("city", {"name": NAME, "status": {"enum": CITY_STATUS}}, "a city row changed (id = city_id)"),
             fact("sight", {"name": NAME}, "a sight row changed"),
             fact("image", {"sight_id": {"type": ["integer", "null"], "minimum": 1}}, "an image row changed"),
-            fact("label", {"image_id": ID, "sight_id": {"type": ["integer", "null"], "minimum": 1}},
-                 "a label row changed"),
+            fact("label", {"image_id": ID, "sight_id": {"type": ["integer", "null"], "minimum": 1},
+                           "label_kind": {"enum": ["labeller", "user-box", "user-negative"],
+                                          "description": "the row's kind (absent in a fact of an earlier version: "
+                                                         "labeller)"}},
+                 "a label row changed", optional=("label_kind",)),
             fact("model", {"version": ID}, "a model row changed"),
-            fact("training_outcome", {"status": {"enum": ["succeeded", "failed"]},
+            fact("training_outcome", {"status": {"enum": ["succeeded", "failed", "rejected"]},
                                       "request_id": {"type": ["string", "null"]}},
                  "the trainer's outcome of a request", row=False),
             fact("linger", {}, "a nudge of the worker's timer: the city's waiting images may be due for labelling",
@@ -303,11 +326,19 @@ def _facts() -> dict[str, dict[str, Any]]:
 
 
 def _city_state() -> dict[str, dict[str, Any]]:
-    image = _tuple(LSN, {"type": "boolean"}, {"type": ["integer", "null"]}, TEXT,
-                   {"type": "object", "patternProperties": {"^[0-9]+$": {"type": ["integer", "null"]}},
-                    "additionalProperties": False},
-                   description="an image: [lsn (0: not seen yet), present, sight id, its labelling request id (\"\": "
-                               "none), {label id: the sight it names, null for no landmark}]")
+    def since(schema: dict[str, Any], n: int) -> dict[str, Any]:
+        """A tuple whose last positions were added later: a value stored before has only the first n."""
+        return {**schema, "minItems": n}
+
+    image = since(_tuple(LSN, {"type": "boolean"}, {"type": ["integer", "null"]}, TEXT,
+                         {"type": "object", "patternProperties": {"^[0-9]+$": {"type": ["integer", "null"]}},
+                          "additionalProperties": False},
+                         {"type": "object", "patternProperties": {"^[0-9]+$": {"enum": ["user-box", "user-negative"]}},
+                          "additionalProperties": False},
+                         description="an image: [lsn (0: not seen yet), present, sight id, its labelling request id "
+                                     "(\"\": none), {label id: the sight it names, null for no landmark or a user "
+                                     "negative}, {label id: its kind, for the labels that are corrections} "
+                                     "(absent in a value stored by 0.3.0)]"), 5)
     label = _tuple(LSN, {"type": "boolean"}, ID, {"type": ["integer", "null"]},
                    description="a label: [lsn, present, image id, sight id or null]")
     command = {"oneOf": [_tuple({"const": kind}, _ref(f"{kind.capitalize()}Command"),
@@ -323,15 +354,18 @@ def _city_state() -> dict[str, dict[str, Any]]:
                     LSN, {"type": "boolean"}, NAME, description="[lsn, present, name]")},
                 "models": {"type": "object", "additionalProperties": _tuple(
                     LSN, {"type": "boolean"}, ID, description="[lsn, present, version]")},
-                "counts": _tuple(COUNT, COUNT, COUNT, {"type": "object", "additionalProperties": COUNT},
-                                 description="[images, labelled images, no-landmark images, {sight id: labelled "
-                                             "images}]"),
+                "counts": since(_tuple(COUNT, COUNT, COUNT, {"type": "object", "additionalProperties": COUNT},
+                                       COUNT, COUNT, {"type": "object", "additionalProperties": COUNT},
+                                       description="[images, labelled images, no-landmark images, {sight id: "
+                                                   "labelled images}, user boxes, user negatives, {sight id: user "
+                                                   "boxes}] (the last three absent in a value stored by 0.3.0)"), 4),
                 "max_lsn": {"type": "integer", "minimum": 0},
                 "pending": {"type": "array", "items": command,
                             "description": "the outbox: commands due, stored, not yet confirmed sent"},
-                "cmd": _tuple({"type": "boolean"}, COUNT, COUNT, {"type": "boolean"}, COUNT,
-                              description="[crawl requested, labelling requests sent, training requests sent, a "
-                                          "training request outstanding, labelled images it was asked for]"),
+                "cmd": since(_tuple({"type": "boolean"}, COUNT, COUNT, {"type": "boolean"}, COUNT, COUNT,
+                                    description="[crawl requested, labelling requests sent, training requests sent, a "
+                                                "training request outstanding, labelled images it was asked for, "
+                                                "corrections present then (absent in a value stored by 0.3.0)]"), 5),
                 "waiting": {"type": "array", "items": ID,
                             "description": "images with no outcome and no labelling request yet"},
                 "waiting_since_ms": MS},
@@ -380,7 +414,7 @@ _ROW_EXAMPLE = {
                "author": "someone", "origin": "crawl", "created_at": "2026-01-31T12:00:02Z"},
     "labels": {"id": 901, "image_id": 301, "city_id": 7, "sight_id": 21, "score": 0.93, "x_min": 0.1, "y_min": 0.2,
                "x_max": 0.8, "y_max": 0.9, "labeller": "google-vision", "weak": False,
-               "created_at": "2026-01-31T12:00:03Z"},
+               "created_at": "2026-01-31T12:00:03Z", "kind": "labeller", "correction_id": None},
     "models": {"id": 3, "city_id": 7, "version": 1, "classes": "[\"Belém Tower\", \"Jerónimos\"]", "input_size": 224,
                "metrics": "{\"top1\": 0.95, \"request_id\": \"train-7-1\"}", "created_at": "2026-01-31T12:09:00Z"},
 }

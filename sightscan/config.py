@@ -220,6 +220,9 @@ class Settings:
     mts_epochs: int = _env("MTS_EPOCHS", 30, non_negative_int, "training epochs")
     retrain_growth_fraction: float = _env("RETRAIN_GROWTH_FRACTION", 0.25, positive_float,
                                           "retrain when labelled data grew by this fraction since the last model")
+    retrain_min_corrections: int = _env("RETRAIN_MIN_CORRECTIONS", 10, positive_int,
+                                        "retrain when this many corrections (user boxes and user negatives, less "
+                                        "those undone) arrived since the last model")
 
     # Logging.
     log_level: str = _env("SIGHTSCAN_LOG_LEVEL", "INFO", doc="DEBUG, INFO, WARNING, ERROR")

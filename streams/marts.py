@@ -16,32 +16,38 @@ from sightscan import db
 from sightscan.config import Settings
 
 _CITY = """
-INSERT INTO city_marts (city_id, images, labelled_images, no_landmark_images, models, source_lsn, updated_at)
-SELECT %(city_id)s, %(images)s, %(labelled_images)s, %(no_landmark_images)s, %(models)s, %(lsn)s, now()
+INSERT INTO city_marts (city_id, images, labelled_images, no_landmark_images, models, user_boxes, user_negatives,
+                        source_lsn, updated_at)
+SELECT %(city_id)s, %(images)s, %(labelled_images)s, %(no_landmark_images)s, %(models)s, %(user_boxes)s,
+       %(user_negatives)s, %(lsn)s, now()
 WHERE EXISTS (SELECT 1 FROM cities WHERE id = %(city_id)s)
 ON CONFLICT (city_id) DO UPDATE SET images = EXCLUDED.images, labelled_images = EXCLUDED.labelled_images,
-    no_landmark_images = EXCLUDED.no_landmark_images, models = EXCLUDED.models, source_lsn = EXCLUDED.source_lsn,
-    updated_at = now()
+    no_landmark_images = EXCLUDED.no_landmark_images, models = EXCLUDED.models, user_boxes = EXCLUDED.user_boxes,
+    user_negatives = EXCLUDED.user_negatives, source_lsn = EXCLUDED.source_lsn, updated_at = now()
 WHERE city_marts.source_lsn <= EXCLUDED.source_lsn
 """
 
 _SIGHT = """
-INSERT INTO sight_marts (sight_id, city_id, labelled_images, source_lsn, updated_at)
-SELECT %(sight_id)s, %(city_id)s, %(labelled)s, %(lsn)s, now()
+INSERT INTO sight_marts (sight_id, city_id, labelled_images, user_boxes, source_lsn, updated_at)
+SELECT %(sight_id)s, %(city_id)s, %(labelled)s, %(user_boxes)s, %(lsn)s, now()
 WHERE EXISTS (SELECT 1 FROM sights WHERE id = %(sight_id)s)
-ON CONFLICT (sight_id) DO UPDATE SET labelled_images = EXCLUDED.labelled_images, source_lsn = EXCLUDED.source_lsn,
-    updated_at = now()
+ON CONFLICT (sight_id) DO UPDATE SET labelled_images = EXCLUDED.labelled_images, user_boxes = EXCLUDED.user_boxes,
+    source_lsn = EXCLUDED.source_lsn, updated_at = now()
 WHERE sight_marts.source_lsn <= EXCLUDED.source_lsn
 """
 
 
 def write_marts(conn: psycopg2.extensions.connection, rows: list[tuple[int, int, dict[str, Any]]]) -> None:
-    """rows: (city_id, lsn, counts) for every city a batch touched; one transaction for the batch."""
+    """rows: (city_id, lsn, counts) for every city a batch touched; one transaction for the batch. counts is
+    CityState.counts(): the city's figures, and per sight its labelled images and its user boxes."""
     with conn, conn.cursor() as cur:
         for city_id, lsn, c in rows:
-            cur.execute(_CITY, {"city_id": city_id, "lsn": lsn, **{k: v for k, v in c.items() if k != "per_sight"}})
+            cur.execute(_CITY, {"city_id": city_id, "lsn": lsn,
+                                **{k: v for k, v in c.items() if not isinstance(v, dict)}})
+            user_boxes = c.get("per_sight_user_boxes", {})
             for sight_id, labelled in c["per_sight"].items():
-                cur.execute(_SIGHT, {"sight_id": sight_id, "city_id": city_id, "labelled": labelled, "lsn": lsn})
+                cur.execute(_SIGHT, {"sight_id": sight_id, "city_id": city_id, "labelled": labelled,
+                                     "user_boxes": user_boxes.get(sight_id, 0), "lsn": lsn})
 
 
 class MartsWriter:

@@ -6,8 +6,8 @@ Layout: small records whose cost does not grow with the city. Keys start with th
                       arrive, never recounted), the command progress, the outbox and the images waiting to be
                       sent for labelling;
   <city>/images/<n>   the records of the city's images with ids n*256 .. n*256+255, by id: each its LSN, whether
-                      it exists, its sight, its labelling request, and the sights its present labels name (the
-                      image's "outcome");
+                      it exists, its sight, its labelling request, the sights its present labels name (the
+                      image's "outcome") and the kind of each present label that is a user's correction;
   <city>/labels/<n>   the same for labels: each its LSN, whether it exists, its image and sight.
 A batch stores the summary of each city it touched and the buckets it changed. A bucket holds at most 256
 records, so the work per event is the same in a city of 1,000 images and one of 100,000; and a crawl or a
@@ -19,6 +19,22 @@ Deduplication is by source LSN per entity: a redelivered change (same or older L
 stay right under at-least-once delivery, worker crashes and rebalances. A batch's records for a city are stored
 together before its commands are sent (the outbox), so a crash never leaves counts that disagree with the
 dedupe positions of what was sent.
+
+Corrections (docs/corrections.md) are labels of kind "user-box" (a sight and its true box) and "user-negative" (no
+sight of the city in the frame). They are counted per city (user boxes, user negatives) and per sight (user boxes),
+one per label, on present images, as every count is. A user box names a sight, so its image is a labelled image of
+that sight like any other. A user negative is neither: the frame is not a labelled image (it shows no sight, so it
+adds nothing to the training threshold's labelled images) and not a "no landmark" image (that mart is the
+labeller's outcome: an image it labelled and found no landmark in). An image with no label at all waits for
+labelling; an image with only corrections does not (the user already said what it shows).
+
+Training requests: the first once MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING labelled images are there (with two
+sights that have MIN_IMAGE_NUMBER_PER_LABEL each); then a retrain when the labelled images grew by
+RETRAIN_GROWTH_FRACTION since the last request ("growth"), or the corrections did by RETRAIN_MIN_CORRECTIONS
+("corrections"). Corrections since the last request are counted net: the corrections present now less those
+present when it was sent, so an undo takes one back. A failed or rejected training (the trainer refuses a model that
+does worse than the live one, trainer/README.md) waits for the same growth again, from the data present when its
+outcome arrived, so a city whose training fails or is refused is not asked again and again.
 
 Labelling requests are batched: a city's unlabelled images wait until LABELLING_BATCH_SIZE of them are there, or
 until the oldest has waited LABELLING_LINGER_S. Request ids are the city and a sequence number, so a replay after
@@ -46,6 +62,7 @@ class Thresholds:
     min_images_per_label: int         # MIN_IMAGE_NUMBER_PER_LABEL
     retrain_growth_fraction: float    # RETRAIN_GROWTH_FRACTION
     epochs: int                       # MTS_EPOCHS
+    retrain_min_corrections: int = 10  # RETRAIN_MIN_CORRECTIONS
     labelling_batch_size: int = 16    # images per labelling request (Vision's batch limit)
     labelling_linger_s: float = 2.0   # longest wait for a labelling request to fill
     max_sights_per_city: int = 20
@@ -53,7 +70,10 @@ class Thresholds:
 
 
 # Records: one per warehouse row, as of its last change (`lsn`); `present` is False once the row is deleted.
-# Stored as short JSON lists in field order.
+# Stored as short JSON lists in field order. Fields added later go at the end with a default, so a record stored
+# by the previous version (a shorter list) reads as the same record.
+
+LABELLER, USER_BOX, USER_NEGATIVE = "labeller", "user-box", "user-negative"
 
 
 @dataclass(slots=True)
@@ -85,6 +105,7 @@ class ImageRecord:
     sight_id: int | None
     request: str = ""       # the labelling request it is in, until an outcome for it arrives
     labels: dict[str, int | None] = field(default_factory=dict)  # present label id -> its sight (None: no landmark)
+    kinds: dict[str, str] = field(default_factory=dict)  # present label id -> its kind, for corrections only
 
     def outcome(self) -> set[int | None]:
         return set(self.labels.values())
@@ -95,34 +116,50 @@ class LabelRecord:
     lsn: int
     present: bool
     image_id: int
-    sight_id: int | None  # None: Vision saw no landmark
+    sight_id: int | None  # None: the labeller saw no landmark, or a user negative
+
+
+def _add_to(counts: dict[str, int], key: str, sign: int) -> None:
+    left = counts.get(key, 0) + sign
+    if left:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 @dataclass(slots=True)
 class Counts:
     """The city's data marts, kept up to date one image at a time."""
     images: int = 0
-    labelled_images: int = 0       # present images with a label naming a sight
-    no_landmark_images: int = 0    # present images whose only outcome is "no landmark"
+    labelled_images: int = 0       # present images with a label naming a sight (the labeller's or a user box)
+    no_landmark_images: int = 0    # present images with no sight named, and the labeller's "no landmark"
     per_sight: dict[str, int] = field(default_factory=dict)  # sight id -> present images labelled with it
+    user_boxes: int = 0            # present user-box labels on present images
+    user_negatives: int = 0        # present user-negative labels on present images
+    per_sight_user_boxes: dict[str, int] = field(default_factory=dict)  # sight id -> its user boxes
+
+    @property
+    def corrections(self) -> int:
+        return self.user_boxes + self.user_negatives
 
     def add(self, image: ImageRecord, sign: int) -> None:
         if not image.present:
             return
         self.images += sign
-        outcome = image.outcome()
-        sights = outcome - {None}
+        sights = image.outcome() - {None}
         if sights:
             self.labelled_images += sign
-        elif outcome:
+        elif any(sight is None and label not in image.kinds for label, sight in image.labels.items()):
             self.no_landmark_images += sign
         for sight in sights:
-            key = str(sight)
-            left = self.per_sight.get(key, 0) + sign
-            if left:
-                self.per_sight[key] = left
-            else:
-                self.per_sight.pop(key, None)
+            _add_to(self.per_sight, str(sight), sign)
+        for label, kind in image.kinds.items():
+            if kind == USER_BOX:
+                self.user_boxes += sign
+                if image.labels[label] is not None:  # always so (the schema's labels_kind_shape)
+                    _add_to(self.per_sight_user_boxes, str(image.labels[label]), sign)
+            elif kind == USER_NEGATIVE:
+                self.user_negatives += sign
 
 
 @dataclass(slots=True)
@@ -133,6 +170,7 @@ class CommandProgress:
     train_seq: int = 0                  # training requests sent
     train_outstanding: bool = False     # a training request awaits its outcome
     trained_on: int = 0                 # labelled images the last training request was asked for
+    corrections_on: int = 0             # corrections present when it was asked for
 
 
 @dataclass(slots=True)
@@ -154,30 +192,34 @@ class Summary:
                 "city": None if c is None else [c.lsn, c.present, c.name, c.status],
                 "sights": {k: [s.lsn, s.present, s.name] for k, s in self.sights.items()},
                 "models": {k: [m.lsn, m.present, m.version] for k, m in self.models.items()},
-                "counts": [n.images, n.labelled_images, n.no_landmark_images, dict(n.per_sight)],
+                "counts": [n.images, n.labelled_images, n.no_landmark_images, dict(n.per_sight), n.user_boxes,
+                           n.user_negatives, dict(n.per_sight_user_boxes)],
                 "max_lsn": self.max_lsn, "pending": [[kind, command] for kind, command in self.pending],
                 "cmd": [self.cmd.crawl, self.cmd.label_seq, self.cmd.train_seq, self.cmd.train_outstanding,
-                        self.cmd.trained_on],
+                        self.cmd.trained_on, self.cmd.corrections_on],
                 "waiting": list(self.waiting), "waiting_since_ms": self.waiting_since_ms}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Summary:
-        """A fresh object: changing it never changes the stored value it came from."""
+        """A fresh object: changing it never changes the stored value it came from. A summary stored before
+        corrections were counted (4 counts, 5 command fields) reads with no corrections."""
         c, n = raw["city"], raw["counts"]
+        corrections = (n[4], n[5], dict(n[6])) if len(n) > 4 else (0, 0, {})
         return cls(city=None if c is None else CityRecord(*c),
                    sights={k: SightRecord(*v) for k, v in raw["sights"].items()},
                    models={k: ModelRecord(*v) for k, v in raw["models"].items()},
-                   counts=Counts(n[0], n[1], n[2], dict(n[3])), max_lsn=raw["max_lsn"],
+                   counts=Counts(n[0], n[1], n[2], dict(n[3]), *corrections), max_lsn=raw["max_lsn"],
                    pending=[(kind, command) for kind, command in raw["pending"]], cmd=CommandProgress(*raw["cmd"]),
                    waiting=list(raw["waiting"]), waiting_since_ms=raw["waiting_since_ms"])
 
 
 def image_to_json(r: ImageRecord) -> list[Any]:
-    return [r.lsn, r.present, r.sight_id, r.request, dict(r.labels)]
+    return [r.lsn, r.present, r.sight_id, r.request, dict(r.labels), dict(r.kinds)]
 
 
 def image_from_json(raw: list[Any]) -> ImageRecord:
-    return ImageRecord(raw[0], raw[1], raw[2], raw[3], dict(raw[4]))
+    """A record stored before corrections (5 fields) has none."""
+    return ImageRecord(raw[0], raw[1], raw[2], raw[3], dict(raw[4]), dict(raw[5]) if len(raw) > 5 else {})
 
 
 def label_to_json(r: LabelRecord) -> list[Any]:
@@ -294,8 +336,10 @@ class CityState:
             if not cmd.train_outstanding:
                 return False
             cmd.train_outstanding = False
-            if fact["status"] == "failed":  # wait for more data before trying again, or a failing city loops forever
+            if fact["status"] in ("failed", "rejected"):
+                # Wait for more data before trying again, or a city that fails (or whose model is refused) loops.
                 cmd.trained_on = s.counts.labelled_images
+                cmd.corrections_on = s.counts.corrections
             return True
         if kind == "linger":  # a nudge from the worker's timer: no data, see due_commands
             return False
@@ -320,6 +364,7 @@ class CityState:
                 cmd.train_outstanding = False
             elif new_model:  # a model nobody here asked for (e.g. `sightscan train`): grow from now
                 cmd.trained_on = max(cmd.trained_on, s.counts.labelled_images)
+                cmd.corrections_on = s.counts.corrections
         elif kind == "image":
             if lsn <= self.image(key).lsn:
                 return False
@@ -334,12 +379,18 @@ class CityState:
             if old is not None and lsn <= old.lsn:
                 return False
             if old is not None and old.present:
-                self._change_image(old.image_id, lambda r: r.labels.pop(key, None))
+                def drop(r: ImageRecord) -> None:
+                    r.labels.pop(key, None)
+                    r.kinds.pop(key, None)
+                self._change_image(old.image_id, drop)
 
             def set_outcome(r: ImageRecord) -> None:
                 r.request = ""  # any outcome for an image ends its request
                 if fact["present"]:
                     r.labels[key] = fact["sight_id"]
+                    label_kind = fact.get("label_kind", LABELLER)  # a fact of an earlier version: the labeller's
+                    if label_kind != LABELLER:
+                        r.kinds[key] = label_kind
             self._change_image(fact["image_id"], set_outcome)
             self._labels[key] = LabelRecord(lsn, fact["present"], fact["image_id"], fact["sight_id"])
             self._changed.add(f"l/{key}")
@@ -354,9 +405,12 @@ class CityState:
         s, n = self.summary, self.summary.counts
         per_sight = {int(k): 0 for k, r in s.sights.items() if r.present}
         per_sight.update({int(k): v for k, v in n.per_sight.items()})
+        user_boxes = dict.fromkeys(per_sight, 0)
+        user_boxes.update({int(k): v for k, v in n.per_sight_user_boxes.items()})
         return {"images": n.images, "labelled_images": n.labelled_images,
                 "no_landmark_images": n.no_landmark_images,
-                "models": sum(1 for m in s.models.values() if m.present), "per_sight": per_sight}
+                "models": sum(1 for m in s.models.values() if m.present), "per_sight": per_sight,
+                "user_boxes": n.user_boxes, "user_negatives": n.user_negatives, "per_sight_user_boxes": user_boxes}
 
     def linger_deadline_ms(self, limits: Thresholds) -> int | None:
         """When the images waiting now are due to be sent however few they are (None: nothing waits)."""
@@ -401,13 +455,16 @@ class CityState:
                          if n >= limits.min_images_per_label and sight in names)
         ready = c["labelled_images"] >= limits.min_labelled_images and len(classes) >= 2
         grown = c["labelled_images"] >= cmd.trained_on * (1 + limits.retrain_growth_fraction)
+        corrected = s.counts.corrections - cmd.corrections_on >= limits.retrain_min_corrections
         first = cmd.train_seq == 0 and not any(m.present for m in s.models.values()) and cmd.trained_on == 0
-        if ready and not cmd.train_outstanding and (first or (cmd.trained_on > 0 and grown)):
+        if ready and not cmd.train_outstanding and (first or (cmd.trained_on > 0 and (grown or corrected))):
             cmd.train_seq += 1
             cmd.train_outstanding = True
             cmd.trained_on = c["labelled_images"]
+            cmd.corrections_on = s.counts.corrections
             out.append(("training", {"request_id": f"train-{city_id}-{cmd.train_seq}", "city_id": city_id,
                                      "city": name, "epochs": limits.epochs, "classes": classes,
                                      "labelled_images": c["labelled_images"],
-                                     "reason": "threshold" if first else "growth", "ts_ms": now_ms}))
+                                     "reason": "threshold" if first else "growth" if grown else "corrections",
+                                     "ts_ms": now_ms}))
         return out

@@ -58,6 +58,7 @@ def thresholds(settings: Settings, streams: StreamsSettings) -> Thresholds:
         min_labelled_images=settings.min_labelled_images_needed_for_training,
         min_images_per_label=settings.min_image_number_per_label,
         retrain_growth_fraction=settings.retrain_growth_fraction,
+        retrain_min_corrections=settings.retrain_min_corrections,
         epochs=settings.mts_epochs,
         labelling_batch_size=streams.labelling_batch_size,
         labelling_linger_s=streams.labelling_linger_s,

@@ -31,7 +31,7 @@ from trainer.settings import TrainerSettings, load
 
 log = logging.getLogger(__name__)
 
-REASONS = ("threshold", "growth", "manual")
+REASONS = ("threshold", "growth", "corrections", "manual")
 # One training may take much longer than the default 5 min between polls.
 MAX_TRAINING_S = 6 * 3600.0
 

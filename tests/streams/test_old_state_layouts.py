@@ -41,6 +41,9 @@ class Table:
                          lambda suffix: self.data.get(f"1/{suffix}"))
 
 
+NO_CORRECTIONS = {"user_boxes": 0, "user_negatives": 0}  # the older layouts predate corrections
+
+
 def test_layout_1_a_whole_city_from_before_the_outbox_converts_to_the_same_state():
     before_the_outbox = {  # no "pending"
         "city_id": 1, "city": {"lsn": 1, "present": True, "name": "X", "status": "labelling"},
@@ -51,7 +54,7 @@ def test_layout_1_a_whole_city_from_before_the_outbox_converts_to_the_same_state
     state = CityState.from_legacy(before_the_outbox)
     assert state.summary.pending == []
     assert state.counts() == {"images": 3, "labelled_images": 1, "no_landmark_images": 0, "models": 0,
-                              "per_sight": {7: 1}}
+                              "per_sight": {7: 1}, **NO_CORRECTIONS, "per_sight_user_boxes": {7: 0}}
     assert state.image(2).request == "label-1-1"  # in its request still
     assert state.summary.waiting == [3]            # no label, no request: waits for the next one
     assert not state.apply(label(9, 5, 1, 7))      # a duplicate, known by its LSN
@@ -74,7 +77,7 @@ def test_layout_2_a_whole_city_value_converts_to_the_same_state():
                       "train_outstanding": False, "trained_on": 0}}
     state = CityState.from_legacy(legacy)
     assert state.counts() == {"images": 3, "labelled_images": 1, "no_landmark_images": 1, "models": 1,
-                              "per_sight": {7: 1, 8: 0}}
+                              "per_sight": {7: 1, 8: 0}, **NO_CORRECTIONS, "per_sight_user_boxes": {7: 0, 8: 0}}
     assert state.summary.pending == [("crawl", {"request_id": "crawl-1"})]
     assert state.summary.waiting == []            # image 2 is in request label-1-1 still
     table = Table()

@@ -1,6 +1,8 @@
 """The city state on its own (streams/state.py): counts kept up to date fact by fact equal a recount, whatever the
-order, the redeliveries and the store/reload cycles; labelling requests are batched, lingering ones go out. The
-layouts of earlier versions are read in test_old_state_layouts.py."""
+order, the redeliveries and the store/reload cycles, corrections (user boxes and user negatives) included;
+labelling requests are batched, lingering ones go out; training requests follow the thresholds, corrections
+included, and a failed or rejected training waits for more data. The layouts of earlier versions are read in
+test_old_state_layouts.py."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from hypothesis import strategies as st
 from streams.state import CityState, Summary, Thresholds
 
 LIMITS = Thresholds(min_labelled_images=4, min_images_per_label=2, retrain_growth_fraction=0.5, epochs=3,
-                    labelling_batch_size=4, labelling_linger_s=2.0)
+                    labelling_batch_size=4, labelling_linger_s=2.0, retrain_min_corrections=3)
+KINDS = ("labeller", "user-box", "user-negative")
 
 
 def city(lsn: int = 1, status: str = "requested") -> dict[str, Any]:
@@ -25,9 +28,23 @@ def image(i: int, lsn: int, present: bool = True, sight: int | None = 7) -> dict
     return {"kind": "image", "id": i, "city_id": 1, "lsn": lsn, "present": present, "sight_id": sight}
 
 
-def label(i: int, lsn: int, image_id: int, sight: int | None, present: bool = True) -> dict[str, Any]:
+def label(i: int, lsn: int, image_id: int, sight: int | None, present: bool = True,
+          kind: str = "labeller") -> dict[str, Any]:
     return {"kind": "label", "id": i, "city_id": 1, "lsn": lsn, "present": present, "image_id": image_id,
-            "sight_id": sight}
+            "sight_id": sight, "label_kind": kind}
+
+
+def sight(i: int, lsn: int, name: str) -> dict[str, Any]:
+    return {"kind": "sight", "id": i, "city_id": 1, "lsn": lsn, "present": True, "name": name}
+
+
+def model(i: int, lsn: int) -> dict[str, Any]:
+    return {"kind": "model", "id": i, "city_id": 1, "lsn": lsn, "present": True, "version": i}
+
+
+def outcome(status: str, request_id: str) -> dict[str, Any]:
+    return {"kind": "training_outcome", "id": 0, "city_id": 1, "lsn": None, "present": True, "status": status,
+            "request_id": request_id}
 
 
 class Table:
@@ -47,24 +64,41 @@ class Table:
 
 
 def recount(facts: list[dict[str, Any]]) -> dict[str, Any]:
-    """The marts from scratch: the latest version of each row, counted as SQL would."""
+    """The marts from scratch: the latest version of each row, counted as SQL would (docs/corrections.md): an image
+    is labelled when a label of any kind names a sight; "no landmark" when none does and the labeller found none
+    (a user negative alone is neither); user boxes and user negatives are counted one per label."""
     latest: dict[tuple[str, int], dict[str, Any]] = {}
     for f in facts:
         key = (f["kind"], f["id"])
         if key not in latest or f["lsn"] > latest[key]["lsn"]:
             latest[key] = f
     images = {i for (k, i), f in latest.items() if k == "image" and f["present"]}
-    outcomes: dict[int, set[int | None]] = {}
+    outcomes: dict[int, list[tuple[str, int | None]]] = {}
     for (k, _), f in latest.items():
         if k == "label" and f["present"] and f["image_id"] in images:
-            outcomes.setdefault(f["image_id"], set()).add(f["sight_id"])
+            outcomes.setdefault(f["image_id"], []).append((f["label_kind"], f["sight_id"]))
     per_sight: dict[int, int] = {}
-    for sights in outcomes.values():
-        for s in sights - {None}:
+    per_sight_user_boxes: dict[int, int] = {}
+    labelled = no_landmark = user_boxes = user_negatives = 0
+    for labels in outcomes.values():
+        sights = {s for _, s in labels} - {None}
+        labelled += bool(sights)
+        no_landmark += not sights and ("labeller", None) in labels
+        for s in sights:
             per_sight[s] = per_sight.get(s, 0) + 1
-    return {"images": len(images), "labelled_images": sum(1 for s in outcomes.values() if s - {None}),
-            "no_landmark_images": sum(1 for s in outcomes.values() if s == {None}), "models": 0,
-            "per_sight": per_sight}
+        for kind, s in labels:
+            user_boxes += kind == "user-box"
+            user_negatives += kind == "user-negative"
+            if kind == "user-box":
+                per_sight_user_boxes[s] = per_sight_user_boxes.get(s, 0) + 1
+    return {"images": len(images), "labelled_images": labelled, "no_landmark_images": no_landmark, "models": 0,
+            "per_sight": per_sight, "user_boxes": user_boxes, "user_negatives": user_negatives,
+            "per_sight_user_boxes": per_sight_user_boxes}
+
+
+def nonzero(counts: dict[str, Any]) -> dict[str, Any]:
+    """counts() lists every present sight, with 0 where it has nothing; a recount lists only what it found."""
+    return {k: {s: n for s, n in v.items() if n} if isinstance(v, dict) else v for k, v in counts.items()}
 
 
 # A history: rows changed several times (each change a higher LSN), delivered in any order across rows, with
@@ -77,9 +111,11 @@ def histories(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[bool]]:
         if draw(st.booleans()):
             facts.append(image(draw(st.integers(1, 8)), lsn, present=draw(st.integers(0, 4)) > 0,
                                sight=draw(st.sampled_from([7, 8, None]))))
-        else:
-            facts.append(label(draw(st.integers(1, 10)), lsn, draw(st.integers(1, 8)),
-                               draw(st.sampled_from([7, 8, None])), present=draw(st.integers(0, 4)) > 0))
+        else:  # each change of a label may give it another kind (an update), in the shapes the schema allows
+            kind = draw(st.sampled_from(KINDS))
+            sights = {"labeller": [7, 8, None], "user-box": [7, 8], "user-negative": [None]}[kind]
+            facts.append(label(draw(st.integers(1, 10)), lsn, draw(st.integers(1, 8)), draw(st.sampled_from(sights)),
+                               present=draw(st.integers(0, 4)) > 0, kind=kind))
     delivered = draw(st.permutations(facts))
     delivered += draw(st.lists(st.sampled_from(facts), max_size=10))  # redeliveries
     restarts = draw(st.lists(st.booleans(), min_size=len(delivered), max_size=len(delivered)))
@@ -105,10 +141,7 @@ def test_counts_kept_fact_by_fact_equal_a_recount(history):
         if restart:
             table.store(state)
             state = table.load()
-    c = state.counts()
-    expected = recount(delivered)
-    per_sight = {s: n for s, n in c.pop("per_sight").items() if n}
-    assert {**c, "per_sight": per_sight} == expected
+    assert nonzero(state.counts()) == recount(delivered)
 
 
 def test_redelivered_facts_change_nothing():
@@ -158,3 +191,94 @@ def test_a_batch_writes_only_what_it_changed():
     assert len(json.dumps(written[""])) < 600  # the summary does not grow with the city's images
     assert len(written["images/3"]) == 256 - (1024 - 1001) + 1  # ids 768..1001 of this city
     assert state.counts()["per_sight"] == {7: 1000, 8: 1}
+
+
+def test_corrections_are_counted_by_kind_and_an_undo_takes_them_back():
+    state = CityState(1)
+    for f in [city(status="live"), sight(7, 2, "Tower"), image(1, 3), label(1, 4, 1, 7),     # the labeller's
+              image(2, 5, sight=None), label(2, 6, 2, 7, kind="user-box"),                   # a user's box
+              image(3, 7, sight=None), label(3, 8, 3, None, kind="user-negative"),           # a user's "no sight"
+              image(4, 9), label(4, 10, 4, None)]:                                           # "no landmark"
+        state.apply(f)
+    c = state.counts()
+    assert (c["labelled_images"], c["no_landmark_images"], c["user_boxes"], c["user_negatives"]) == (2, 1, 1, 1)
+    assert c["per_sight"] == {7: 2} and c["per_sight_user_boxes"] == {7: 1}
+    assert state.summary.waiting == []  # a frame with a correction is not sent to the labeller
+    state.apply(label(3, 11, 3, None, present=False, kind="user-negative"))  # undo
+    state.apply(label(2, 12, 2, 7, present=False, kind="user-box"))
+    c = state.counts()
+    assert (c["labelled_images"], c["no_landmark_images"], c["user_boxes"], c["user_negatives"]) == (1, 1, 0, 0)
+    assert c["per_sight"] == {7: 1} and c["per_sight_user_boxes"] == {7: 0}
+
+
+def _trainable_city() -> tuple[CityState, int]:
+    """A city past the first training threshold (4 labelled images, 2 per sight), its request answered by a
+    model; returns the state and the next free LSN."""
+    state = CityState(1)
+    for f in [city(status="live"), sight(7, 2, "Tower"), sight(8, 3, "Gate")]:
+        state.apply(f)
+    lsn = 10
+    for i in range(1, 5):
+        state.apply(image(i, lsn))
+        state.apply(label(i, lsn + 1, i, 7 + i % 2))
+        lsn += 2
+    [(kind, first)] = [c for c in state.due_commands(LIMITS, now_ms=0) if c[0] == "training"]
+    assert first["reason"] == "threshold" and first["request_id"] == "train-1-1"
+    state.apply(model(1, lsn))
+    return state, lsn + 1
+
+
+def _training(state: CityState) -> list[dict[str, Any]]:
+    return [c for kind, c in state.due_commands(LIMITS, now_ms=0) if kind == "training"]
+
+
+def test_corrections_since_the_last_request_ask_for_a_retrain():
+    state, lsn = _trainable_city()
+    state.apply(label(101, lsn, 1, 8, kind="user-box"))        # a wrong sight corrected on image 1
+    state.apply(image(50, lsn + 1, sight=None))
+    state.apply(label(102, lsn + 2, 50, None, kind="user-negative"))
+    assert _training(state) == []                              # 2 corrections, no growth: not yet
+    state.apply(label(102, lsn + 3, 50, None, present=False, kind="user-negative"))  # undone: 1
+    state.apply(label(103, lsn + 4, 2, 7, kind="user-box"))
+    assert _training(state) == []                              # 2 again
+    state.apply(label(104, lsn + 5, 3, 8, kind="user-box"))
+    [request] = _training(state)                               # 3 = RETRAIN_MIN_CORRECTIONS
+    assert request["reason"] == "corrections" and request["request_id"] == "train-1-2"
+    assert request["labelled_images"] == 4                     # the corrected images were labelled already
+    assert _training(state) == []                              # one request per crossing
+    state.apply(model(2, lsn + 6))
+    state.apply(label(105, lsn + 7, 4, 7, kind="user-box"))
+    assert _training(state) == []                              # counted from the request: 1 since
+
+
+def test_a_rejected_or_failed_training_waits_for_more_corrections_instead_of_looping():
+    for status in ("rejected", "failed"):
+        state, lsn = _trainable_city()
+        for n in range(3):
+            state.apply(label(200 + n, lsn + n, 1 + n, 7, kind="user-box"))
+        [request] = _training(state)
+        assert request["reason"] == "corrections"
+        assert state.apply(outcome(status, request["request_id"]))
+        assert _training(state) == [] and _training(state) == []   # the same data would be refused again
+        for n in range(3, 5):
+            state.apply(label(200 + n, lsn + n, 1, 8, kind="user-box"))
+        assert _training(state) == []
+        state.apply(label(210, lsn + 10, 2, 8, kind="user-box"))
+        [again] = _training(state)
+        assert again["reason"] == "corrections" and again["request_id"] == "train-1-3"
+
+
+def test_a_summary_and_an_image_stored_before_corrections_read_with_none():
+    state = CityState(1)
+    for f in [city(), image(5, 2), label(9, 3, 5, 7)]:
+        state.apply(f)
+    summary = state.records()[0][1]
+    summary["counts"], summary["cmd"] = summary["counts"][:4], summary["cmd"][:5]  # the previous version's
+    table = Table()
+    table.data = {"1": summary, "1/images/0": {"5": [2, True, 7, "", {"9": 7}]}, "1/labels/0": {"9": [3, True, 5, 7]}}
+    again = table.load()
+    assert again.counts()["user_boxes"] == 0 and again.summary.cmd.corrections_on == 0
+    again.apply(label(10, 4, 5, 7, kind="user-box"))
+    table.store(again)
+    assert table.data["1/images/0"]["5"] == [2, True, 7, "", {"9": 7, "10": 7}, {"10": "user-box"}]
+    assert table.load().counts()["per_sight_user_boxes"] == {7: 1}

@@ -1,5 +1,6 @@
-"""The stream agents against the real stack: marts equal SQL counts, one command per threshold crossing under
-SIGKILL and rebalance, poison events to the dead-letter topic."""
+"""The stream agents against the real stack: marts equal SQL counts (corrections by kind included), one command per
+threshold crossing under SIGKILL and rebalance, a retrain asked for by corrections, poison events to the
+dead-letter topic."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from sightscan import db, kafka
 from sightscan.topics import change_topic, command_topic, dead_letter_topic
-from tests.support.streams import Worker, one_per_crossing, wait_marts_match
+from tests.support.streams import Worker, marts, one_per_crossing, wait_marts_match
 
 THRESHOLDS = {
     "MIN_LABELLED_IMAGES_NEEDED_FOR_TRAINING": "12",
@@ -23,6 +24,7 @@ THRESHOLDS = {
     "RETRAIN_GROWTH_FRACTION": "0.5",
     "MTS_EPOCHS": "7",
     "LABELLING_BATCH_SIZE": "8",
+    "RETRAIN_MIN_CORRECTIONS": "3",
 }
 
 
@@ -54,25 +56,49 @@ def _label(cur, city_id: int, image_id: int, sight_id: int | None) -> int:
     return db.insert_label(cur, db.NewLabel(image_id, city_id, "test", sight_id, 0.9 if sight_id else None, box))
 
 
+def _correction(cur, city_id: int, image_id: int, sight_id: int | None) -> tuple[int, int]:
+    """A user's correction of a frame, as the gateway stores it (docs/corrections.md): a box for the sight, or "no
+    sight" when sight_id is None; returns (correction id, label id)."""
+    action = "box" if sight_id else "no-sight"
+    cur.execute("INSERT INTO corrections (city_id, image_id, action) VALUES (%s, %s, %s) RETURNING id",
+                (city_id, image_id, action))
+    correction_id = cur.fetchone()[0]
+    box = (0.2, 0.2, 0.7, 0.8) if sight_id else (None,) * 4
+    cur.execute("INSERT INTO labels (image_id, city_id, sight_id, x_min, y_min, x_max, y_max, labeller, kind,"
+                " correction_id) VALUES (%s, %s, %s, %s, %s, %s, %s, 'user', %s, %s) RETURNING id",
+                (image_id, city_id, sight_id, *box, "user-box" if sight_id else "user-negative", correction_id))
+    return correction_id, cur.fetchone()[0]
+
+
+def _user_frame(cur, city_id: int, tag: str) -> int:
+    return db.insert_image(cur, db.NewImage(city_id, f"frame-{tag}-{uuid.uuid4()}".encode(), "image/jpeg", 64, 48,
+                                            "user"))
+
+
 def _commands(topic_reader, kind: str, city_ids: set[int], enough) -> list[dict]:
     reader = topic_reader(command_topic(kind))
     ours: list[dict] = []  # this test's commands, gathered as they come (the topic holds every test's)
     read = [0]
 
+    def mine(m: dict) -> bool:  # other tests' commands, poison ones without a city_id too, are skipped
+        return isinstance(m["value"], dict) and m["value"].get("city_id") in city_ids
+
     def enough_of_ours(ms: list[dict]) -> bool:
-        ours.extend(m["value"] for m in ms[read[0]:] if m["value"]["city_id"] in city_ids)
+        ours.extend(m["value"] for m in ms[read[0]:] if mine(m))
         read[0] = len(ms)
         return enough(ours)
 
     msgs = reader.collect(enough_of_ours, timeout=90)
     time.sleep(2)  # late duplicates, if any, would arrive now
     msgs += reader.collect(lambda ms: True, timeout=1)
-    return [m["value"] for m in msgs if m["value"]["city_id"] in city_ids]
+    return [m["value"] for m in msgs if mine(m)]
 
 
-# A random history for one city: image inserts, deletes, label outcomes, label deletes, re-targeted images, models.
+# A random history for one city: image inserts, deletes, label outcomes, label deletes, re-targeted images, models,
+# and corrections (a user's box or "no sight" on a frame or a crawled image) and their undo.
 OPS = st.lists(st.tuples(st.sampled_from(["image", "image", "label", "nolabel", "del_image", "del_label",
-                                          "move", "model"]), st.integers(0, 1000)), min_size=5, max_size=40)
+                                          "move", "model", "box", "nosight", "undo"]), st.integers(0, 1000)),
+               min_size=5, max_size=40)
 
 
 @pytest.fixture
@@ -92,9 +118,17 @@ def test_random_history_leaves_marts_equal_to_sql_counts(settings, shared_worker
         sights = [db.ensure_sight(cur, city.id, f"Sight {i}") for i in range(3)]
     images: list[int] = []
     labels: list[int] = []
+    corrections: list[int] = []
     for op, n in ops:
         with db.transaction(settings) as cur:
-            if op == "image":
+            if op in ("box", "nosight"):
+                image_id = images[n % len(images)] if images and n % 2 else _user_frame(cur, city.id, str(n))
+                if image_id not in images:
+                    images.append(image_id)
+                corrections.append(_correction(cur, city.id, image_id, sights[n % 3] if op == "box" else None)[0])
+            elif op == "undo" and corrections:
+                cur.execute("DELETE FROM corrections WHERE id = %s", (corrections.pop(n % len(corrections)),))
+            elif op == "image":
                 images.append(_image(cur, city.id, sights[n % 3], str(n)))
             elif op in ("label", "nolabel") and images:
                 labels.append(_label(cur, city.id, images[n % len(images)], sights[n % 3] if op == "label" else None))
@@ -189,6 +223,40 @@ def test_retraining_request_when_labelled_data_grows(settings, worker_factory, t
     cmds = one_per_crossing(_commands(topic_reader, "training", {city_id}, lambda cs: len(cs) >= 2))
     assert [c["reason"] for c in sorted(cmds.values(), key=lambda c: c["request_id"])] == ["threshold", "growth"]
     assert first[0]["labelled_images"] == 12
+
+
+def test_corrections_count_by_kind_ask_for_a_retrain_and_undo_brings_them_down(settings, worker_factory,
+                                                                              topic_reader):
+    worker_factory(_app_id()).start()
+    city_id, _ = _grow_city(settings, f"Fix {uuid.uuid4().hex[:6]}", 12)
+    _commands(topic_reader, "training", {city_id}, lambda cs: len(cs) >= 1)  # the first: threshold
+    with db.transaction(settings) as cur:  # the trainer answers with a model
+        db.insert_model(cur, city_id, b"onnx", ["a", "b"], 64, {})
+        cur.execute("SELECT id FROM sights WHERE city_id = %s ORDER BY id", (city_id,))
+        tower, gate = (r[0] for r in cur.fetchall())
+    with db.transaction(settings) as cur:  # a user boxes two frames and says "no sight" on a third
+        box_a = _correction(cur, city_id, _user_frame(cur, city_id, "a"), tower)[0]
+        _correction(cur, city_id, _user_frame(cur, city_id, "b"), gate)
+        nothing = _correction(cur, city_id, _user_frame(cur, city_id, "c"), None)[0]
+
+    def counts() -> tuple[tuple, dict]:
+        cities, sights = marts(settings, [city_id])
+        return cities.get(city_id), sights
+
+    wait_marts_match(settings, [city_id])
+    city, sights = counts()
+    # images, labelled, no landmark, models, user boxes, user negatives: the "no sight" frame is neither labelled
+    # nor "no landmark"
+    assert city == (15, 14, 0, 1, 2, 1)
+    assert sights[tower] == (7, 1) and sights[gate] == (7, 1)
+    cmds = one_per_crossing(_commands(topic_reader, "training", {city_id}, lambda cs: len(cs) >= 2))
+    assert [c["reason"] for c in sorted(cmds.values(), key=lambda c: c["request_id"])] == ["threshold",
+                                                                                            "corrections"]
+    with db.transaction(settings) as cur:  # undo: the correction goes, and its label with it
+        cur.execute("DELETE FROM corrections WHERE id = ANY(%s)", ([box_a, nothing],))
+    wait_marts_match(settings, [city_id])
+    city, sights = counts()
+    assert city == (15, 13, 0, 1, 1, 0) and sights[tower] == (6, 0) and sights[gate] == (7, 1)
 
 
 def test_poison_events_go_to_dead_letter_and_the_agent_keeps_going(settings, worker_factory, topic_reader):

@@ -46,20 +46,25 @@ class Worker:
         return self.proc is not None and self.proc.poll() is None
 
 
+# The marts as SQL counts them (streams/state.py, docs/corrections.md): an image is labelled when a label of any kind
+# names a sight; "no landmark" when none does and the labeller found none; corrections one per label.
 TRUTH_SQL = """
 SELECT c.id,
   (SELECT count(*) FROM images i WHERE i.city_id = c.id),
   (SELECT count(*) FROM images i WHERE i.city_id = c.id
      AND EXISTS (SELECT 1 FROM labels l WHERE l.image_id = i.id AND l.sight_id IS NOT NULL)),
   (SELECT count(*) FROM images i WHERE i.city_id = c.id
-     AND EXISTS (SELECT 1 FROM labels l WHERE l.image_id = i.id)
+     AND EXISTS (SELECT 1 FROM labels l WHERE l.image_id = i.id AND l.kind = 'labeller')
      AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.image_id = i.id AND l.sight_id IS NOT NULL)),
-  (SELECT count(*) FROM models m WHERE m.city_id = c.id)
+  (SELECT count(*) FROM models m WHERE m.city_id = c.id),
+  (SELECT count(*) FROM labels l WHERE l.city_id = c.id AND l.kind = 'user-box'),
+  (SELECT count(*) FROM labels l WHERE l.city_id = c.id AND l.kind = 'user-negative')
 FROM cities c WHERE c.id = ANY(%s)
 """
 
 SIGHT_TRUTH_SQL = """
-SELECT s.id, (SELECT count(DISTINCT l.image_id) FROM labels l WHERE l.sight_id = s.id)
+SELECT s.id, (SELECT count(DISTINCT l.image_id) FROM labels l WHERE l.sight_id = s.id),
+  (SELECT count(*) FROM labels l WHERE l.sight_id = s.id AND l.kind = 'user-box')
 FROM sights s WHERE s.city_id = ANY(%s)
 """
 
@@ -69,17 +74,18 @@ def truth(settings: Settings, city_ids: list[int]) -> tuple[dict, dict]:
         cur.execute(TRUTH_SQL, (city_ids,))
         cities = {r[0]: tuple(r[1:]) for r in cur.fetchall()}
         cur.execute(SIGHT_TRUTH_SQL, (city_ids,))
-        sights = {r[0]: r[1] for r in cur.fetchall()}
+        sights = {r[0]: tuple(r[1:]) for r in cur.fetchall()}
     return cities, sights
 
 
 def marts(settings: Settings, city_ids: list[int]) -> tuple[dict, dict]:
     with db.transaction(settings) as cur:
-        cur.execute("SELECT city_id, images, labelled_images, no_landmark_images, models FROM city_marts"
-                    " WHERE city_id = ANY(%s)", (city_ids,))
+        cur.execute("SELECT city_id, images, labelled_images, no_landmark_images, models, user_boxes, user_negatives"
+                    " FROM city_marts WHERE city_id = ANY(%s)", (city_ids,))
         cities = {r[0]: tuple(r[1:]) for r in cur.fetchall()}
-        cur.execute("SELECT sight_id, labelled_images FROM sight_marts WHERE city_id = ANY(%s)", (city_ids,))
-        sights = {r[0]: r[1] for r in cur.fetchall()}
+        cur.execute("SELECT sight_id, labelled_images, user_boxes FROM sight_marts WHERE city_id = ANY(%s)",
+                    (city_ids,))
+        sights = {r[0]: tuple(r[1:]) for r in cur.fetchall()}
     return cities, sights
 
 
