@@ -7,6 +7,8 @@ import hashlib
 import importlib.util
 import json
 import logging
+import re
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,3 +294,265 @@ def latest_model(cur: psycopg2.extensions.cursor, city_id: int) -> StoredModel |
     )
     r = cur.fetchone()
     return StoredModel(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6]) if r else None
+
+
+# Users ------------------------------------------------------------------------------------------------
+# A person (or a client) with a write token of their own (sql/migrations/0006_corrections.sql). The warehouse keeps
+# only the token's SHA-256: the token itself is shown once, when the user is added.
+
+USER_NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,62}"  # as the users table's CHECK
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    created_at: Any
+    disowned_at: Any = None  # set: the token is refused and the user's corrections are gone
+
+
+def new_user_token() -> str:
+    """A fresh user token: 256 random bits, URL-safe, with a prefix that says what it is."""
+    return "ssu_" + secrets.token_urlsafe(32)
+
+
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def valid_user_name(name: object) -> bool:
+    return isinstance(name, str) and re.fullmatch(USER_NAME_PATTERN, name) is not None
+
+
+def insert_user(cur: psycopg2.extensions.cursor, name: str, token_hash: str) -> User | None:
+    """Add a user with the SHA-256 of their token; None when the name is taken (disowned names stay taken)."""
+    cur.execute("INSERT INTO users (name, token_sha256) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+                " RETURNING id, name, created_at, disowned_at", (name, token_hash))
+    row = cur.fetchone()
+    return User(*row) if row else None
+
+
+def user_by_token_sha256(cur: psycopg2.extensions.cursor, token_hash: str) -> User | None:
+    """The user whose token has this SHA-256, disowned or not (the caller refuses a disowned one)."""
+    cur.execute("SELECT id, name, created_at, disowned_at FROM users WHERE token_sha256 = %s", (token_hash,))
+    row = cur.fetchone()
+    return User(*row) if row else None
+
+
+def user_by_name(cur: psycopg2.extensions.cursor, name: str) -> User | None:
+    cur.execute("SELECT id, name, created_at, disowned_at FROM users WHERE name = %s", (name,))
+    row = cur.fetchone()
+    return User(*row) if row else None
+
+
+@dataclass(frozen=True)
+class Disowned:
+    user: User
+    corrections_deleted: int
+    images_deleted: int
+
+
+def disown_user(cur: psycopg2.extensions.cursor, name: str) -> Disowned | None:
+    """Refuse the user's token from now on and delete every correction they made, with its labels (a cascade,
+    so each label's delete is a change event) and each frame no other correction uses. None: no such user.
+    Disowning twice is harmless: the second time finds nothing left to delete."""
+    cur.execute("UPDATE users SET disowned_at = COALESCE(disowned_at, now()) WHERE name = %s"
+                " RETURNING id, name, created_at, disowned_at", (name,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    user = User(*row)
+    cur.execute("DELETE FROM corrections WHERE user_id = %s RETURNING image_id", (user.id,))
+    frames = [r[0] for r in cur.fetchall()]
+    images = sum(_delete_frame_if_unused(cur, image_id) for image_id in sorted(set(frames)))
+    return Disowned(user, len(frames), images)
+
+
+# Corrections ------------------------------------------------------------------------------------------
+# What a user fixes on the page becomes a label (docs/corrections.md). A correction, its label and its frame are
+# written in one transaction; undo deletes the correction (its label goes by cascade) and the frame when nothing
+# else uses it.
+
+CORRECTION_ACTIONS = ("confirm", "wrong-sight", "box", "no-sight", "keep")
+BOX_ACTIONS = ("confirm", "wrong-sight", "box")  # a sight and a box: a 'user-box' label
+
+
+class UnknownSight(LookupError):
+    """The correction names a sight the city does not have."""
+
+
+class UnknownImage(LookupError):
+    """The correction names a frame that is not a frame of an earlier correction of this city."""
+
+
+@dataclass(frozen=True)
+class NewCorrection:
+    city_id: int
+    user: User | None  # None: the operator's token
+    action: str  # one of CORRECTION_ACTIONS
+    sight: str | None = None  # BOX_ACTIONS: the sight's name, one of the city's
+    box: tuple[float, float, float, float] | None = None  # BOX_ACTIONS: x_min, y_min, x_max, y_max in 0..1
+    model_version: int | None = None
+    shown: list[dict[str, Any]] | None = None
+    frame: NewImage | None = None  # the frame as sent (origin 'user'), or
+    image_id: int | None = None  # a frame an earlier correction of this city stored
+
+
+@dataclass(frozen=True)
+class Correction:
+    id: int
+    city_id: int
+    city: str
+    image_id: int
+    action: str
+    sight: str | None
+    box: tuple[float, float, float, float] | None
+    label_id: int | None
+    user: str | None  # None: the operator
+    model_version: int | None
+    shown: list[dict[str, Any]]
+    created_at: Any
+
+
+_CORRECTION_SQL = """
+SELECT co.id, co.city_id, ci.name, co.image_id, co.action, s.name, l.x_min, l.y_min, l.x_max, l.y_max, l.id,
+       u.name, co.model_version, co.shown, co.created_at
+FROM corrections co
+JOIN cities ci ON ci.id = co.city_id
+LEFT JOIN users u ON u.id = co.user_id
+LEFT JOIN LATERAL (SELECT * FROM labels WHERE correction_id = co.id ORDER BY id LIMIT 1) l ON true
+LEFT JOIN sights s ON s.id = l.sight_id
+"""
+
+
+def _correction(r: tuple[Any, ...]) -> Correction:
+    box = None if r[6] is None else (r[6], r[7], r[8], r[9])
+    return Correction(r[0], r[1], r[2], r[3], r[4], r[5], box, r[10], r[11], r[12], r[13], r[14])
+
+
+def _sight_id(cur: psycopg2.extensions.cursor, city_id: int, name: str) -> int:
+    """The id of one of the city's sights, by name_key; UnknownSight when it has none of that name."""
+    try:
+        key = _name_and_key(name)[1]
+    except ValueError as exc:  # BadName: names nothing
+        raise UnknownSight(str(exc)) from exc
+    cur.execute("SELECT id FROM sights WHERE city_id = %s AND name_key = %s", (city_id, key))
+    row = cur.fetchone()
+    if row is None:
+        raise UnknownSight(f"the city has no sight named {name!r}")
+    return row[0]
+
+
+def _frame_id(cur: psycopg2.extensions.cursor, new: NewCorrection) -> int:
+    """The frame's image id, locked against an undo deleting it before this transaction commits."""
+    if new.frame is None:
+        cur.execute("SELECT i.id FROM images i WHERE i.id = %s AND i.city_id = %s AND EXISTS ("
+                    "SELECT 1 FROM corrections c WHERE c.image_id = i.id) FOR KEY SHARE OF i",
+                    (new.image_id, new.city_id))
+        row = cur.fetchone()
+        if row is None:
+            raise UnknownImage(f"image {new.image_id} is not a frame of a correction of this city")
+        return row[0]
+    for _ in range(3):  # the same bytes already stored: reuse that row (unless an undo deletes it meanwhile)
+        image_id = insert_image(cur, new.frame)
+        if image_id is not None:
+            return image_id
+        cur.execute("SELECT id FROM images WHERE city_id = %s AND sha256 = %s FOR KEY SHARE",
+                    (new.frame.city_id, new.frame.sha256))
+        row = cur.fetchone()
+        if row is not None:
+            return row[0]
+    raise RuntimeError("the frame was inserted and deleted three times over; try again")
+
+
+def insert_correction(cur: psycopg2.extensions.cursor, new: NewCorrection) -> Correction:
+    """Store a correction with its frame (of origin 'user'; the same bytes again reuse the row) and its label
+    ('user-box' for confirm, wrong-sight and box; 'user-negative' for no-sight; none for keep), in the caller's
+    transaction. UnknownSight, UnknownImage: nothing is stored (the caller's transaction rolls back)."""
+    if new.action not in CORRECTION_ACTIONS:
+        raise ValueError(f"unknown action {new.action!r}")
+    if (new.frame is None) == (new.image_id is None):
+        raise ValueError("a correction needs a frame or an image id, not both")
+    sight_id = None
+    if new.action in BOX_ACTIONS:
+        if new.sight is None or new.box is None:
+            raise ValueError(f"{new.action} needs a sight and a box")
+        sight_id = _sight_id(cur, new.city_id, new.sight)
+    image_id = _frame_id(cur, new)
+    cur.execute("INSERT INTO corrections (city_id, image_id, user_id, action, model_version, shown)"
+                " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                (new.city_id, image_id, new.user.id if new.user else None, new.action, new.model_version,
+                 json.dumps(new.shown or [])))
+    correction_id = cur.fetchone()[0]
+    if new.action != "keep":
+        box = new.box if new.action in BOX_ACTIONS else None
+        cur.execute(
+            "INSERT INTO labels (image_id, city_id, sight_id, x_min, y_min, x_max, y_max, labeller, weak, kind,"
+            " correction_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, false, %s, %s)",
+            (image_id, new.city_id, sight_id, *(box or (None,) * 4),
+             f"user:{new.user.name}" if new.user else "operator",
+             "user-box" if new.action in BOX_ACTIONS else "user-negative", correction_id))
+    found = correction_by_id(cur, new.city_id, correction_id)
+    assert found is not None
+    return found
+
+
+def correction_by_id(cur: psycopg2.extensions.cursor, city_id: int, correction_id: int) -> Correction | None:
+    cur.execute(_CORRECTION_SQL + " WHERE co.id = %s AND co.city_id = %s", (correction_id, city_id))
+    row = cur.fetchone()
+    return _correction(row) if row else None
+
+
+def list_corrections(cur: psycopg2.extensions.cursor, city_id: int, user_name: str | None = None,
+                     before: int | None = None, limit: int = 100) -> list[Correction]:
+    """A city's corrections, newest first: of one user if `user_name` is given (the operator's own: never
+    selected by name), with ids below `before` if given (paging), at most `limit`."""
+    where, args = ["co.city_id = %s"], [city_id]
+    if user_name is not None:
+        where.append("u.name = %s")
+        args.append(user_name)
+    if before is not None:
+        where.append("co.id < %s")
+        args.append(before)
+    cur.execute(_CORRECTION_SQL + " WHERE " + " AND ".join(where) + " ORDER BY co.id DESC LIMIT %s",
+                (*args, limit))
+    return [_correction(r) for r in cur.fetchall()]
+
+
+def _delete_frame_if_unused(cur: psycopg2.extensions.cursor, image_id: int) -> bool:
+    """Delete a frame a correction stored (origin 'user') once no correction uses it; images of other origins
+    (a crawled or uploaded photo a user corrected) stay. The row is locked first, so a correction reusing the
+    frame at the same time either commits before this looks or finds the frame gone."""
+    cur.execute("SELECT origin FROM images WHERE id = %s FOR UPDATE", (image_id,))
+    row = cur.fetchone()
+    if row is None or row[0] != "user":
+        return False
+    cur.execute("DELETE FROM images i WHERE i.id = %s AND NOT EXISTS ("
+                "SELECT 1 FROM corrections c WHERE c.image_id = i.id)", (image_id,))
+    return cur.rowcount == 1
+
+
+class NotYours(PermissionError):
+    """A user may undo only their own corrections."""
+
+
+@dataclass(frozen=True)
+class Undone:
+    correction: Correction
+    image_deleted: bool
+
+
+def delete_correction(cur: psycopg2.extensions.cursor, city_id: int, correction_id: int,
+                      user: User | None) -> Undone | None:
+    """Undo a correction: it goes, its label with it (a cascade: a change event like any label delete), and its
+    frame when no other correction uses it. `user` None is the operator, who may undo anyone's; a user may undo
+    only their own (NotYours). None: the city has no such correction."""
+    found = correction_by_id(cur, city_id, correction_id)
+    if found is None:
+        return None
+    if user is not None and found.user != user.name:
+        raise NotYours(f"correction {correction_id} is not {user.name}'s")
+    cur.execute("DELETE FROM corrections WHERE id = %s AND city_id = %s", (correction_id, city_id))
+    if cur.rowcount == 0:  # undone at the same moment by another request
+        return None
+    return Undone(found, _delete_frame_if_unused(cur, found.image_id))
