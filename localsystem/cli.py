@@ -178,6 +178,32 @@ def _city(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _user(args: argparse.Namespace, settings: Settings) -> int:
+    """`user add NAME`: a user with a write token of their own, printed this once (the warehouse keeps its SHA-256);
+    `user disown NAME`: their token is refused and their corrections deleted (docs/corrections.md)."""
+    if not db.valid_user_name(args.name):
+        print(f"sightscan user: {args.name!r} is not a user name: 1 to 63 characters among a-z 0-9 . _ -, starting "
+              "with a letter or digit", file=sys.stderr)
+        return 2
+    with db.transaction(settings) as cur:
+        if args.action == "add":
+            token = db.new_user_token()
+            user = db.insert_user(cur, args.name, db.token_sha256(token))
+            if user is None:
+                print(f"sightscan user add: there is already a user named {args.name!r} (a disowned name stays "
+                      "taken)", file=sys.stderr)
+                return 1
+            print(json.dumps({"name": user.name, "token": token, "created_at": user.created_at.isoformat()}))
+            return 0
+        done = db.disown_user(cur, args.name)
+    if done is None:
+        print(f"sightscan user disown: there is no user named {args.name!r}", file=sys.stderr)
+        return 1
+    print(json.dumps({"name": done.user.name, "disowned_at": done.user.disowned_at.isoformat(),
+                      "corrections_deleted": done.corrections_deleted, "images_deleted": done.images_deleted}))
+    return 0
+
+
 def _connector(args: argparse.Namespace, settings: Settings) -> int:
     import connectors
 
@@ -264,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     city = sub.add_parser("request-city", help="ask SightScan to learn a city")
     city.add_argument("name")
     city.set_defaults(func=_city)
+
+    user = sub.add_parser("user", help="users who send corrections with tokens of their own (docs/corrections.md)")
+    user.add_argument("action", choices=["add", "disown"],
+                      help="add: create the user and print their token (shown once); disown: refuse their token "
+                           "from now on and delete every correction they made")
+    user.add_argument("name", help="1 to 63 characters among a-z 0-9 . _ -")
+    user.set_defaults(func=_user)
     return parser
 
 
