@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.web_runner import GracefulExit
 
-from gateway import openapi, rest, ws
+from gateway import corrections, openapi, rest, ws
 from gateway.decoding import Decoder
 from gateway.follower import ModelEventFollower
 from gateway.metrics import Metrics
@@ -86,6 +86,7 @@ def make_app(settings: GatewaySettings, core: Settings, warehouse: Warehouse | N
     registry = ModelRegistry(warehouse, settings, inference_pool, metrics)
     app[STATE] = GatewayState(settings, core, warehouse, registry, metrics, Decoder(settings), inference_pool)
     app.add_routes(rest.routes)
+    corrections.setup(app)
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/asyncapi.json", _asyncapi)
     app.router.add_get("/ws/detect", ws.detect_handler)

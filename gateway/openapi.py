@@ -22,15 +22,118 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): _ERR for s in statuses}
 
 
+_ID = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+_BOX = {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}, "minItems": 4, "maxItems": 4,
+        "description": "[x_min, y_min, x_max, y_max], normalised to the frame: 0..1, x_min < x_max, y_min < y_max"}
+_USER_NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,62}$"}
+_RATE_LIMITED = {**_ERR, "description": "more than GATEWAY_CORRECTIONS_PER_MINUTE corrections a minute from this "
+                                        "token", "headers": {"Retry-After": {
+                     "required": True, "description": "seconds until the token may send again",
+                     "schema": {"type": "string", "pattern": "^[0-9]+$"}}}}
+
+
+def _correction_schemas() -> dict[str, Any]:
+    """Users and corrections (docs/corrections.md)."""
+    return {
+        "UserAdded": {"type": "object", "required": ["name", "token", "created_at"], "properties": {
+            "name": _USER_NAME, "created_at": {"type": "string", "format": "date-time"},
+            "token": {"type": "string", "description": "the user's token, shown this once: the warehouse keeps only "
+                                                       "its SHA-256"}}},
+        "UserDisowned": {"type": "object", "required": ["name", "disowned_at", "corrections_deleted",
+                                                        "images_deleted"], "properties": {
+            "name": _USER_NAME, "disowned_at": {"type": "string", "format": "date-time"},
+            "corrections_deleted": {"type": "integer", "minimum": 0},
+            "images_deleted": {"type": "integer", "minimum": 0,
+                               "description": "frames no other correction used"}}},
+        "Correction": {"type": "object", "required": ["id", "city", "image_id", "action", "sight", "box", "label_id",
+                                                      "user", "model_version", "shown", "created_at"], "properties": {
+            "id": {"type": "integer"}, "city": {"type": "string"},
+            "image_id": {"type": "integer", "description": "the frame, an image of origin 'user' (or the stored "
+                                                           "image with the same bytes)"},
+            "action": {"enum": ["confirm", "wrong-sight", "box", "no-sight", "keep"]},
+            "sight": {"type": ["string", "null"]}, "box": {"oneOf": [_BOX, {"type": "null"}]},
+            "label_id": {"type": ["integer", "null"],
+                         "description": "the label it made: 'user-box' or 'user-negative'; null for keep"},
+            "user": {"type": ["string", "null"], "description": "null: the operator"},
+            "model_version": {"type": ["integer", "null"]},
+            "shown": {"type": "array", "items": {"type": "object"}},
+            "created_at": {"type": "string", "format": "date-time"}}},
+    }
+
+
+def _correction_paths() -> dict[str, Any]:
+    """Users and corrections (docs/corrections.md); every one needs a token."""
+    correction_ref = {"$ref": "#/components/schemas/Correction"}
+    return {
+        "/api/users": {"post": {
+            "summary": "add a user with a token of their own (the operator's token only); the token is shown once",
+            "security": _AUTH,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["name"], "properties": {"name": _USER_NAME}}}}},
+            "responses": {"201": _json({"$ref": "#/components/schemas/UserAdded"}, "added"),
+                          "409": {**_ERR, "description": "the name is taken (a disowned user's too)"},
+                          **_errors(400, 401, 403, 413, 503)}}},
+        "/api/users/{name}": {"delete": {
+            "summary": "disown a user (the operator's token only): their token is refused from now on and every "
+                       "correction they made is deleted, with its label and each frame no other correction uses",
+            "security": _AUTH,
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": _USER_NAME}],
+            "responses": {"200": _json({"$ref": "#/components/schemas/UserDisowned"}, "disowned (again: nothing "
+                                                                                       "left to delete)"),
+                          **_errors(401, 403, 404, 503)}}},
+        "/api/cities/{city}/corrections": {
+            "post": {
+                "summary": "correct what the model answered on a frame: a label of kind user-box or "
+                           "user-negative, or the frame kept as a photo of the city (docs/corrections.md)",
+                "parameters": [_CITY], "security": _AUTH,
+                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                    "type": "object", "required": ["correction"], "properties": {
+                        "correction": {"type": "string", "contentMediaType": "application/json", "description":
+                                       'JSON: {"action": "confirm" | "wrong-sight" | "box" | "no-sight" | "keep", '
+                                       '"sight": name (confirm, wrong-sight, box), "box": [x_min, y_min, x_max, '
+                                       'y_max] (confirm, wrong-sight, box), "model_version": n (optional), "shown": '
+                                       '[{"sight", "score", "box"}] (optional, at most 50)}'},
+                        "frame": {"type": "string", "format": "binary",
+                                  "description": "the frame as shown: JPEG, WebP or PNG, at most "
+                                                 "GATEWAY_MAX_UPLOAD_BYTES bytes; or instead 'image_id'"},
+                        "image_id": {**_ID, "description": "instead of 'frame': a frame an earlier correction of "
+                                                           "this city stored"}}}}}},
+                "responses": {"201": _json(correction_ref, "stored"),
+                              "422": {**_ERR, "description": "sight is not one of the city's sights, or image_id "
+                                                             "is not a frame of its corrections"},
+                              "429": _RATE_LIMITED, **_errors(400, 401, 403, 404, 413, 415, 503)}},
+            "get": {
+                "summary": "the city's corrections, newest first: a user's own, or (the operator) everyone's",
+                "parameters": [_CITY, {"name": "user", "in": "query", "required": False, "schema": _USER_NAME,
+                                       "description": "only this user's (a user may name only themselves)"},
+                               {"name": "limit", "in": "query", "required": False,
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}},
+                               {"name": "before", "in": "query", "required": False, "schema": _ID,
+                                "description": "only ids below this one (the next page)"}],
+                "security": _AUTH,
+                "responses": {"200": _json({"type": "object", "required": ["corrections"], "properties": {
+                    "corrections": {"type": "array", "items": correction_ref}}}, "corrections"),
+                              **_errors(400, 401, 403, 404, 503)}}},
+        "/api/cities/{city}/corrections/{id}": {"delete": {
+            "summary": "undo a correction (its user, or the operator): the label goes, and the frame when no other "
+                       "correction uses it",
+            "parameters": [_CITY, {"name": "id", "in": "path", "required": True, "schema": _ID}],
+            "security": _AUTH,
+            "responses": {"204": {"description": "undone"}, **_errors(400, 401, 403, 404, 503)}}},
+    }
+
+
 def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "SightScan gateway", "version": "1.0.0",
-                 "description": "Cities, uploads and models of the SightScan warehouse; live detection over the "
+                 "description": "Cities, uploads, models and corrections (docs/corrections.md) of the SightScan "
+                                "warehouse; live detection over the "
                                 "websocket /ws/detect?city=NAME.\n\n" + (ws.__doc__ or "")},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "SIGHTSCAN_API_TOKEN of the gateway; writes only"}},
+                                           "description": "the operator's SIGHTSCAN_API_TOKEN, or a user's own token "
+                                                          "(POST /api/users): writes, and reading corrections"}},
             "schemas": {
                 "Error": {"type": "object", "required": ["error", "message"],
                           "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
@@ -70,6 +173,7 @@ def document() -> dict[str, Any]:
                     "duplicate": {"type": "boolean"}, "sha256": {"type": "string"},
                     "mime_type": {"enum": ["image/jpeg", "image/webp", "image/png"]},
                     "width": {"type": "integer"}, "height": {"type": "integer"}}},
+                **_correction_schemas(),
                 "ModelMeta": {"type": "object", "properties": {
                     "version": {"type": "integer"}, "classes": {"type": "array", "items": {"type": "string"}},
                     "input_size": {"type": "integer"}, "metrics": {"type": "object"},
@@ -82,7 +186,8 @@ def document() -> dict[str, Any]:
                 "get": {"summary": "every city with its pipeline status", "responses": {"200": _json({
                     "type": "object", "required": ["cities"], "properties": {"cities": {
                         "type": "array", "items": {"$ref": "#/components/schemas/CityStatus"}}}}, "cities")}},
-                "post": {"summary": "request a city (the pipeline starts from its change event)", "security": _AUTH,
+                "post": {"summary": "request a city (the pipeline starts from its change event); the operator's "
+                                    "token only", "security": _AUTH,
                          "requestBody": {"required": True, "content": {"application/json": {"schema": {
                              "type": "object", "required": ["name"], "properties": {"name": {
                                  "type": "string", "minLength": 1, "maxLength": 200,
@@ -98,7 +203,8 @@ def document() -> dict[str, Any]:
                               **_errors(400, 404)}}},
             "/api/cities/{city}/images": {"post": {
                 "summary": "upload an image (its size is checked from its header, then it is decoded off the "
-                           "event loop; stored as sent)", "parameters": [_CITY], "security": _AUTH,
+                           "event loop; stored as sent); the operator's token only", "parameters": [_CITY],
+                "security": _AUTH,
                 "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                     "type": "object", "required": ["image"], "properties": {
                         "image": {"type": "string", "format": "binary",
@@ -108,6 +214,7 @@ def document() -> dict[str, Any]:
                 "responses": {"201": _json({"$ref": "#/components/schemas/Uploaded"}, "stored"),
                               "200": _json({"$ref": "#/components/schemas/Uploaded"}, "duplicate, not stored"),
                               **_errors(400, 401, 403, 404, 413, 415, 503)}}},
+            **_correction_paths(),
             "/api/cities/{city}/model": {"get": {
                 "summary": "the latest model's version and metadata", "parameters": [_CITY],
                 "responses": {"200": _json({"$ref": "#/components/schemas/ModelMeta"}, "model"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
 from typing import Any
@@ -13,8 +12,9 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.auth import require_operator
 from gateway.errors import HTTPTooLarge, fail, read_json
-from gateway.imaging import ImageRejected
+from gateway.imaging import ImageRejected, ValidatedUpload
 from gateway.state import STATE, GatewayState
 from sightscan import db
 from sightscan.model_metrics import figures
@@ -24,21 +24,7 @@ log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 
-def require_token(request: web.Request) -> None:
-    expected = request.app[STATE].settings.api_token
-    if not expected:
-        fail(web.HTTPServiceUnavailable, "writes_disabled",
-             "this gateway has no API token configured; set SIGHTSCAN_API_TOKEN to enable writes")
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        fail(web.HTTPUnauthorized, "token_required", "writes need 'Authorization: Bearer <token>'",
-             **{"WWW-Authenticate": 'Bearer realm="sightscan"'})
-    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        fail(web.HTTPForbidden, "bad_token", "the token is not valid")
-
-
-def _raw_name(value: object, what: str = "name") -> str:
+def raw_name(value: object, what: str = "name") -> str:
     # As sent, before normalisation: the documented limit, and it keeps normalising on the event loop cheap.
     if not isinstance(value, str) or not value or len(value) > MAX_NAME_CHARS:
         fail(web.HTTPBadRequest, f"bad_{what}", f"{what} must be a non-empty string of at most {MAX_NAME_CHARS} "
@@ -46,9 +32,9 @@ def _raw_name(value: object, what: str = "name") -> str:
     return value
 
 
-async def _city(state: GatewayState, name: str) -> db.City:
+async def city_or_fail(state: GatewayState, name: str) -> db.City:
     try:
-        city = await state.pg.find_city(_raw_name(name))
+        city = await state.pg.find_city(raw_name(name))
     except BadName as exc:
         fail(web.HTTPBadRequest, "bad_name", str(exc))
     if city is None:
@@ -67,7 +53,7 @@ async def list_cities(request: web.Request) -> web.Response:
 @routes.get("/api/cities/{city:[^/]+}")
 async def get_city(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    city = await _city(state, request.match_info["city"])
+    city = await city_or_fail(state, request.match_info["city"])
     rows = await state.pg.city_status(city.id)
     row = rows[0]
     live = state.registry.current(city.id)
@@ -77,9 +63,9 @@ async def get_city(request: web.Request) -> web.Response:
 
 @routes.post("/api/cities")
 async def post_city(request: web.Request) -> web.Response:
-    require_token(request)
+    await require_operator(request)  # a city starts a crawl and paid labelling: the operator's call
     body = await read_json(request, '{"name": "Lisbon"}')
-    name = _raw_name(body.get("name") if isinstance(body, dict) else None)
+    name = raw_name(body.get("name") if isinstance(body, dict) else None)
     try:
         city, created = await request.app[STATE].pg.request_city(name)
     except BadName as exc:
@@ -104,13 +90,7 @@ async def _read_upload(request: web.Request, limit: int) -> tuple[bytes, str | N
             if not isinstance(part, BodyPartReader):
                 continue
             if part.name == "image":
-                chunks, size = [], 0
-                while chunk := await part.read_chunk(65536):
-                    size += len(chunk)
-                    if size > limit:
-                        fail(HTTPTooLarge, "too_large", f"an image may have at most {limit} bytes")
-                    chunks.append(chunk)
-                data = b"".join(chunks)
+                data = await read_file_part(part, limit, "an image")
             elif part.name == "sight":
                 sight = await _read_sight(part)
     except (ValueError, AssertionError, BadHttpMessage):  # aiohttp's multipart parser on a malformed body
@@ -119,6 +99,26 @@ async def _read_upload(request: web.Request, limit: int) -> tuple[bytes, str | N
     if data is None:
         fail(web.HTTPBadRequest, "image_required", "no file field named 'image'")
     return data, sight
+
+
+async def read_file_part(part: BodyPartReader, limit: int, what: str) -> bytes:
+    """A file part, refused with a 413 as soon as it passes `limit` bytes (never held whole beyond it)."""
+    chunks, size = [], 0
+    while chunk := await part.read_chunk(65536):
+        size += len(chunk)
+        if size > limit:
+            fail(HTTPTooLarge, "too_large", f"{what} may have at most {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def check_image(state: GatewayState, data: bytes) -> ValidatedUpload:
+    """An uploaded image checked to decode completely (off the event loop); 413 or 400 when it is refused.
+    Call it holding an upload slot."""
+    try:
+        return await state.decoder.upload(data)
+    except ImageRejected as exc:
+        fail(HTTPTooLarge if exc.code == "too_large" else web.HTTPBadRequest, exc.code, str(exc))
 
 
 async def _read_sight(part: BodyPartReader) -> str | None:
@@ -131,20 +131,19 @@ async def _read_sight(part: BodyPartReader) -> str | None:
         text = raw.decode(part.get_charset("utf-8"))
     except (UnicodeDecodeError, LookupError):
         fail(web.HTTPBadRequest, "bad_sight", "the sight field is not valid UTF-8 text")
-    return _raw_name(text, "sight") if text.strip() else None
+    return raw_name(text, "sight") if text.strip() else None
 
 
 @routes.post("/api/cities/{city:[^/]+}/images")
 async def upload_image(request: web.Request) -> web.Response:
-    require_token(request)
+    # The operator's only: an upload records no user, so a disowned user's uploads could not be taken back. A user
+    # keeps a frame as a photo of the city with a 'keep' correction instead (docs/corrections.md).
+    await require_operator(request)
     state = request.app[STATE]
-    city = await _city(state, request.match_info["city"])
+    city = await city_or_fail(state, request.match_info["city"])
     async with state.decoder.upload_slot():  # bounds the upload bodies in memory and the decodes at once
         data, sight = await _read_upload(request, state.settings.max_upload_bytes)
-        try:
-            checked = await state.decoder.upload(data)
-        except ImageRejected as exc:
-            fail(HTTPTooLarge if exc.code == "too_large" else web.HTTPBadRequest, exc.code, str(exc))
+        checked = await check_image(state, data)
     image = db.NewImage(city_id=city.id, data=checked.data, mime_type=checked.mime_type, width=checked.width,
                         height=checked.height, origin="upload")
     try:
@@ -172,7 +171,7 @@ def _model_meta(model: db.StoredModel, city: db.City) -> dict[str, Any]:
 
 async def _latest(request: web.Request) -> tuple[db.City, db.StoredModel]:
     state = request.app[STATE]
-    city = await _city(state, request.match_info["city"])
+    city = await city_or_fail(state, request.match_info["city"])
     model = await state.pg.latest_model(city.id)
     if model is None:
         fail(web.HTTPNotFound, "no_model", f"{city.name} has no model yet (status: {city.status})")

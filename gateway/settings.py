@@ -80,6 +80,9 @@ class GatewaySettings(ServiceSettings):
                                "uploads read and validated at once (each on its own thread); more wait their turn")
     follow_models: bool = _env("GATEWAY_FOLLOW_MODELS", "true", boolean,
                                "follow model change events on Kafka and hot-swap models")
+    corrections_per_minute: int = _env("GATEWAY_CORRECTIONS_PER_MINUTE", 30, positive_int,
+                                       "corrections each credential (the operator's token, each user's) may send a "
+                                       "minute, in bursts of as many; more get 429 with Retry-After")
     no_model_recheck_s: float = _env("GATEWAY_NO_MODEL_RECHECK_S", 10.0, positive_float,
                                      "how long 'this city has no model' is believed before asking PostgreSQL again")
 

@@ -49,7 +49,10 @@ def start_gateway(settings: Settings, log: Path, **env: str) -> Gateway:
     environ = {**os.environ, **settings.env(), "SIGHTSCAN_API_TOKEN": TOKEN, "SIGHTSCAN_LOG_FORMAT": "console",
                "GATEWAY_IDLE_TIMEOUT_S": "4", "GATEWAY_MAX_FRAME_BYTES": "300000",
                "GATEWAY_MAX_UPLOAD_BYTES": "400000", "GATEWAY_DECODE_THREADS": "1",
-               "GATEWAY_INFERENCE_THREADS": "1", **env}
+               "GATEWAY_INFERENCE_THREADS": "1",
+               # The fuzz (test_gateway_schema) sends more corrections than a person would; the limit itself is
+               # tested on a gateway of its own (test_corrections).
+               "GATEWAY_CORRECTIONS_PER_MINUTE": "100000", **env}
     out = log.open("w")
     proc = subprocess.Popen([sys.executable, "-m", "gateway.app", "--port", "0"], cwd=REPO, env=environ,
                             stdout=subprocess.PIPE, stderr=out, text=True)
@@ -160,3 +163,27 @@ def bomb_png(width: int = 7000, height: int = 5700, seed: int = 0) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG", optimize=True)
     return buf.getvalue()
+
+
+def add_user(gateway: Gateway, name: str | None = None) -> tuple[str, str]:
+    """A new user (a unique name unless given) through POST /api/users: (name, token)."""
+    name = name or f"u-{uuid.uuid4().hex[:12]}"
+    status, body = call_json(gateway, "POST", "/api/users", {"name": name})
+    assert status == 201, body
+    return body["name"], body["token"]
+
+
+def post_correction(gateway: Gateway, city: str, correction: dict[str, Any] | bytes, frame: bytes | None = None,
+                    token: str | None = TOKEN, image_id: int | str | None = None
+                    ) -> tuple[int, dict[str, str], Any]:
+    """POST /api/cities/{city}/corrections as multipart/form-data: (status, headers, JSON body)."""
+    fields: dict[str, tuple[str, bytes] | str] = {
+        "correction": correction.decode() if isinstance(correction, bytes) else json.dumps(correction)}
+    if frame is not None:
+        fields["frame"] = ("frame.jpg", frame)
+    if image_id is not None:
+        fields["image_id"] = str(image_id)
+    body, ctype = multipart(fields)
+    status, headers, data = call(gateway, "POST", f"/api/cities/{city}/corrections", body, token=token,
+                                 content_type=ctype)
+    return status, headers, json.loads(data)
