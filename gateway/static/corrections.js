@@ -198,7 +198,9 @@ const Corrections = (() => {
       ctx.fillStyle = "rgba(0, 200, 255, 0.15)"; ctx.fillRect(...rect(draft.box));
       ctx.strokeStyle = "#00c8ff"; ctx.lineWidth = 3; ctx.setLineDash([6, 4]); ctx.strokeRect(...rect(draft.box));
       ctx.setLineDash([]); ctx.fillStyle = "#00c8ff";
-      for (const [i, j] of [[0, 1], [2, 1], [0, 3], [2, 3]]) ctx.fillRect(draft.box[i] * w - 4, draft.box[j] * h - 4, 8, 8);
+      for (const [i, j] of [[0, 1], [2, 1], [0, 3], [2, 3]]) {  // the corners a drag can grab
+        ctx.fillRect(draft.box[i] * w - 4, draft.box[j] * h - 4, 8, 8);
+      }
       ctx.font = "bold 15px system-ui, sans-serif";
       ctx.fillText(draft.sight, draft.box[0] * w + 4, Math.min(h - 4, draft.box[3] * h + 16));
       ctx.restore();
@@ -220,7 +222,8 @@ const Corrections = (() => {
     }
     if (res.status === 429) {
       const after = res.headers.get("Retry-After");
-      return `${what} refused (429 ${said}): too many corrections at once${after ? `; try again in ${after} s` : ""}.`;
+      return `${what} refused (429 ${said}): corrections are limited per token; send it again ` +
+        (after ? `in ${after} s.` : "in a minute.");
     }
     return `${what} refused (${res.status} ${said}).`;
   }
@@ -275,8 +278,9 @@ const Corrections = (() => {
     const what = document.createElement("span");
     what.textContent = text;
     const detail = document.createElement("small");
-    detail.textContent = [c.box ? boxText(c.box) : "", `frame ${f.frame}`, f.model_version ? `model v${f.model_version}` : "",
-                          `#${c.id}`, new Date().toLocaleTimeString()].filter(Boolean).join(" · ");
+    detail.textContent = [c.box ? boxText(c.box) : "", `frame ${f.frame}`,
+                          f.model_version ? `model v${f.model_version}` : "", `#${c.id}`,
+                          new Date().toLocaleTimeString()].filter(Boolean).join(" · ");
     const undoButton = button("Undo", () => undo(li, f, c, city, text), `Undo: ${text}`);
     li.append(thumb, what, document.createElement("br"), detail, " ", undoButton);
     el("sent").prepend(li);
@@ -328,7 +332,10 @@ const Corrections = (() => {
     el("box-sight").addEventListener("change", (e) => { if (draft) { draft.sight = e.target.value; draw(); } });
     el("box-form").addEventListener("submit", (e) => {
       e.preventDefault();
-      if (!draft || !valid(draft.box)) { failed(`Draw a box first (at least ${pct(MIN_BOX)} of the frame each way).`); return; }
+      if (!draft || !valid(draft.box)) {
+        failed(`Draw a box first (at least ${pct(MIN_BOX)} of the frame each way).`);
+        return;
+      }
       const box = draft.box.map((v) => Math.round(v * 10000) / 10000);
       const sight = draft.sight;
       stopDraw();
