@@ -85,3 +85,89 @@ def poll(browser: Browser, expression: str, until: Any, timeout: float) -> Any:
             return value
         time.sleep(0.5)
     raise AssertionError(f"page never satisfied the condition in {timeout} s; last state: {value}")
+
+
+# Input and awaited scripts (the corrections tests) ----------------------------------------------------------
+
+
+async def _commands(browser: Browser, calls: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """DevTools commands to the first page, in order over one connection; each one's result (AssertionError if one
+    fails or a script throws)."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{browser.devtools}/json/list") as res:
+            targets = [t for t in await res.json(content_type=None) if t.get("type") == "page"]
+        async with http.ws_connect(targets[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+            results = []
+            for n, (method, params) in enumerate(calls, start=1):
+                await ws.send_json({"id": n, "method": method, "params": params})
+                while True:
+                    msg = json.loads((await ws.receive(timeout=30)).data)
+                    if msg.get("id") == n:
+                        break
+                if "error" in msg:
+                    raise AssertionError(f"{method} failed: {msg['error']}")
+                if "exceptionDetails" in msg["result"]:
+                    raise AssertionError(f"page script failed: {msg['result']['exceptionDetails']}")
+                results.append(msg["result"])
+            return results
+
+
+def awaited(browser: Browser, expression: str) -> Any:
+    """Evaluate JavaScript whose value is a promise, wait for it, and return its JSON-able value."""
+    [result] = asyncio.run(_commands(browser, [("Runtime.evaluate", {
+        "expression": expression, "returnByValue": True, "awaitPromise": True})]))
+    return result["result"].get("value")
+
+
+def drag(browser: Browser, start: tuple[float, float], end: tuple[float, float], steps: int = 8) -> None:
+    """A real mouse drag with the left button, in CSS pixels of the viewport: press, moves, release (the page
+    sees trusted mouse and pointer events)."""
+    def mouse(kind: str, x: float, y: float, buttons: int) -> tuple[str, dict[str, Any]]:
+        return ("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "buttons": buttons,
+                                             "clickCount": 1 if kind != "mouseMoved" else 0})
+
+    (x0, y0), (x1, y1) = start, end
+    calls = [mouse("mouseMoved", x0, y0, 0), mouse("mousePressed", x0, y0, 1)]
+    calls += [mouse("mouseMoved", x0 + (x1 - x0) * i / steps, y0 + (y1 - y0) * i / steps, 1)
+              for i in range(1, steps + 1)]
+    calls.append(mouse("mouseReleased", x1, y1, 0))
+    asyncio.run(_commands(browser, calls))
+
+
+KEYS = {"ArrowLeft": 37, "ArrowUp": 38, "ArrowRight": 39, "ArrowDown": 40, "Enter": 13, "Escape": 27}
+
+
+def press(browser: Browser, key: str, shift: bool = False) -> None:
+    """One key press (down and up) to the focused element, as the keyboard sends it."""
+    common = {"key": key, "code": key, "windowsVirtualKeyCode": KEYS[key], "modifiers": 8 if shift else 0}
+    asyncio.run(_commands(browser, [("Input.dispatchKeyEvent", {"type": "rawKeyDown", **common}),
+                                    ("Input.dispatchKeyEvent", {"type": "keyUp", **common})]))
+
+
+def colour_clip(out: Path, decoy: str) -> tuple[Path, list[str], bytes]:
+    """A fake-webcam clip of three synthetic sights and a colour model fitted to it (mean colour per sight), its
+    classes the three sights and `decoy`, a colour in no frame; as tests/gateway/test_gateway_browser.py's clip."""
+    import numpy as np
+
+    from localsystem.demo.city import read_y4m, render_city, render_clip
+    from tests.support.onnx_models import build_colour_model
+
+    info = render_city(out, city="Synthetica", seed=11, sights=3, per_sight=1)
+    video = render_clip(out / "clip.y4m", info, seconds=6, fps=10)
+    alone = [(i, f["sights"][0]) for i, f in enumerate(json.loads((out / "video_annotations.json").read_text())
+                                                       ["frames"]) if len(f["sights"]) == 1]
+    every = [f.astype(np.float32) / 255.0 for f in read_y4m(video)]
+    frames = [every[i] for i, _ in alone]
+    meta = [truth for _, truth in alone]
+    names = list(dict.fromkeys(f["sight"] for f in meta))
+    feats = np.array([f.mean(axis=(0, 1)) for f in frames])
+    labels = np.array([names.index(f["sight"]) for f in meta])
+    protos = np.array([feats[labels == i].mean(axis=0) for i in range(len(names))])
+    boxes = []
+    for i in range(len(names)):
+        bb = np.array([f["bbox"] for f in meta if f["sight"] == names[i]]).mean(axis=0)
+        boxes.append([bb[0] / 640, bb[1] / 480, (bb[0] + bb[2]) / 640, (bb[1] + bb[3]) / 480])
+    protos = np.vstack([protos, [1.0, 0.0, 1.0]])
+    boxes.append([0.0, 0.0, 1.0, 1.0])
+    spread = np.sqrt(((protos[:3, None] - protos[None, :3]) ** 2).sum(-1))[np.triu_indices(3, 1)].min()
+    return video, names + [decoy], build_colour_model(protos, np.array(boxes), temperature=float(spread**2 / 4))
