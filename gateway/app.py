@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg2
 from aiohttp import web
 from aiohttp.web_runner import GracefulExit
 
@@ -45,6 +46,11 @@ async def _count(request: web.Request, handler: Callable[[web.Request], Awaitabl
         if status >= 400 and exc.content_type != "application/json":
             return as_json(exc)
         raise
+    except psycopg2.OperationalError as exc:  # PostgreSQL away (restarting after a crash): say so, at once
+        status = 503
+        log.warning("the warehouse does not answer", extra={"route": route, "error": str(exc).strip()[:200]})
+        return web.json_response({"error": "warehouse_unavailable", "message": "the warehouse (PostgreSQL) does "
+                                  "not answer; try again in a few seconds"}, status=503, headers={"Retry-After": "5"})
     except Exception:
         log.exception("request failed", extra={"route": route, "method": request.method})
         return web.json_response({"error": "internal", "message": "the gateway failed on this request; it is "

@@ -8,6 +8,9 @@ Protocol (documented for clients in the OpenAPI description and the README):
                      "latency_ms", "dropped", "width", "height"}
                     {"type": "model", "model_version", "classes", ...}  after a live swap
                     {"type": "error", "code", "message", "frame"?}     the connection stays open
+A city selected while PostgreSQL does not answer gets the error "unavailable"; each frame then tries the city again
+(an "unavailable" error with the frame's number until PostgreSQL is back, then "hello"), so no client has to
+reconnect after an outage.
 Handshake: browsers must come from this gateway's own origin (GATEWAY_PUBLIC_URL, GATEWAY_ALLOWED_ORIGINS); if
 GATEWAY_WS_TOKEN is set, the client sends it as ?token=TOKEN or offers the subprotocols "sightscan" and
 "sightscan.token.TOKEN" (a browser page cannot set headers; the subprotocol keeps the token out of URLs and logs).
@@ -25,11 +28,13 @@ import logging
 import time
 from typing import Any
 
+import psycopg2
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from gateway.errors import fail
 from gateway.imaging import ImageRejected
 from gateway.registry import LoadedModel
+from gateway.review import SAMPLER, ReviewSampler
 from gateway.settings import GatewaySettings, normal_origin
 from gateway.state import STATE, GatewayState
 from sightscan import db
@@ -95,11 +100,13 @@ class DetectSession:
         self.ws = ws
         self.state = state
         self.city: db.City | None = None
+        self.unreachable: str | None = None  # the city selected while the warehouse did not answer
         self.frames = 0
         self.dropped = 0
         self.pending: tuple[int, bytes, float] | None = None
         self._wake = asyncio.Event()
         self._send_lock = asyncio.Lock()
+        self.review: ReviewSampler | None = None  # keeps unsure frames for review (gateway/review.py)
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.ws.closed:
@@ -148,6 +155,10 @@ class DetectSession:
         self.frames += 1
         self.state.metrics.frames_received.inc()
         limit = self.state.settings.max_frame_bytes
+        if self.city is None and self.unreachable is not None and len(data) <= limit:
+            await self.select(self.unreachable, self.frames)  # the warehouse did not answer: try the city again
+            if self.city is None:
+                return  # select said why, with this frame's number
         if len(data) > limit:
             await self.error("too_large", f"a frame may have at most {limit} bytes, this one has {len(data)}",
                              self.frames)
@@ -176,25 +187,29 @@ class DetectSession:
         await self.error("text_not_supported", "frames are binary messages (JPEG, WebP or PNG); the only text "
                          'message is {"type": "select", "city": NAME}')
 
-    async def select(self, name: str | None) -> None:
+    async def select(self, name: str | None, frame: int | None = None) -> None:
         registry = self.state.registry
         if self.city is not None:
             registry.unsubscribe(self.city.id, self._on_model)
-        self.city, self.pending = None, None
+        self.city, self.pending, self.unreachable = None, None, None
         if not name or not name.strip():
-            await self.error("unknown_city", "no city given: connect to /ws/detect?city=NAME")
+            await self.error("unknown_city", "no city given: connect to /ws/detect?city=NAME", frame)
             return
         try:
             city = await self.state.warehouse.find_city(name)
         except BadName as exc:
-            await self.error("bad_name", str(exc))
+            await self.error("bad_name", str(exc), frame)
             return
-        except Exception:
-            log.exception("city lookup failed")
-            await self.error("unavailable", "the warehouse cannot be reached; try again")
+        except Exception as exc:
+            if isinstance(exc, psycopg2.OperationalError):
+                log.warning("city lookup failed: the warehouse does not answer", extra={"error": str(exc)[:200]})
+            else:
+                log.exception("city lookup failed")
+            self.unreachable = name
+            await self.error("unavailable", "the warehouse cannot be reached; try again", frame)
             return
         if city is None:
-            await self.error("unknown_city", f"no city named {name!r}; request it with POST /api/cities")
+            await self.error("unknown_city", f"no city named {name!r}; request it with POST /api/cities", frame)
             return
         self.city = city
         registry.subscribe(city.id, self._on_model)
@@ -220,6 +235,8 @@ class DetectSession:
                 await self._answer(self.city, *item)
             except asyncio.CancelledError:
                 raise
+            except psycopg2.OperationalError:  # PostgreSQL away while this frame needed it (a model to load)
+                await self.error("unavailable", "the warehouse cannot be reached; try again", item[0])
             except Exception:  # a bug must cost one frame, not the connection
                 log.exception("frame failed", extra={"city_id": self.city.id if self.city else None})
                 await self.error("internal", "this frame could not be processed", item[0])
@@ -248,9 +265,12 @@ class DetectSession:
         state.metrics.frames_processed.inc()
         state.metrics.frame_latency.observe(latency)
         dropped, self.dropped = self.dropped, 0
+        shown = [d.as_json() for d in found]
         await self.send({"type": "detections", "frame": frame, "city_id": city.id, "model_version": model.version,
-                         "detections": [d.as_json() for d in found], "latency_ms": round(latency * 1000, 2),
+                         "detections": shown, "latency_ms": round(latency * 1000, 2),
                          "dropped": dropped, "width": decoded.width, "height": decoded.height})
+        if self.review is not None:  # decides at once, stores off the loop, drops when busy: never waits
+            self.review.offer(city.id, model, data, decoded.width, decoded.height, found, shown)
 
 
 async def detect_handler(request: web.Request) -> web.StreamResponse:
@@ -270,5 +290,7 @@ async def detect_handler(request: web.Request) -> web.StreamResponse:
         fail(web.HTTPBadRequest, "websocket_required", "this is a websocket: connect with a websocket client to "
              "/ws/detect?city=NAME")
     await ws.prepare(request)
-    await DetectSession(ws, state).run(request.query.get("city"))
+    session = DetectSession(ws, state)
+    session.review = request.app.get(SAMPLER)
+    await session.run(request.query.get("city"))
     return ws
