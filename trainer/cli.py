@@ -24,12 +24,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
     from trainer.data import NotEnoughData
+    from trainer.guard import Rejected
     from trainer.pipeline import train_city
 
     try:
         outcome = train_city(settings, args.city, progress=not args.no_progress, epochs=args.epochs)
     except (NotEnoughData, LookupError, ConfigError) as exc:
         print(f"training failed: {exc}", file=sys.stderr)
+        return 1
+    except Rejected as exc:
+        print(f"model refused, the live model stays: {exc}", file=sys.stderr)
         return 1
     summary = {"city": outcome.city, "version": outcome.version, "sights": len(outcome.classes),
                "map50": round(outcome.metrics["map50"], 4), "map50_95": round(outcome.metrics["map"], 4),

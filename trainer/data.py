@@ -4,15 +4,22 @@ A sample is either box-labelled (true boxes, e.g. Google Vision's landmarks) or 
 sight the image was crawled for. A weak sample's box says nothing about where the sight is; the trainer localises
 it itself (trainer/pseudo_boxes.py) and never trains the box head on the stored box.
 
+Users' corrections (docs/corrections.md) are samples too, of origin "user": a frame's user boxes are its true
+boxes (they win over whatever the labeller said of the same image: a person looked at this frame), a "no sight"
+frame is a negative, and a frame corrected with "wrong sight" is a hard example, repeated in training. User samples
+train and never judge: the held-out split is drawn from the labeller's samples only (`training_split`), so the
+metrics, the calibration and the poisoning guard (trainer/guard.py) are measured on data no user can change, and
+each user's share of the training set is capped.
+
 Boxes are kept normalised (x_min, y_min, x_max, y_max in 0..1 of the frame) end to end, as the warehouse stores
 them and as the model contract outputs them, so stretching a frame to the square input never changes a box.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -39,6 +46,9 @@ class Sample:
     boxes: tuple[tuple[float, float, float, float], ...]
     labels: tuple[int, ...]            # indices into the class list
     weak: bool = False                 # image-level label only: `boxes` are not locations (see the module doc)
+    origin: str = "labeller"           # "labeller", or "user": a user's correction (trains, never held out)
+    user_id: int | None = None         # the user whose correction it is (None: the operator's, or the labeller's)
+    hard: bool = False                 # a "wrong sight" correction: the model named another sight here
 
     @property
     def negative(self) -> bool:
@@ -62,10 +72,29 @@ class Dataset:
     sight_ids: list[int | None]  # warehouse sight id per class (None for folder data)
 
 
+USER_BOX, USER_NEGATIVE = "user-box", "user-negative"
+
+
+@dataclass(frozen=True)
+class Negative:
+    """A frame that shows none of the city's sights: a user's "no sight" (user_id None: the operator's)."""
+    image_id: int
+    data: bytes
+    origin: str = "user"
+    user_id: int | None = None
+
+
 def from_warehouse(rows: Iterable[LabelledImage], min_images_per_label: int,
-                   negatives: Iterable[tuple[int, bytes]] = ()) -> Dataset:
+                   negatives: Iterable[Negative | tuple[int, bytes]] = ()) -> Dataset:
     """Group label rows by image, drop sights with fewer than `min_images_per_label` images, index the rest; add
-    the city's photos of no sight (`negatives`: image id and bytes) as negative samples."""
+    the frames of no sight (`negatives`) as negative samples.
+
+    Rows may carry a label's `kind`, its correction's `action` and `user_id` (trainer/warehouse.py); rows without
+    them are the labeller's. On an image with user boxes, the user boxes are its boxes and the labeller's labels of
+    it are left out. A negative is left out when the image has a box of a kept sight from a user (a user box wins
+    over a user's "no sight"), and wins over the labeller's labels of the image."""
+    negatives = [n if isinstance(n, Negative) else Negative(n[0], bytes(n[1]), "labeller") for n in negatives]
+    said_nothing = {n.image_id for n in negatives}
     by_image: dict[int, list[LabelledImage]] = defaultdict(list)
     for row in rows:
         by_image[row.image_id].append(row)
@@ -76,8 +105,17 @@ def from_warehouse(rows: Iterable[LabelledImage], min_images_per_label: int,
     samples = []
     for image_id, labels in sorted(by_image.items()):
         kept_labels = [r for r in labels if r.sight_id in index]
-        # An image whose only sights were dropped would teach "this building is background": leave it out.
-        if not kept_labels:
+        user_boxes = [r for r in kept_labels if _kind(r) == USER_BOX]
+        if user_boxes:
+            samples.append(Sample(image_id, labels[0].data, tuple(tuple(map(float, r.box)) for r in user_boxes),
+                                  tuple(index[r.sight_id] for r in user_boxes), False, "user",
+                                  getattr(user_boxes[0], "user_id", None),
+                                  any(getattr(r, "action", None) == "wrong-sight" for r in user_boxes)))
+            continue
+        # An image whose only sights were dropped would teach "this building is background": leave it out. So is
+        # a frame a user said shows no sight: it is a negative (below).
+        kept_labels = [r for r in kept_labels if _kind(r) != USER_BOX]
+        if not kept_labels or image_id in said_nothing:
             continue
         # The labeller gives an image either true boxes or its one weak label, never both; were both there, the
         # true boxes win (they carry strictly more information).
@@ -86,8 +124,16 @@ def from_warehouse(rows: Iterable[LabelledImage], min_images_per_label: int,
         samples.append(Sample(image_id, labels[0].data, tuple(tuple(map(float, r.box)) for r in chosen),
                               tuple(index[r.sight_id] for r in chosen), weak))
     labelled = {s.key for s in samples}
-    samples += [Sample(image_id, bytes(data), (), ()) for image_id, data in negatives if image_id not in labelled]
+    seen: set[int] = set()
+    for n in negatives:
+        if n.image_id not in labelled and n.image_id not in seen:
+            seen.add(n.image_id)
+            samples.append(Sample(n.image_id, bytes(n.data), (), (), origin=n.origin, user_id=n.user_id))
     return Dataset([names[sid] for sid in kept], samples, list(kept))
+
+
+def _kind(row: LabelledImage) -> str:
+    return getattr(row, "kind", "labeller")
 
 
 def from_coco_folder(folder: Path, weak: bool = False) -> Dataset:
@@ -123,20 +169,75 @@ def from_coco_folder(folder: Path, weak: bool = False) -> Dataset:
     return Dataset([c["name"] for c in cats], samples, [None] * len(cats))
 
 
+SPLIT = "stable-v1"  # the split's name, in the model's metrics: the guard compares models split this way only
+
+
+def split_rank(key: int, seed: int) -> int:
+    """An image's place in the split's order: a hash of the image id and the seed, so it never depends on which
+    other images the city has."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(), "big")
+
+
 def split(samples: Sequence[Sample], heldout_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Split by image, stratified by each image's primary sight; the same seed always gives the same split."""
+    """Split by image, stratified by each image's primary sight; the same seed always gives the same split.
+
+    Stable as the city grows: each sight's held-out images are those lowest in `split_rank`, an order fixed per
+    image, so the images the previous model held out stay held out as long as new ones do not outrank them, and
+    an image it trained on is held out now only in the rare case that too few new images rank low. That is what
+    lets the poisoning guard score the live model and a candidate on one held-out set (trainer/guard.py)."""
     groups: dict[int, list[Sample]] = defaultdict(list)
-    for s in sorted(samples, key=lambda s: s.key):
+    for s in samples:
         groups[s.primary].append(s)
     train, heldout = [], []
     for label in sorted(groups):
-        group = groups[label]
-        random.Random(seed * 1_000_003 + label).shuffle(group)
+        group = sorted(groups[label], key=lambda s: (split_rank(s.key, seed), s.key))
         # At least one held-out image per sight, so every sight is scored; at least one left to train on.
         n_held = min(len(group) - 1, max(1, round(len(group) * heldout_fraction)))
         heldout += group[:n_held]
         train += group[n_held:]
     return train, heldout
+
+
+@dataclass(frozen=True)
+class UserData:
+    """What the users' corrections put in a training set (reported in the model's metrics)."""
+    boxes: int = 0          # user-box samples trained on (before repeats)
+    negatives: int = 0      # user "no sight" frames trained on
+    hard: int = 0           # of the boxes, "wrong sight" ones, each trained 1 + hard_repeats times
+    users: int = 0          # distinct users (the operator counts as one)
+    capped: int = 0         # user samples left out by the share cap
+
+    def as_dict(self) -> dict[str, int]:
+        return {"boxes": self.boxes, "negatives": self.negatives, "hard": self.hard, "users": self.users,
+                "capped": self.capped}
+
+
+def training_split(samples: Sequence[Sample], heldout_fraction: float, seed: int, max_user_share: float = 1.0,
+                   hard_repeats: int = 0) -> tuple[list[Sample], list[Sample], UserData]:
+    """(train, held out, what users contributed): the labeller's samples split by `split`; every user sample
+    trains, a "wrong sight" one 1 + `hard_repeats` times (each copy gets its own augmented views and pairs).
+
+    The cap: one user's samples, counted with their repeats, are at most `max_user_share` of the labeller's
+    training samples (at least one sample each); past it, a user's newest corrections (highest image ids) are left
+    out. The operator's corrections (user_id None) are not capped: the operator is trusted as the labeller is."""
+    labeller = [s for s in samples if s.origin != "user"]
+    users = sorted((s for s in samples if s.origin == "user"), key=lambda s: s.key)
+    train, heldout = split(labeller, heldout_fraction, seed)
+    allowed = max(1.0, max_user_share * len(train))
+    spent: dict[int | None, int] = defaultdict(int)
+    kept, capped = [], 0
+    for s in users:
+        weight = 1 + hard_repeats if s.hard else 1
+        if s.user_id is not None and spent[s.user_id] + weight > allowed:
+            capped += 1
+            continue
+        spent[s.user_id] += weight
+        kept.append(s)
+    for s in kept:
+        train += [s] * (1 + hard_repeats if s.hard else 1)
+    info = UserData(sum(not s.negative for s in kept), sum(s.negative for s in kept), sum(s.hard for s in kept),
+                    len({s.user_id for s in kept}), capped)
+    return train, heldout, info
 
 
 def check_trainable(dataset: Dataset, min_sights: int = 1) -> None:

@@ -9,10 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from sightscan import db
 from sightscan.config import Settings
-from trainer.data import Dataset, NotEnoughData, check_trainable, from_warehouse, split
+from trainer import warehouse
+from trainer.data import SPLIT, Dataset, NotEnoughData, check_trainable, from_warehouse, training_split
 from trainer.export import check_onnx, export_onnx, probe_images
+from trainer.guard import judge
 from trainer.settings import TrainerSettings, load
 from trainer.train import TrainResult, fit
 
@@ -41,19 +45,26 @@ def resolve_city(settings: Settings, city: str | int) -> db.City:
 
 
 def export_dataset(settings: Settings, city_id: int) -> Dataset:
+    """The city's training data: every label naming a sight with a box, users' boxes included, and the frames users
+    said show no sight, as negatives (trainer/warehouse.py, trainer/data.py from_warehouse)."""
     with db.transaction(settings) as cur:
-        rows = db.labelled_images(cur, city_id)
-    return from_warehouse(rows, settings.min_image_number_per_label)
+        rows = warehouse.labelled_images(cur, city_id)
+        negatives = warehouse.user_negatives(cur, city_id)
+    return from_warehouse(rows, settings.min_image_number_per_label, negatives)
 
 
-def train_dataset(dataset: Dataset, ts: TrainerSettings, progress: Progress | None = None) -> tuple[
-        TrainResult, bytes, dict[str, Any]]:
-    """Train, evaluate on the held-out split and export; returns (result, onnx bytes, metrics for the model row)."""
+def train_dataset(dataset: Dataset, ts: TrainerSettings, progress: Progress | None = None,
+                  live: db.StoredModel | None = None) -> tuple[TrainResult, bytes, dict[str, Any]]:
+    """Train, evaluate on the held-out split and export; returns (result, onnx bytes, metrics for the model row).
+
+    A model that learned from users' corrections is checked against `live`, the city's live model, on the
+    labeller's held-out images (trainer/guard.py): guard.Rejected when it does worse."""
     check_trainable(dataset, ts.min_sights)
-    train, heldout = split(dataset.samples, ts.heldout_fraction, ts.train.seed)
+    train, heldout, users = training_split(dataset.samples, ts.heldout_fraction, ts.train.seed, ts.max_user_share,
+                                           ts.hard_repeats)
     log.info("training", extra={"sights": len(dataset.classes), "train_images": len(train),
                                 "heldout_images": len(heldout), "weak_images": sum(s.weak for s in train),
-                                "epochs": ts.train.epochs})
+                                "epochs": ts.train.epochs, "corrections": users.as_dict()})
     result, _ = fit(dataset.classes, train, heldout, ts.train, progress)
     onnx_bytes = export_onnx(result.model)
     probe = probe_images(heldout, ts.train.input_size)
@@ -63,8 +74,14 @@ def train_dataset(dataset: Dataset, ts: TrainerSettings, progress: Progress | No
         "train_images": sum(not s.negative for s in train), "heldout_images": sum(not s.negative for s in heldout),
         "epochs_run": result.epochs_run,
         "train_seconds": round(result.train_seconds, 1), "device": result.device,
-        "onnx_check": dataclasses.asdict(check), "evaluated_on": "heldout",
+        "onnx_check": dataclasses.asdict(check), "evaluated_on": "heldout", "split": SPLIT,
+        "corrections": users.as_dict(),
     }
+    negatives = result.heldout_negatives
+    metrics["guard"] = judge(onnx_bytes, ts.train.input_size, live, heldout, dataset.classes,
+                             negatives if negatives is not None else torch.zeros(0, 3, 1, 1, dtype=torch.uint8),
+                             users.boxes + users.negatives, ts.guard_top1_tolerance, ts.guard_false_claim_tolerance,
+                             ts.train.threads)
     return result, onnx_bytes, metrics
 
 
@@ -72,21 +89,24 @@ def train_city(settings: Settings, city: str | int, progress: bool | Progress = 
                trainer_settings: TrainerSettings | None = None, extra_metrics: dict[str, Any] | None = None) -> Outcome:
     """Train and store a new model for a city (the `sightscan train CITY` command and the service both call this).
 
-    Raises NotEnoughData / LookupError with the reason when there is nothing to train; the previous model is
-    untouched then, as on any other failure, because the new row is only inserted at the very end.
+    Raises NotEnoughData / LookupError with the reason when there is nothing to train, and guard.Rejected when the
+    model learned from users' corrections and does worse than the live one; the previous model is untouched then,
+    as on any other failure, because the new row is only inserted at the very end.
     """
     ts = trainer_settings or load(settings)
     if epochs:
         ts = dataclasses.replace(ts, train=dataclasses.replace(ts.train, epochs=epochs))
     found = resolve_city(settings, city)
     dataset = export_dataset(settings, found.id)
+    with db.transaction(settings) as cur:
+        live = db.latest_model(cur, found.id)
     if not dataset.samples:
         raise NotEnoughData(f"city {found.name!r} has no labelled images with boxes for sights with at least "
                             f"{settings.min_image_number_per_label} images")
     started = time.monotonic()
     callback, bar = _progress(progress, ts.train.epochs, found.name)
     try:
-        _, onnx_bytes, metrics = train_dataset(dataset, ts, callback)
+        _, onnx_bytes, metrics = train_dataset(dataset, ts, callback, live)
     finally:
         if bar is not None:
             bar.close()

@@ -26,6 +26,7 @@ from sightscan.config import Settings
 from sightscan.topics import training_events_topic
 from trainer import cloud
 from trainer.data import NotEnoughData
+from trainer.guard import Rejected
 from trainer.pipeline import train_city
 from trainer.settings import TrainerSettings, load
 
@@ -113,10 +114,11 @@ class TrainerService:
         request = TrainingRequest.of(command)
         event = self.answer(request)
         self.publish(event, msg.key())
-        return {k: v for k, v in event.items() if k not in ("metrics", "trace", "classes")}
+        return {k: v for k, v in event.items() if k not in ("metrics", "trace", "classes", "guard")}
 
     def answer(self, request: TrainingRequest) -> dict[str, Any]:
-        """The outcome of one request: trained, dispatched, already answered, or failed (never a crash)."""
+        """The outcome of one request: trained, dispatched, already answered, rejected (the poisoning guard refused
+        the model: trainer/guard.py) or failed (never a crash)."""
         base = {"request_id": request.request_id, "city_id": request.city_id, "city": request.city,
                 "trigger": request.reason}
         if self.role == "dispatch":
@@ -130,6 +132,8 @@ class TrainerService:
                                  extra_metrics={"request_id": request.request_id, "trigger": request.reason})
         except (NotEnoughData, LookupError) as exc:
             return {**base, "status": "failed", "reason": str(exc)}
+        except Rejected as exc:  # learned from corrections and did worse: no model row; the stream waits for more
+            return {**base, "status": "rejected", "reason": str(exc), "guard": exc.guard}
         except (psycopg2.OperationalError, psycopg2.InterfaceError):
             raise  # the warehouse is away: retried with backoff by the command loop, not reported as a failure
         except Exception as exc:  # a crash in training must not kill the service nor lose the request's outcome

@@ -38,6 +38,10 @@ class TrainerSettings:
     group_id: str
     cloud: CloudConfig | None
     idle_stop_s: float      # cloud mode: stop the instance after this long with no request
+    max_user_share: float = 0.2          # one user's corrections, at most this share of the labeller's training set
+    hard_repeats: int = 2                # extra copies of each "wrong sight" correction in the training set
+    guard_top1_tolerance: float = 0.05   # the poisoning guard (trainer/guard.py)
+    guard_false_claim_tolerance: float = 0.05
 
 
 def _weights_file(raw: str) -> Path | None:
@@ -94,8 +98,21 @@ class TrainerEnv(ServiceSettings):
     time_budget_s: float = _env("TRAINER_TIME_BUDGET_S", 0.0, non_negative_float,
                                 "cut head training short past this many seconds; 0 = no limit")
     heldout_fraction: float = _env("TRAINER_HELDOUT_FRACTION", 0.2, unit_interval,
-                                   "share of labelled images held out for the metrics")
+                                   "share of the labeller's labelled images held out for the metrics "
+                                   "(corrections always train)")
     min_sights: int = _env("TRAINER_MIN_SIGHTS", 2, non_negative_int, "sights a city needs to be trained")
+    max_user_share: float = _env("TRAINER_MAX_USER_SHARE", 0.2, unit_interval,
+                                 "one user's corrections (with their repeats) are at most this share of the "
+                                 "labeller's training images; the newest past it are left out (the operator's are "
+                                 "not capped)")
+    hard_repeats: int = _env("TRAINER_HARD_REPEATS", 2, non_negative_int,
+                             "extra copies of each 'wrong sight' correction in the training set (hard examples)")
+    guard_top1_tolerance: float = _env("TRAINER_GUARD_TOP1_TOLERANCE", 0.05, unit_interval,
+                                       "a model trained with corrections is refused when its held-out top-1 is "
+                                       "lower than the live model's by more than this (or two images)")
+    guard_false_claim_tolerance: float = _env("TRAINER_GUARD_FALSE_CLAIM_TOLERANCE", 0.05, unit_interval,
+                                              "... or its false-claim rate on held-out no-sight images higher by "
+                                              "more than this (or two images)")
     group_id: str = _env("TRAINER_GROUP_ID", "",
                          doc="consumer group of training requests (default <TOPIC_PREFIX>-trainer)")
     idle_stop_s: float = _env("TRAINER_IDLE_STOP_S", 300.0, non_negative_float,
@@ -125,7 +142,9 @@ def load(settings: Settings, environ: Mapping[str, str] | None = None) -> Traine
         cloud = CloudConfig(e.ec2_instance_id, region, e.aws_endpoint_url or None)
     return TrainerSettings(train=train, heldout_fraction=e.heldout_fraction, min_sights=e.min_sights,
                            group_id=consumer_group(settings.topic_prefix, "trainer", e.group_id), cloud=cloud,
-                           idle_stop_s=e.idle_stop_s)
+                           idle_stop_s=e.idle_stop_s, max_user_share=e.max_user_share, hard_repeats=e.hard_repeats,
+                           guard_top1_tolerance=e.guard_top1_tolerance,
+                           guard_false_claim_tolerance=e.guard_false_claim_tolerance)
 
 
 def describe() -> list[tuple[str, str, str]]:

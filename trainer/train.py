@@ -65,6 +65,7 @@ class TrainResult:
     device: str
     backbone: BackboneChoice
     history: list[dict[str, float]] = field(default_factory=list)
+    heldout_negatives: torch.Tensor | None = None  # uint8 [K,3,S,S]: the "no sight" frames it was calibrated on
 
 
 @dataclass
@@ -305,10 +306,10 @@ def heldout_boxes(samples: list[Sample], pseudo: torch.Tensor | None) -> list[li
 
 def evaluate(model: SightModel, classes: list[str], heldout: list[Sample], cfg: TrainConfig,
              classifier: nn.Linear, device: torch.device,
-             features_of: FeatureExtractor) -> tuple[dict[str, Any], HeldoutPredictions, Calibration]:
+             features_of: FeatureExtractor) -> tuple[dict[str, Any], HeldoutPredictions, Calibration, torch.Tensor]:
     """Calibrate the threshold on the held-out no-sight images, then measure at it: top-1 and the confusion matrix
     on every held-out sight image, the false-claim rate, recall and AUROC of the open-set score, and box mAP on the
-    held-out images with true boxes (every sight in them)."""
+    held-out images with true boxes (every sight in them). Also returns those no-sight images (uint8)."""
     sights = [s for s in heldout if not s.negative]
     photos_of_nothing = [s for s in heldout if s.negative]
     images = Tensors.build(sights, model.input_size).images if sights else torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
@@ -346,7 +347,7 @@ def evaluate(model: SightModel, classes: list[str], heldout: list[Sample], cfg: 
         dets = [(pred.boxes[i], pred.scores[i], pred.classes[i]) for i in boxed]
         scored = coco_map(classes, [(sights[i].boxes, sights[i].labels) for i in boxed], dets)
         metrics.update(map50=scored["map50"], map=scored["map"], per_sight_map=scored["per_sight"])
-    return metrics, pred, cal
+    return metrics, pred, cal, negatives
 
 
 def fit(classes: list[str], train: list[Sample], heldout: list[Sample], cfg: TrainConfig,
@@ -451,7 +452,8 @@ def fit(classes: list[str], train: list[Sample], heldout: list[Sample], cfg: Tra
             break
 
     train_seconds = time.monotonic() - started
-    metrics, predictions, _ = evaluate(model, classes, heldout, cfg, classifier, device, features_of)
+    metrics, predictions, _, heldout_negatives = evaluate(model, classes, heldout, cfg, classifier, device,
+                                                          features_of)
     metrics.update(method=METHOD, backbone=choice.name, pretrained=choice.pretrained, backbone_note=choice.reason,
                    pseudo_boxes=cfg.pseudo_boxes, refine_rounds=cfg.refine_rounds,
                    labels={"image_level": int(weak.sum()), "boxes": int((~weak).sum()), "negatives": len(nothing)},
@@ -460,4 +462,4 @@ def fit(classes: list[str], train: list[Sample], heldout: list[Sample], cfg: Tra
           false_claim_rate=metrics["false_claim_rate"], recall=metrics["recall"])
     model.eval()
     return TrainResult(model.cpu(), list(classes), metrics, epochs_run, train_seconds, str(device), choice,
-                       history), predictions
+                       history, heldout_negatives.cpu()), predictions
