@@ -32,6 +32,43 @@ _RATE_LIMITED = {**_ERR, "description": "more than GATEWAY_CORRECTIONS_PER_MINUT
                      "schema": {"type": "string", "pattern": "^[0-9]+$"}}}}
 
 
+def _model_file() -> dict[str, Any]:
+    """GET /api/cities/{city}/model.onnx: the live model's bytes, cached by version (gateway/model_files.py)."""
+    described = {name: {"description": text, "schema": {"type": "string"}} for name, text in (
+        ("ETag", '"v<version>-<model id>"'), ("Cache-Control", "no-cache: keep it, ask again with If-None-Match"),
+        ("X-Model-Version", "the model's version"), ("X-Model-Id", "the model row's id"),
+        ("X-Model-Input-Size", "S: the model's input is [N, 3, S, S]"),
+        ("X-Model-Classes", "the class list, as JSON"))}
+    return {
+        "summary": "the city's live model (ONNX), the one /ws/detect serves: ETag by version, 304 when If-None-Match "
+                   "names it; its headers describe it",
+        "parameters": [_CITY, {"name": "If-None-Match", "in": "header", "required": False,
+                               "schema": {"type": "string"}, "description": "an ETag this client holds"}],
+        "responses": {"200": {"description": "ONNX bytes", "headers": described,
+                              "content": {"application/octet-stream": {}}},
+                      "304": {"description": "the model named by If-None-Match is still the live one",
+                              "headers": described},
+                      **_errors(400, 404, 503)}}
+
+
+def _local_inference_schema() -> dict[str, Any]:
+    text = {"type": ["string", "null"]}
+    return {"LocalInference": {"type": "object", "required": [
+        "available", "reason", "runtime", "version", "script", "wasm_paths", "score_threshold", "frame_budget_ms",
+        "keepalive_s"], "properties": {
+        "available": {"type": "boolean", "description": "onnxruntime-web is installed on this gateway"},
+        "reason": {**text, "description": "why not, when it is not"},
+        "runtime": {"const": "onnxruntime-web"}, "version": text,
+        "script": {**text, "description": "the runtime's script, for a classic worker's importScripts"},
+        "wasm_paths": {**text, "description": "where the runtime finds its WebAssembly files"},
+        "score_threshold": {"type": "number", "description": "GATEWAY_SCORE_THRESHOLD: detections under it are "
+                                                             "dropped, as on the server"},
+        "frame_budget_ms": {"type": "number", "description": "a page whose median time per frame on the device "
+                                                             "exceeds this falls back to the server"},
+        "keepalive_s": {"type": "number", "description": "how often a page that sends no frames says something on "
+                                                         "the websocket (half of GATEWAY_IDLE_TIMEOUT_S)"}}}}
+
+
 def _correction_schemas() -> dict[str, Any]:
     """Users and corrections (docs/corrections.md)."""
     return {
@@ -179,6 +216,7 @@ def document() -> dict[str, Any]:
                     "input_size": {"type": "integer"}, "metrics": {"type": "object"},
                     "figures": {"type": "array", "items": {"$ref": "#/components/schemas/Figure"}},
                     "sha256": {"type": "string"}, "download": {"type": "string"}}},
+                **_local_inference_schema(),
             },
         },
         "paths": {
@@ -219,10 +257,12 @@ def document() -> dict[str, Any]:
                 "summary": "the latest model's version and metadata", "parameters": [_CITY],
                 "responses": {"200": _json({"$ref": "#/components/schemas/ModelMeta"}, "model"),
                               **_errors(400, 404)}}},
-            "/api/cities/{city}/model.onnx": {"get": {
-                "summary": "download the latest model (ONNX; X-Model-Version header)", "parameters": [_CITY],
-                "responses": {"200": {"description": "ONNX bytes", "content": {"application/octet-stream": {}}},
-                              **_errors(400, 404)}}},
+            "/api/cities/{city}/model.onnx": {"get": _model_file()},
+            "/api/local-inference": {"get": {
+                "summary": "what the page needs to run the city's model itself (gateway/model_files.py): whether the "
+                           "browser runtime (onnxruntime-web) is installed here and where its files are, the score "
+                           "threshold the server applies, the frame budget, the websocket keep-alive",
+                "responses": {"200": _json({"$ref": "#/components/schemas/LocalInference"}, "runtime")}}},
             "/ws/detect": {"get": {
                 "summary": "websocket: binary frames in, JSON detections out (see the description)",
                 "parameters": [{"name": "city", "in": "query", "required": True, "schema": {"type": "string"}},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from typing import Any
 from urllib.parse import quote
@@ -184,14 +183,7 @@ async def model_meta(request: web.Request) -> web.Response:
     return web.json_response(_model_meta(model, city))
 
 
-@routes.get("/api/cities/{city:[^/]+}/model.onnx")
-async def model_download(request: web.Request) -> web.Response:
-    city, model = await _latest(request)
-    meta = _model_meta(model, city)
-    return web.Response(body=model.onnx, content_type="application/octet-stream", headers={
-        "X-Model-Version": str(model.version), "X-Model-Input-Size": str(model.input_size),
-        "X-Model-Classes": json.dumps(model.classes), "ETag": f'"{meta["sha256"]}"',
-        "Content-Disposition": f'attachment; filename="sightscan-{city.id}-v{model.version}.onnx"'})
+# The model's bytes, cached by version: GET /api/cities/{city}/model.onnx in gateway/model_files.py.
 
 
 # Health and metrics ---------------------------------------------------------------------------------------
