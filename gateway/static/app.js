@@ -134,26 +134,30 @@ function connect() {
 }
 
 function onMessage(msg) {
-  if (msg.frame) state.answered = Math.max(state.answered, msg.frame);
+  if (msg.frame && !msg.local) state.answered = Math.max(state.answered, msg.frame);
   if (msg.type === "hello") {
     if (msg.model) state.sights = msg.model.classes;
+    Local.model(state.city, msg.model);  // the local path loads it (local.js)
     setText($("model-info"), msg.model ? `model v${msg.model.model_version}: ${msg.model.classes.length} sights`
                                        : "this city has no model yet");
   } else if (msg.type === "model") {
     if (msg.classes) state.sights = msg.classes;
+    Local.model(state.city, msg.model_version ? msg : null);
     setText($("model-info"), msg.model_version ? `model updated to v${msg.model_version}` : "model withdrawn");
     refreshStatus();
   } else if (msg.type === "detections") {
     if (state.paused) return;  // the frozen frame stays as it was shown
-    // The frame this answer is about, exactly as sent: a correction sends it with the detections drawn on it.
-    const sent = state.frames.get(msg.frame);
+    // The frame this answer is about, exactly as sent: a correction sends it with the detections drawn on it. An
+    // answer from this device (local.js) gets its frame as a JPEG just after, and Pause with it.
+    const sent = msg.local || state.frames.get(msg.frame);
     for (const n of state.frames.keys()) if (n <= msg.frame) state.frames.delete(n);
     state.shown = { frame: msg.frame, blob: sent ? sent.blob : null, width: msg.width, height: msg.height,
                     model_version: msg.model_version, detections: msg.detections };
-    $("pause").disabled = !sent;
+    $("pause").disabled = !(sent && sent.blob);
     state.detections = msg.detections;
     setText($("error"), "");
     setText($("conn"), `connected to ${state.city} · model v${msg.model_version} · ${msg.latency_ms} ms`);
+    Local.served(msg, sent);  // the path and its time per frame
     const list = $("current");
     list.replaceChildren(...msg.detections.map((d) => {
       const li = document.createElement("li");
@@ -188,6 +192,7 @@ const grab = document.createElement("canvas");
 function sendFrame() {
   const ws = state.ws, video = $("video");
   if (state.paused || !ws || ws.readyState !== WebSocket.OPEN || !video.videoWidth) return;
+  if (!Local.sendsFrames()) return;  // this device answers (local.js): no frame leaves it
   const now = performance.now();
   // Flow control: do not pile frames up behind a slow server or network; after a second, send anyway.
   if (state.sent - state.answered >= MAX_UNANSWERED && now - state.lastSend < 1000) return;
@@ -201,7 +206,7 @@ function sendFrame() {
     if (!blob || ws.readyState !== WebSocket.OPEN || state.ws !== ws) return;
     ws.send(blob);
     state.sent += 1;  // the server numbers frames in the order they arrive: this one is frame state.sent
-    state.frames.set(state.sent, { blob });
+    state.frames.set(state.sent, { blob, at: now });
     for (const n of state.frames.keys()) if (n <= state.sent - MAX_KEPT_FRAMES) state.frames.delete(n);
   }, "image/jpeg", 0.75);
 }
@@ -298,6 +303,7 @@ $("pause").addEventListener("click", () => (state.paused ? resume() : pause()));
 $("token").value = localStorage.getItem("sightscan-token") || "";
 $("token").addEventListener("change", () => localStorage.setItem("sightscan-token", $("token").value.trim()));
 Corrections.init();
+Local.init();
 $("request").addEventListener("submit", async (e) => {
   e.preventDefault();
   const name = $("new-city").value.trim(), token = $("token").value.trim();

@@ -29,8 +29,13 @@ def chromium_binary() -> str:
     return found
 
 
+class PageNotReady(AssertionError):
+    """DevTools could not evaluate in the page (no page target yet, or its context is being replaced: a
+    cross-origin isolated page gets a new one when it loads); evaluating again later may work."""
+
+
 class Browser:
-    def __init__(self, url: str, profile: Path, fake_video: Path, log: Path) -> None:
+    def __init__(self, url: str, profile: Path, fake_video: Path, log: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.log = log
         self._log_file = log.open("w")
         self.proc = subprocess.Popen([
@@ -39,7 +44,7 @@ class Browser:
             "--remote-debugging-port=0", "--remote-allow-origins=*",
             "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
             f"--use-file-for-fake-video-capture={fake_video}", "--autoplay-policy=no-user-gesture-required",
-            "--window-size=1024,768", url,
+            "--window-size=1024,768", *extra_args, url,
         ], stdout=self._log_file, stderr=subprocess.STDOUT)
         self.devtools = self._devtools_port()
 
@@ -59,12 +64,16 @@ class Browser:
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{self.devtools}/json/list") as res:
                 targets = [t for t in await res.json(content_type=None) if t.get("type") == "page"]
+            if not targets or "webSocketDebuggerUrl" not in targets[0]:
+                raise PageNotReady(f"no page target yet: {targets}")
             async with http.ws_connect(targets[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
                 await ws.send_json({"id": 1, "method": "Runtime.evaluate",
                                     "params": {"expression": expression, "returnByValue": True}})
                 while True:
                     msg = json.loads((await ws.receive(timeout=20)).data)
                     if msg.get("id") == 1:
+                        if "result" not in msg:
+                            raise PageNotReady(f"DevTools could not evaluate: {msg.get('error')}")
                         result = msg["result"]
                         if "exceptionDetails" in result:
                             raise AssertionError(f"page script failed: {result['exceptionDetails']}")
@@ -80,9 +89,13 @@ def poll(browser: Browser, expression: str, until: Any, timeout: float) -> Any:
     deadline = time.monotonic() + timeout
     value = None
     while time.monotonic() < deadline:
-        value = asyncio.run(browser.evaluate(expression))
-        if until(value):
-            return value
+        try:
+            value = asyncio.run(browser.evaluate(expression))
+        except PageNotReady:  # the page is still loading: ask again
+            value = None
+        else:
+            if until(value):
+                return value
         time.sleep(0.5)
     raise AssertionError(f"page never satisfied the condition in {timeout} s; last state: {value}")
 
@@ -171,3 +184,24 @@ def colour_clip(out: Path, decoy: str) -> tuple[Path, list[str], bytes]:
     boxes.append([0.0, 0.0, 1.0, 1.0])
     spread = np.sqrt(((protos[:3, None] - protos[None, :3]) ** 2).sum(-1))[np.triu_indices(3, 1)].min()
     return video, names + [decoy], build_colour_model(protos, np.array(boxes), temperature=float(spread**2 / 4))
+
+
+# The page's local path (issue 22) -----------------------------------------------------------------------------
+
+
+def browser_runtime() -> Path:
+    """gateway/web/node_modules with onnxruntime-web as ./dev installs it (npm ci from the lock file) when it is not
+    there yet; its dist folder."""
+    from gateway.model_files import WEB, installed_runtime
+
+    runtime = installed_runtime()
+    if runtime is None:
+        npm = shutil.which("npm")
+        if npm is None:
+            raise AssertionError("onnxruntime-web is not installed (gateway/web/node_modules) and npm is missing: "
+                                 "./dev test installs Node.js, npm and it")
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=WEB, check=True, timeout=900)
+        runtime = installed_runtime()
+    if runtime is None:
+        raise AssertionError("npm ci in gateway/web did not install onnxruntime-web's files")
+    return runtime.dist
