@@ -135,6 +135,22 @@ def wait_running(settings: Settings, timeout: float = 120) -> None:
     raise ConnectorError(f"connector {CONNECTOR_NAME} not running after {timeout:.0f} s; last status: {last}")
 
 
+def failed(state: dict[str, Any] | None) -> bool:
+    """Whether a connector status (`status`) shows the connector or any of its tasks FAILED."""
+    if not state:
+        return False
+    return state["connector"]["state"] == "FAILED" or any(t.get("state") == "FAILED" for t in state.get("tasks", []))
+
+
+def restart(settings: Settings, only_failed: bool = True) -> None:
+    """Restart the connector and its tasks through Connect's REST API (only the failed ones with `only_failed`).
+    A restarted Debezium task resumes from its replication slot and the offsets Connect stored. Connect answers at
+    once (202) and restarts them in the background: `wait_running` waits for the result."""
+    query = f"includeTasks=true&onlyFailed={'true' if only_failed else 'false'}"
+    _request("POST", f"{settings.connect_url}/connectors/{CONNECTOR_NAME}/restart?{query}", timeout=10)
+    log.info("connector restarted", extra={"connector": CONNECTOR_NAME, "only_failed": only_failed})
+
+
 def delete(settings: Settings) -> None:
     try:
         _request("DELETE", f"{settings.connect_url}/connectors/{CONNECTOR_NAME}")

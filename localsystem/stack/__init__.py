@@ -5,16 +5,23 @@ Connect with Debezium.
 the connector; a second `up` is a no-op. `down` stops everything and leaves no process behind; `down --purge`
 also deletes the state (and with it the replication slot). State and logs live in SIGHTSCAN_HOME. A stack keeps
 the number of Kafka nodes it was created with: later commands need not repeat KAFKA_BROKERS.
+
+`recover_postgres` is what the supervisor (localsystem/stack/supervisor.py) runs when PostgreSQL died: the server
+back (orphaned backends cleared, crash recovery done), then Debezium streaming again from its replication slot.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
 import time
+import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import psycopg2
 
 import connectors
 from localsystem.stack.kafka import Connect, Kafka, recorded_brokers
@@ -117,7 +124,48 @@ class LocalStack:
 
     def _register_connector(self) -> None:
         connectors.register(self.settings)
+        with contextlib.suppress(OSError):  # Connect busy: wait_running says what it comes to
+            if connectors.failed(connectors.status(self.settings)):  # e.g. it lost PostgreSQL for good before
+                connectors.restart(self.settings, only_failed=True)
+                time.sleep(1)  # Connect restarts it in the background; its old FAILED state may still show at once
         connectors.wait_running(self.settings)
+
+    def slot_active(self) -> bool:
+        """Whether Debezium streams from its replication slot now (a walsender holds the slot)."""
+        with db.transaction(self.settings) as cur:
+            cur.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (connectors.SLOT_NAME,))
+            row = cur.fetchone()
+        return bool(row and row[0])
+
+    def recover_postgres(self, resume_timeout: float = 30) -> dict[str, float]:
+        """Bring back a PostgreSQL that died: its orphaned backends cleared, the server started (it accepts
+        connections once crash recovery is done), then Debezium streaming again from its replication slot, which
+        survives a crash (it is on disk). Debezium retries a lost connection by itself, but only every
+        retriable.restart.connector.wait.ms (10 s by default), so its task is restarted through Connect: it resumes
+        once Connect has replaced it (Connect gives a task that waits to retry its 5 s graceful shutdown first).
+        Returns the seconds each step took; Debezium not back within `resume_timeout` is logged, not raised (a task
+        that failed is restarted by the supervisor's debezium unit)."""
+        timings: dict[str, float] = {}
+        started = time.monotonic()
+        self.postgres.start()
+        timings["postgres"] = time.monotonic() - started
+        if not self.connect.running():
+            return timings
+        try:
+            if not self.slot_active():
+                connectors.restart(self.settings, only_failed=False)
+            deadline = time.monotonic() + resume_timeout
+            while not self.slot_active():
+                if time.monotonic() > deadline:
+                    log.warning("Debezium has not resumed from its replication slot yet",
+                                extra={"waited_s": resume_timeout})
+                    return timings
+                time.sleep(0.2)
+        except (OSError, urllib.error.URLError, connectors.ConnectorError, psycopg2.Error) as exc:
+            log.warning("Debezium not resumed after PostgreSQL's restart", extra={"error": str(exc)})
+            return timings
+        timings["debezium"] = time.monotonic() - started
+        return timings
 
     def down(self, purge: bool = False) -> None:
         """Stop Connect, Kafka, PostgreSQL (in that order); with purge, delete all state."""

@@ -1,12 +1,15 @@
 """The supervisor `sightscan up` leaves running: it restarts a crashed service, with backoff, and gives up loudly.
 
-It watches SightScan's services (stream worker, crawler, labeller, trainer, gateway, and the demo's web sources
-while a demo runs) and the stack's Kafka broker and Kafka Connect, by their pid files, every SUPERVISOR_POLL_S.
-A unit found dead is restarted after SUPERVISOR_BACKOFF_S, doubling with each crash in the last
-SUPERVISOR_CRASH_WINDOW_S (at most SUPERVISOR_BACKOFF_MAX_S); a restart counts only once the unit is healthy again.
-After SUPERVISOR_MAX_CRASHES crashes in the window the unit is given up: an error in the log, "gave-up" in
-`sightscan status`, and no more restarts until the next `sightscan up`. PostgreSQL is not supervised: a SIGKILLed
-postmaster leaves its backends holding the shared memory, and only an operator should decide what happens then.
+It watches the stack's PostgreSQL, Kafka broker(s) and Kafka Connect, the Debezium connector's tasks, and
+SightScan's services (stream worker, crawler, labeller, trainer, gateway, and the demo's web sources while a demo
+runs), every SUPERVISOR_POLL_S. A unit found dead is restarted after SUPERVISOR_BACKOFF_S, doubling with each crash
+in the last SUPERVISOR_CRASH_WINDOW_S (at most SUPERVISOR_BACKOFF_MAX_S); a restart counts only once the unit is
+healthy again. After SUPERVISOR_MAX_CRASHES crashes in the window the unit is given up: an error in the log,
+"gave-up" in `sightscan status`, and no more restarts until the next `sightscan up`.
+
+PostgreSQL is dead when its postmaster is; it comes back through `LocalStack.recover_postgres` (orphaned backends
+of the dead postmaster cleared, crash recovery, Debezium resumed from its replication slot). Debezium is dead when
+Connect reports its connector or a task FAILED; it is restarted through Connect's REST API.
 
 State for `sightscan status`: SIGHTSCAN_HOME/run/supervisor.json, rewritten whenever it changes.
 Run it as `python -m localsystem.stack.supervisor` (what `up` does, detached, logging to logs/supervisor.log).
@@ -26,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import connectors
 from localsystem.stack import LocalStack
 from localsystem.stack.proc import StackError
 from localsystem.stack.services import services, supervisor
@@ -106,7 +110,9 @@ class Supervisor:
         log.info(f"restarting {unit.name}", extra={"service": unit.name})
         try:
             unit.start()
-        except (StackError, OSError) as exc:
+        except Exception as exc:  # whatever it is, the supervisor goes on watching the others
+            if not isinstance(exc, (StackError, OSError)):
+                log.exception(f"restarting {unit.name} failed", extra={"service": unit.name})
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             self._crashed(unit, rec, self.clock(), f"failed to restart: {first_line}")
             return
@@ -153,11 +159,55 @@ def read_state(settings: Settings) -> dict[str, dict[str, Any]]:
         return {}
 
 
+class PostgresUnit:
+    """The stack's PostgreSQL: dead when its postmaster is; restarted by `LocalStack.recover_postgres`."""
+    name = "postgres"
+
+    def __init__(self, stack: LocalStack) -> None:
+        self.stack, self.log_path = stack, stack.postgres.log_path
+
+    def running(self) -> bool:
+        return self.stack.postgres.running()
+
+    def start(self) -> None:
+        timings = self.stack.recover_postgres()
+        log.info("PostgreSQL recovered", extra={"seconds": {k: round(v, 2) for k, v in timings.items()}})
+
+
+class DebeziumUnit:
+    """The Debezium connector in Kafka Connect: dead when Connect reports it or one of its tasks FAILED (a task
+    retries a lost database by itself; one that gave up stays FAILED until restarted). Connect not answering is
+    the connect unit's business, not this one's."""
+    name = "debezium"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings, self.log_path = settings, settings.home / "logs" / "connect.log"
+
+    def running(self) -> bool:
+        try:
+            return not connectors.failed(connectors.status(self.settings))
+        except Exception:  # noqa: BLE001 - no answer tells nothing about the connector
+            return True
+
+    def start(self) -> None:
+        try:
+            connectors.restart(self.settings, only_failed=True)
+            time.sleep(1)  # Connect restarts it in the background; its old FAILED state may still show at once
+            connectors.wait_running(self.settings, timeout=60)
+        except connectors.ConnectorError as exc:
+            raise StackError(str(exc)) from None
+
+
+def stack_units(stack: LocalStack) -> list[Unit]:
+    """The stack's parts in the order a pass checks them: PostgreSQL first, Debezium after Connect."""
+    return [PostgresUnit(stack), *stack.kafka_nodes, stack.connect, DebeziumUnit(stack.settings)]
+
+
 def supervised_units(settings: Settings) -> Callable[[], list[Unit]]:
     """The units, looked up anew on each pass: a demo started later adds its web sources."""
     stack = LocalStack(settings, progress=lambda msg: log.info(msg))
-    java = [*stack.kafka_nodes, stack.connect]
-    return lambda: [*java, *services(settings)]
+    parts = stack_units(stack)
+    return lambda: [*parts, *services(settings)]
 
 
 def main() -> int:

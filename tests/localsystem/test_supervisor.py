@@ -1,32 +1,40 @@
 """The supervisor `sightscan up` leaves behind: each service SIGKILLed in turn comes back, with backoff; a service
-that cannot start is given up loudly, and `sightscan status` shows restarts and give-ups."""
+that cannot start is given up loudly, and `sightscan status` shows restarts and give-ups. A failed Debezium task is
+restarted through Connect's REST API; a crashed PostgreSQL's orphaned backends are cleared, and only its own
+(PostgreSQL SIGKILLed mid-stream, with the whole pipeline: tests/system/test_postgres_crash.py)."""
 
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
+import psycopg2
 import pytest
 
 from localsystem import cli
 from localsystem.stack import LocalStack
+from localsystem.stack.postgres import Postgres
 from localsystem.stack.proc import StackError
 from localsystem.stack.services import services, start_all, stop_all, supervisor
 from localsystem.stack.settings import SystemSettings
-from localsystem.stack.supervisor import Supervisor, read_state
+from localsystem.stack.supervisor import DebeziumUnit, Supervisor, read_state
 from sightscan.config import Settings
-from tests.support.stack import free_port
+from tests.support.stack import ephemeral_settings, free_port
 
 # The supervisor's own logic, on units that only pretend to be processes ---------------------------------------
 
 
 class FakeUnit:
-    def __init__(self, name: str, starts_fail: int = 0) -> None:
+    def __init__(self, name: str, starts_fail: int = 0, error: type[Exception] = StackError) -> None:
         self.name, self.log_path, self.alive, self.starts, self.starts_fail = name, Path("/dev/null"), True, 0, 0
-        self.starts_fail = starts_fail
+        self.starts_fail, self.error = starts_fail, error
 
     def running(self) -> bool:
         return self.alive
@@ -35,7 +43,7 @@ class FakeUnit:
         self.starts += 1
         if self.starts_fail:
             self.starts_fail -= 1
-            raise StackError(f"{self.name} exited during start-up.\nLast lines of its log: …")
+            raise self.error(f"{self.name} exited during start-up.\nLast lines of its log: …")
         self.alive = True
 
 
@@ -119,6 +127,170 @@ def test_a_unit_started_by_someone_else_while_waiting_is_running_again(tmp_path)
     clock.now += 10
     sup.check_once()
     assert sup.records["gateway"].state == "running" and unit.starts == 0
+
+
+def test_a_restart_that_fails_with_any_error_is_a_crash_and_the_others_are_still_watched(tmp_path, caplog):
+    odd, plain = FakeUnit("postgres", starts_fail=1, error=RuntimeError), FakeUnit("labeller")
+    sup, clock = _supervisor(tmp_path, [odd, plain])
+    odd.alive = plain.alive = False
+    sup.check_once()
+    clock.now += 1.0
+    sup.check_once()                         # postgres's restart raises: counted, not the supervisor's end
+    assert plain.alive and sup.records["labeller"].restarts == 1
+    rec = sup.records["postgres"]
+    assert rec.state == "waiting" and rec.last_error.startswith("failed to restart: postgres exited during start-up")
+    assert "restarting postgres failed" in caplog.text
+    clock.now += 2.0
+    sup.check_once()
+    assert odd.alive and sup.records["postgres"].restarts == 1
+
+
+# Debezium: a FAILED task restarted through Kafka Connect's REST API (a local server that speaks it) -------------
+
+
+class FakeConnect(http.server.ThreadingHTTPServer):
+    """Connect's REST API for one connector: its status, and POST .../restart (which makes it RUNNING)."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), FakeConnectHandler)
+        self.task_state, self.answering, self.restarts = "RUNNING", True, []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class FakeConnectHandler(http.server.BaseHTTPRequestHandler):
+    server: FakeConnect
+
+    def _reply(self, code: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if not self.server.answering:
+            self._reply(503, {"error_code": 503, "message": "rebalancing"})
+        elif self.path == "/connectors/sightscan-postgres/status":
+            task = {"id": 0, "state": self.server.task_state}
+            if task["state"] == "FAILED":
+                task["trace"] = "org.postgresql.util.PSQLException: Connection refused"
+            self._reply(200, {"name": "sightscan-postgres", "connector": {"state": "RUNNING"}, "tasks": [task]})
+        else:
+            self._reply(404, {"error_code": 404})
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.server.restarts.append(self.path)
+        self.server.task_state = "RUNNING"
+        self._reply(202, {})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def fake_connect() -> Iterator[FakeConnect]:
+    server = FakeConnect()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_failed_debezium_task_is_restarted_through_connects_rest_api(tmp_path, fake_connect):
+    settings = Settings.from_env({"SIGHTSCAN_HOME": str(tmp_path), "CONNECT_URL": fake_connect.url})
+    sup, clock = _supervisor(tmp_path, [])
+    sup.units = lambda: [DebeziumUnit(settings)]
+    sup.check_once()
+    fake_connect.answering = False           # Connect itself away: the connect unit's business, not this one's
+    sup.check_once()
+    assert sup.records["debezium"].state == "running" and not fake_connect.restarts
+    fake_connect.answering, fake_connect.task_state = True, "FAILED"
+    sup.check_once()
+    assert sup.records["debezium"].state == "waiting"
+    clock.now += 1.0
+    sup.check_once()
+    assert fake_connect.restarts == ["/connectors/sightscan-postgres/restart?includeTasks=true&onlyFailed=true"]
+    rec = sup.records["debezium"]
+    assert (rec.state, rec.restarts) == ("running", 1)
+
+
+# PostgreSQL's orphaned backends: its own cleared, another cluster's left alone ------------------------------------
+
+
+def _busy_backend(pg: Postgres) -> tuple[threading.Thread, list[BaseException]]:
+    """A backend that computes for minutes: it does not notice its postmaster's death until it is done."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            conn = pg._connect("postgres")
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM generate_series(1, 100000000000)")
+        except psycopg2.Error as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def _backend_pids(pg: Postgres) -> set[int]:
+    return {p.pid for p in pg.postmaster().children()}
+
+
+def _wait_busy(pg: Postgres) -> int:
+    """The pid of the cluster's backend running the long query."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        conn = pg._connect("postgres")
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT count(*) FROM generate%'")
+                row = cur.fetchone()
+        finally:
+            conn.close()
+        if row:
+            return row[0]
+        time.sleep(0.2)
+    raise AssertionError("the long query never started")
+
+
+def test_a_killed_postmasters_orphans_are_cleared_and_another_clusters_backends_are_not(tmp_path):
+    ours, theirs = (Postgres(ephemeral_settings(tmp_path / name)) for name in ("ours", "theirs"))
+    try:
+        for pg in (ours, theirs):
+            pg.start()
+        our_client, our_errors = _busy_backend(ours)
+        _busy_backend(theirs)
+        our_busy, their_busy = _wait_busy(ours), _wait_busy(theirs)
+        theirs_before = _backend_pids(theirs) | {theirs.postmaster().pid}
+        assert ours.orphans() == []              # a live postmaster has no orphans
+
+        postmaster = ours.postmaster()
+        postmaster.kill()
+        _wait(lambda: not ours.running(), 10, "the postmaster gone")
+        orphans = {p.pid for p in ours.orphans()}
+        assert our_busy in orphans and not orphans & theirs_before
+        assert theirs.orphans() == []
+
+        ours.start()                             # clears the orphans, then crash recovery
+        assert ours.healthy() and ours.postmaster().pid != postmaster.pid
+        assert not psutil.pid_exists(our_busy) or psutil.Process(our_busy).status() == psutil.STATUS_ZOMBIE
+        our_client.join(10)
+        assert our_errors, "the orphan's client should have lost its connection"
+        assert theirs.healthy() and psutil.Process(their_busy).is_running()
+        assert theirs_before <= {p.pid for p in psutil.process_iter()}, "another cluster's process was killed"
+    finally:
+        for pg in (ours, theirs):
+            with contextlib.suppress(StackError, OSError):
+                pg.stop()
+    assert not ours.running() and not theirs.running() and ours.orphans() == []
 
 
 # The real thing: every service and the stack's JVMs SIGKILLed in turn --------------------------------------------
