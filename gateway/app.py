@@ -14,7 +14,7 @@ import psycopg2
 from aiohttp import web
 from aiohttp.web_runner import GracefulExit
 
-from gateway import corrections, model_files, openapi, rest, ws
+from gateway import corrections, model_files, openapi, rest, review, ws
 from gateway.decoding import Decoder
 from gateway.follower import ModelEventFollower
 from gateway.metrics import Metrics
@@ -94,6 +94,7 @@ def make_app(settings: GatewaySettings, core: Settings, warehouse: Warehouse | N
     app.add_routes(rest.routes)
     corrections.setup(app)
     model_files.setup(app)  # the model file, the browser runtime, cross-origin isolation (issue 22)
+    review.setup(app)
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/asyncapi.json", _asyncapi)
     app.router.add_get("/ws/detect", ws.detect_handler)

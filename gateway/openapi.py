@@ -160,6 +160,85 @@ def _correction_paths() -> dict[str, Any]:
     }
 
 
+def _review_schemas() -> dict[str, Any]:
+    """The review queue (docs/corrections.md, "Review queue")."""
+    detection = {"type": "object", "required": ["sight", "score", "box"], "properties": {
+        "sight": {"type": "string"}, "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4}}}
+    return {
+        "ReviewFrame": {"type": "object", "required": [
+            "id", "reason", "model_version", "threshold", "shown", "width", "height", "mime_type", "kept_at", "frame",
+            "accept"], "properties": {
+            "id": {"type": "integer"},
+            "reason": {"enum": ["near-threshold", "close-sights"],
+                       "description": "near-threshold: the top score within GATEWAY_REVIEW_THRESHOLD_MARGIN of the "
+                                      "threshold; close-sights: the top two sights within GATEWAY_REVIEW_CLOSE_MARGIN "
+                                      "of each other"},
+            "model_version": {"type": "integer", "description": "the model that answered the frame"},
+            "threshold": {"type": "number", "description": "the threshold the rule compared with: the model's "
+                                                           "calibrated one, or GATEWAY_SCORE_THRESHOLD"},
+            "shown": {"type": "array", "items": detection, "description": "the detections answered"},
+            "width": {"type": "integer"}, "height": {"type": "integer"},
+            "mime_type": {"enum": ["image/jpeg", "image/webp", "image/png"]},
+            "kept_at": {"type": "string", "format": "date-time"},
+            "frame": {"type": "string", "description": "the path of the frame's bytes (GET, with a token)"},
+            "accept": {"type": "object", "required": ["action"], "description": "what accepting sends as the "
+                       "correction: confirm the top detection, or no-sight when the model answered nothing",
+                       "properties": {"action": {"enum": ["confirm", "no-sight"]}, "sight": {"type": "string"},
+                                      "box": {"type": "array", "items": {"type": "number"}}}}}},
+        "ReviewQueue": {"type": "object", "required": ["city", "sample", "waiting", "frames"], "properties": {
+            "city": {"type": "string"},
+            "sample": {"type": "boolean", "description": "whether the city keeps unsure live frames now"},
+            "waiting": {"type": "integer", "minimum": 0, "description": "frames waiting for review in all"},
+            "frames": {"type": "array", "items": {"$ref": "#/components/schemas/ReviewFrame"},
+                       "description": "newest first"}}},
+        "ReviewSampling": {"type": "object", "required": ["city", "sample", "updated_at"], "properties": {
+            "city": {"type": "string"}, "sample": {"type": "boolean"},
+            "updated_at": {"type": "string", "format": "date-time"}}},
+    }
+
+
+def _review_paths() -> dict[str, Any]:
+    """The review queue (docs/corrections.md, "Review queue"); every one needs a token."""
+    frame_id = {"name": "id", "in": "path", "required": True, "schema": _ID}
+    return {
+        "/api/cities/{city}/review": {
+            "get": {
+                "summary": "the city's review queue: live frames on which the model was unsure, newest first "
+                           "(kept only while the city samples); accept or fix one with a correction of its bytes",
+                "parameters": [_CITY, {"name": "limit", "in": "query", "required": False,
+                                       "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+                               {"name": "before", "in": "query", "required": False, "schema": _ID,
+                                "description": "only ids below this one (the next page)"}],
+                "security": _AUTH,
+                "responses": {"200": _json({"$ref": "#/components/schemas/ReviewQueue"}, "the queue"),
+                              **_errors(400, 401, 403, 404, 503)}},
+            "put": {
+                "summary": "keep unsure live frames of this city for review, or stop (the operator's token only; "
+                           "off by default); frames already waiting stay",
+                "parameters": [_CITY], "security": _AUTH,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["sample"], "additionalProperties": False,
+                    "properties": {"sample": {"type": "boolean"}}}}}},
+                "responses": {"200": _json({"$ref": "#/components/schemas/ReviewSampling"}, "set"),
+                              **_errors(400, 401, 403, 404, 413, 503)}}},
+        "/api/cities/{city}/review/{id}/frame": {"get": {
+            "summary": "a frame waiting for review, its bytes as the camera sent them",
+            "parameters": [_CITY, frame_id], "security": _AUTH,
+            "responses": {"200": {"description": "the frame", "content": {
+                "image/jpeg": {}, "image/webp": {}, "image/png": {}}},
+                "404": {**_ERR, "description": "no such frame waiting (reviewed, dismissed, or never kept)"},
+                **_errors(400, 401, 403, 503)}}},
+        "/api/cities/{city}/review/{id}": {"delete": {
+            "summary": "take a frame out of the review queue and drop its bytes: corrected, when a correction of "
+                       "the city has them, else dismissed",
+            "parameters": [_CITY, frame_id], "security": _AUTH,
+            "responses": {"204": {"description": "out of the queue"},
+                          "404": {**_ERR, "description": "no such frame waiting"},
+                          **_errors(400, 401, 403, 503)}}},
+    }
+
+
 def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -211,6 +290,7 @@ def document() -> dict[str, Any]:
                     "mime_type": {"enum": ["image/jpeg", "image/webp", "image/png"]},
                     "width": {"type": "integer"}, "height": {"type": "integer"}}},
                 **_correction_schemas(),
+                **_review_schemas(),
                 "ModelMeta": {"type": "object", "properties": {
                     "version": {"type": "integer"}, "classes": {"type": "array", "items": {"type": "string"}},
                     "input_size": {"type": "integer"}, "metrics": {"type": "object"},
@@ -253,6 +333,7 @@ def document() -> dict[str, Any]:
                               "200": _json({"$ref": "#/components/schemas/Uploaded"}, "duplicate, not stored"),
                               **_errors(400, 401, 403, 404, 413, 415, 503)}}},
             **_correction_paths(),
+            **_review_paths(),
             "/api/cities/{city}/model": {"get": {
                 "summary": "the latest model's version and metadata", "parameters": [_CITY],
                 "responses": {"200": _json({"$ref": "#/components/schemas/ModelMeta"}, "model"),

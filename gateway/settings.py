@@ -85,6 +85,23 @@ class GatewaySettings(ServiceSettings):
                                        "minute, in bursts of as many; more get 429 with Retry-After")
     no_model_recheck_s: float = _env("GATEWAY_NO_MODEL_RECHECK_S", 10.0, positive_float,
                                      "how long 'this city has no model' is believed before asking PostgreSQL again")
+    # The review queue (docs/corrections.md): unsure live frames, kept only for cities the operator opted in.
+    review_threshold_margin: float = _env(
+        "GATEWAY_REVIEW_THRESHOLD_MARGIN", 0.1, unit_interval,
+        "review queue: keep a live frame whose top score lies within this of the model's calibrated threshold "
+        "(GATEWAY_SCORE_THRESHOLD for a model without one); only in cities that opted in")
+    review_close_margin: float = _env("GATEWAY_REVIEW_CLOSE_MARGIN", 0.1, unit_interval,
+                                      "review queue: keep a live frame whose top two sights score within this of "
+                                      "each other")
+    review_per_minute: int = _env("GATEWAY_REVIEW_PER_MINUTE", 6, positive_int,
+                                  "review queue: frames kept per city in any 60 s at most")
+    review_per_day: int = _env("GATEWAY_REVIEW_PER_DAY", 200, positive_int,
+                               "review queue: frames kept per city in any 24 h at most")
+    review_max_queue: int = _env("GATEWAY_REVIEW_MAX_QUEUE", 500, positive_int,
+                                 "review queue: frames waiting for review per city at most; a full queue keeps no more")
+    review_recheck_s: float = _env("GATEWAY_REVIEW_RECHECK_S", 10.0, positive_float,
+                                   "how long a city's review opt-in is believed before asking PostgreSQL again (a "
+                                   "change through this gateway counts at once)")
 
 
 def describe() -> list[tuple[str, str, str]]:

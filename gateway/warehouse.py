@@ -139,6 +139,27 @@ class PgWarehouse:
     async def delete_correction(self, city_id: int, correction_id: int, user: db.User | None) -> db.Undone | None:
         return await self._run(lambda cur: db.delete_correction(cur, city_id, correction_id, user))
 
+    # The review queue (docs/corrections.md, "Review queue") ------------------------------------------------
+
+    async def review_sampling(self, city_id: int) -> bool:
+        return await self._run(lambda cur: db.review_sampling(cur, city_id))
+
+    async def set_review_sampling(self, city_id: int, sample: bool) -> tuple[bool, Any]:
+        return await self._run(lambda cur: db.set_review_sampling(cur, city_id, sample))
+
+    async def keep_review_frame(self, new: db.NewReviewFrame, caps: db.ReviewCaps) -> int | str:
+        return await self._run(lambda cur: db.keep_review_frame(cur, new, caps))
+
+    async def list_review_frames(self, city_id: int, before: int | None,
+                                 limit: int) -> tuple[list[db.ReviewFrame], int]:
+        return await self._run(lambda cur: db.list_review_frames(cur, city_id, before, limit))
+
+    async def review_frame_data(self, city_id: int, frame_id: int) -> tuple[bytes, str] | None:
+        return await self._run(lambda cur: db.review_frame_data(cur, city_id, frame_id))
+
+    async def finish_review_frame(self, city_id: int, frame_id: int) -> db.ReviewFrame | None:
+        return await self._run(lambda cur: db.finish_review_frame(cur, city_id, frame_id))
+
     async def latest_model(self, city_id: int) -> db.StoredModel | None:
         return await self._run(lambda cur: db.latest_model(cur, city_id))
 

@@ -556,3 +556,159 @@ def delete_correction(cur: psycopg2.extensions.cursor, city_id: int, correction_
     if cur.rowcount == 0:  # undone at the same moment by another request
         return None
     return Undone(found, _delete_frame_if_unused(cur, found.image_id))
+
+
+# Review queue -----------------------------------------------------------------------------------------
+# Frames of live streams on which the model was unsure, kept for a person to accept or fix, in the cities whose
+# operator opted in (sql/migrations/0007_review_queue.sql; docs/corrections.md, "Review queue"). Not captured by
+# CDC: the bytes never reach Kafka. A frame leaves the queue when a correction of the city stores the same bytes,
+# or when it is dismissed; either way its bytes are dropped and its row stays, for the caps and the record.
+
+REVIEW_REASONS = ("near-threshold", "close-sights")
+
+
+@dataclass(frozen=True)
+class ReviewCaps:
+    """At most `per_minute` frames kept in any 60 s and `per_day` in any 24 h per city, and at most `max_queue`
+    waiting for review."""
+
+    per_minute: int
+    per_day: int
+    max_queue: int
+
+
+@dataclass(frozen=True)
+class NewReviewFrame:
+    city_id: int
+    reason: str  # one of REVIEW_REASONS
+    model_version: int
+    threshold: float  # the threshold the rule compared the top score with
+    shown: list[dict[str, Any]]  # the detections answered: [{"sight", "score", "box"}]
+    data: bytes  # the frame as sent
+    mime_type: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class ReviewFrame:
+    id: int
+    city_id: int
+    reason: str
+    model_version: int
+    threshold: float
+    shown: list[dict[str, Any]]
+    mime_type: str
+    width: int
+    height: int
+    kept_at: Any
+    reviewed_at: Any = None
+    outcome: str | None = None  # corrected | dismissed, once reviewed
+    correction_id: int | None = None
+
+
+_REVIEW_SQL = """
+SELECT r.id, r.city_id, r.reason, r.model_version, r.threshold, r.shown, r.mime_type, r.width, r.height, r.kept_at,
+       r.reviewed_at, r.outcome, r.correction_id
+FROM review_frames r
+"""
+# A frame some correction of the city stored (the same bytes): it has been reviewed, whatever the queue says.
+_CORRECTED_SQL = """
+SELECT c.id FROM images i JOIN corrections c ON c.image_id = i.id
+WHERE i.city_id = r.city_id AND i.sha256 = r.sha256
+"""
+_PENDING = f"r.reviewed_at IS NULL AND NOT EXISTS ({_CORRECTED_SQL})"
+
+
+def review_sampling(cur: psycopg2.extensions.cursor, city_id: int) -> bool:
+    """Whether the city keeps unsure frames for review (off unless the operator turned it on)."""
+    cur.execute("SELECT sample FROM review_settings WHERE city_id = %s", (city_id,))
+    row = cur.fetchone()
+    return bool(row and row[0])
+
+
+def set_review_sampling(cur: psycopg2.extensions.cursor, city_id: int, sample: bool) -> tuple[bool, Any]:
+    """Turn the city's sampling on or off; (sample, updated_at). Frames already waiting stay in the queue."""
+    cur.execute("INSERT INTO review_settings (city_id, sample) VALUES (%s, %s) ON CONFLICT (city_id) DO UPDATE"
+                " SET sample = EXCLUDED.sample, updated_at = now() RETURNING sample, updated_at", (city_id, sample))
+    row = cur.fetchone()
+    return row[0], row[1]
+
+
+def keep_review_frame(cur: psycopg2.extensions.cursor, new: NewReviewFrame, caps: ReviewCaps) -> int | str:
+    """Keep a frame for review: its id, or why it was not kept ('off': the city does not sample; 'per_minute',
+    'per_day', 'queue_full': a cap; 'duplicate': the same bytes wait already; 'corrected': a correction of the city
+    has them). The city's settings row is locked, so concurrent gateways cannot pass a cap together."""
+    if new.reason not in REVIEW_REASONS:
+        raise ValueError(f"unknown reason {new.reason!r}")
+    cur.execute("SELECT sample FROM review_settings WHERE city_id = %s FOR UPDATE", (new.city_id,))
+    row = cur.fetchone()
+    if not (row and row[0]):
+        return "off"
+    cur.execute(
+        "SELECT count(*) FILTER (WHERE kept_at > clock_timestamp() - interval '1 minute'),"
+        " count(*) FILTER (WHERE kept_at > clock_timestamp() - interval '1 day'),"
+        " count(*) FILTER (WHERE reviewed_at IS NULL)"
+        " FROM review_frames WHERE city_id = %s"
+        " AND (kept_at > clock_timestamp() - interval '1 day' OR reviewed_at IS NULL)", (new.city_id,))
+    minute, day, waiting = cur.fetchone()
+    if minute >= caps.per_minute:
+        return "per_minute"
+    if day >= caps.per_day:
+        return "per_day"
+    if waiting >= caps.max_queue:
+        return "queue_full"
+    sha = hashlib.sha256(new.data).hexdigest()
+    cur.execute("SELECT 1 FROM images i WHERE i.city_id = %s AND i.sha256 = %s AND EXISTS ("
+                "SELECT 1 FROM corrections c WHERE c.image_id = i.id)", (new.city_id, sha))
+    if cur.fetchone() is not None:
+        return "corrected"
+    cur.execute(
+        "INSERT INTO review_frames (city_id, reason, model_version, threshold, shown, data, mime_type, sha256, width,"
+        " height, kept_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, clock_timestamp())"
+        " ON CONFLICT (city_id, sha256) WHERE reviewed_at IS NULL DO NOTHING RETURNING id",
+        (new.city_id, new.reason, new.model_version, new.threshold, json.dumps(new.shown),
+         psycopg2.Binary(new.data), new.mime_type, sha, new.width, new.height))
+    row = cur.fetchone()
+    return row[0] if row else "duplicate"
+
+
+def _review_frame(r: tuple[Any, ...]) -> ReviewFrame:
+    return ReviewFrame(*r)
+
+
+def list_review_frames(cur: psycopg2.extensions.cursor, city_id: int, before: int | None = None,
+                       limit: int = 50) -> tuple[list[ReviewFrame], int]:
+    """The frames waiting for review, newest first (ids below `before` if given, at most `limit`), and how many
+    wait in all."""
+    cur.execute(f"SELECT count(*) FROM review_frames r WHERE r.city_id = %s AND {_PENDING}", (city_id,))
+    waiting = cur.fetchone()[0]
+    cur.execute(_REVIEW_SQL + f" WHERE r.city_id = %s AND {_PENDING} AND (%s::bigint IS NULL OR r.id < %s)"
+                " ORDER BY r.id DESC LIMIT %s", (city_id, before, before, limit))
+    return [_review_frame(r) for r in cur.fetchall()], waiting
+
+
+def review_frame_data(cur: psycopg2.extensions.cursor, city_id: int, frame_id: int) -> tuple[bytes, str] | None:
+    """(bytes, MIME type) of a frame waiting for review; None once it is reviewed, or when the city has no such
+    frame."""
+    cur.execute(f"SELECT r.data, r.mime_type FROM review_frames r WHERE r.id = %s AND r.city_id = %s AND {_PENDING}",
+                (frame_id, city_id))
+    row = cur.fetchone()
+    return (bytes(row[0]), row[1]) if row else None
+
+
+def finish_review_frame(cur: psycopg2.extensions.cursor, city_id: int, frame_id: int) -> ReviewFrame | None:
+    """Take a frame out of the queue and drop its bytes: outcome 'corrected' (with the correction's id) when a
+    correction of the city has its bytes, else 'dismissed'. None: the city has no such frame waiting."""
+    cur.execute("SELECT r.sha256 FROM review_frames r WHERE r.id = %s AND r.city_id = %s AND r.reviewed_at IS NULL"
+                " FOR UPDATE", (frame_id, city_id))
+    if cur.fetchone() is None:
+        return None
+    cur.execute(f"SELECT ({_CORRECTED_SQL} ORDER BY c.id DESC LIMIT 1) FROM review_frames r WHERE r.id = %s",
+                (frame_id,))
+    correction_id = cur.fetchone()[0]
+    cur.execute("UPDATE review_frames SET data = NULL, reviewed_at = clock_timestamp(), outcome = %s,"
+                " correction_id = %s WHERE id = %s",
+                ("corrected" if correction_id else "dismissed", correction_id, frame_id))
+    cur.execute(_REVIEW_SQL + " WHERE r.id = %s", (frame_id,))
+    return _review_frame(cur.fetchone())

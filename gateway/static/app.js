@@ -235,13 +235,27 @@ function pause() {
   if (state.paused || !state.shown || !state.shown.blob) return;
   const video = $("video"), still = $("still");
   state.paused = true;
-  still.style.width = `${video.clientWidth}px`; still.style.height = `${video.clientHeight}px`;
+  if (video.videoWidth && !state.shown.review) {
+    still.style.width = `${video.clientWidth}px`; still.style.height = `${video.clientHeight}px`;
+  } else {  // a frame of the review queue, or no camera: the frame's own shape
+    const w = Math.min(640, state.shown.width || 640);
+    const h = Math.round(w * (state.shown.height || 3) / (state.shown.width || 4));
+    still.style.width = `${w}px`; still.style.height = `${h}px`;
+  }
   still.src = URL.createObjectURL(state.shown.blob);
   still.hidden = false; video.hidden = true;
   const button = $("pause");
   button.textContent = "Resume"; button.setAttribute("aria-pressed", "true");
   still.decode().catch(() => {}).then(draw);
   Corrections.open(state.shown);
+}
+
+// Pause on a frame other than the live one (a frame of the review queue, review.js): the same panel, on it.
+function pauseOn(shown) {
+  if (state.paused) resume();
+  state.shown = shown;
+  $("pause").disabled = false;
+  pause();
 }
 
 function resume() {
@@ -290,6 +304,7 @@ function selectCity(name) {
   if (name) url.searchParams.set("city", name); else url.searchParams.delete("city");
   history.replaceState(null, "", url);
   refreshStatus();
+  Review.setCity(name);
   if (state.stream) connect();
 }
 
@@ -303,6 +318,7 @@ $("pause").addEventListener("click", () => (state.paused ? resume() : pause()));
 $("token").value = localStorage.getItem("sightscan-token") || "";
 $("token").addEventListener("change", () => localStorage.setItem("sightscan-token", $("token").value.trim()));
 Corrections.init();
+Review.init();
 Local.init();
 $("request").addEventListener("submit", async (e) => {
   e.preventDefault();

@@ -41,7 +41,7 @@ const Corrections = (() => {
     el("correct-frame").hidden = false;
     el("wrong-form").hidden = true; el("box-form").hidden = true;
     const n = frame.detections.length;
-    el("frame-info").textContent = `Frame ${frame.frame} · model v${frame.model_version} · ` +
+    el("frame-info").textContent = `${frame.label || `Frame ${frame.frame}`} · model v${frame.model_version} · ` +
       (n ? `${n} detection${n > 1 ? "s" : ""}` : "the model saw no sight");
     el("shown").replaceChildren(...frame.detections.map((d) => {
       const li = document.createElement("li");
@@ -232,8 +232,11 @@ const Corrections = (() => {
                  "box": (c) => `Box for ${c.sight}`, "no-sight": () => "No sight here",
                  "keep": (c) => `Kept as a photo of ${c.city}` };
 
-  function send(action, fields, about) {
-    const f = frame;
+  function send(action, fields, about) { return sendOn(frame, action, fields, about); }
+
+  // A correction of `f`, a frame as app.js's state.shown holds it: the paused one, or a frame of the review queue
+  // (review.js), which hears of each correction stored through `f.onSent`.
+  function sendOn(f, action, fields, about) {
     if (!f) return Promise.resolve();
     if (!token()) {
       failed("Enter your write token (at the top of the page) to send corrections.");
@@ -265,6 +268,7 @@ const Corrections = (() => {
       (action === "wrong-sight" && about ? ` (the model said ${about.sight})` : "");
     succeeded(`Sent: ${text}.`);
     listSent(f, c, text, city);
+    if (f.onSent) f.onSent(c);
   }
 
   function listSent(f, c, text, city) {
@@ -278,7 +282,7 @@ const Corrections = (() => {
     const what = document.createElement("span");
     what.textContent = text;
     const detail = document.createElement("small");
-    detail.textContent = [c.box ? boxText(c.box) : "", `frame ${f.frame}`,
+    detail.textContent = [c.box ? boxText(c.box) : "", f.label || `frame ${f.frame}`,
                           f.model_version ? `model v${f.model_version}` : "", `#${c.id}`,
                           new Date().toLocaleTimeString()].filter(Boolean).join(" · ");
     const undoButton = button("Undo", () => undo(li, f, c, city, text), `Undo: ${text}`);
@@ -351,5 +355,5 @@ const Corrections = (() => {
     });
   }
 
-  return { init, open, close, decorate };
+  return { init, open, close, decorate, sendOn, refusal };
 })();
