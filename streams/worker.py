@@ -89,14 +89,13 @@ class RekeyService(mode.Service):
             await self.sleep(1.0)
 
 
-async def until_done(what: str, step: Callable[[], Awaitable[Any]]) -> None:
-    """Retry a step of a batch until it succeeds. Faust's take() acks a batch even when its body raises, so a
-    failing step (broker or PostgreSQL away) must stall the worker, saying so, and never end the batch."""
+async def until_done(what: str, step: Callable[[], Awaitable[Any]]) -> Any:
+    """Retry a step of a batch until it succeeds; its result. Faust's take() acks a batch even when its body raises,
+    so a failing step (broker or PostgreSQL away) must stall the worker, saying so, and never end the batch."""
     delay = 0.5
     while True:
         try:
-            await step()
-            return
+            return await step()
         except Exception as exc:
             log.warning(f"{what} failed, retrying in {delay:.1f} s: {exc}", extra={"step": what})
             await asyncio.sleep(delay)
@@ -234,12 +233,15 @@ class StreamWorker:
             state = seen.get(key)
             if state is None:
                 state = self._load(key)
-                if state is None and await self.marts_writer.city_exists(fact["city_id"]):
+                # A city's first fact while PostgreSQL is away must wait for it, not end the batch (losing it).
+                if state is None and await until_done(
+                        "looking up a city", lambda cid=fact["city_id"]: self.marts_writer.city_exists(cid)):
                     state = CityState(fact["city_id"])
                 elif state is None:
-                    await self.dead_letters.send(key=key.encode(), force=True, value=kafka.dead_letter(
-                        self.facts.get_topic_name(), None, None, key, json.dumps(fact),
-                        f"unknown city {fact['city_id']}"))
+                    dead = kafka.dead_letter(self.facts.get_topic_name(), None, None, key, json.dumps(fact),
+                                             f"unknown city {fact['city_id']}")
+                    await until_done("dead-lettering a fact", lambda d=dead, k=key: self.dead_letters.send(
+                        key=k.encode(), force=True, value=d))
                     continue
                 seen[key] = state
             if state.apply(fact):

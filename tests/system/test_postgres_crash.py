@@ -217,8 +217,7 @@ def test_postgres_sigkilled_mid_stream_comes_back_and_every_change_counts_once(
         writer.start()
         orphan = _long_query(private)
         # Mid-stream: the worker has taken in every city (their marts exist) and the writer goes on. (A city whose
-        # first change reaches the worker while PostgreSQL is down stops its marts agent: streams/worker.py looks
-        # the city up outside its retries. Not this test's case.)
+        # first change reaches the worker while PostgreSQL is down: the last test.)
         deadline = time.monotonic() + 120
         while set(marts(settings, city_ids)[0]) != set(city_ids):
             assert time.monotonic() < deadline, f"the worker took in no city\n{(tmp_path / 'worker.log').read_text()}"
@@ -305,3 +304,33 @@ def test_a_gateway_answers_plainly_while_postgres_is_down(private: LocalStack, s
     finally:
         supervisor.held.clear()
         stop_gateway(gateway)
+
+
+def test_a_city_first_seen_while_postgres_is_down_is_counted_once_it_is_back(
+        private: LocalStack, supervisor: SupervisorLoop, tmp_path: Path) -> None:
+    """The stream worker looks a new city up in the warehouse; while PostgreSQL is down that lookup waits (and the
+    batch with it) instead of ending the batch, which Faust would ack, losing its facts."""
+    settings = private.settings
+    with db.transaction(settings) as cur:
+        city, _ = db.request_city(cur, f"First fact {uuid.uuid4().hex[:6]}")
+        for _ in range(5):
+            db.insert_image(cur, db.NewImage(city.id, f"img-{uuid.uuid4()}".encode(), "image/jpeg", 64, 48, "crawl",
+                                             None))
+    reader = TopicReader(settings, change_topic("images"))
+    reader.collect(lambda got: sum(((m["value"] or {}).get("after") or {}).get("city_id") == city.id
+                                   for m in got) == 5, timeout=60)  # all five on Kafka before the kill
+    reader.close()
+    supervisor.held.set()  # PostgreSQL stays down until the worker has met the city's facts
+    _kill_postmaster(private)
+    worker = Worker(settings, f"firstfact-{uuid.uuid4().hex[:6]}", tmp_path / "worker.log").start()
+    try:
+        deadline = time.monotonic() + 120
+        while "looking up a city failed" not in (tmp_path / "worker.log").read_text(errors="replace"):
+            assert worker.alive() and time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
+            time.sleep(0.5)
+        supervisor.held.clear()
+        _healthy_again(private, time.monotonic())
+        wait_marts_match(settings, [city.id], timeout=120)
+    finally:
+        supervisor.held.clear()
+        worker.stop()
