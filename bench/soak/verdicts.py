@@ -144,7 +144,12 @@ def judge(series: str, t: Sequence[float], y: Sequence[float], span: tuple[float
         verdict = "bounded"
     fits = ((start, f1.at(start), middle, f1.at(middle)), (middle, f2.at(middle), end, f2.at(end)))
     return Verdict(series, verdict, len(ta), float(np.median(ya[first])), float(np.median(ya[second])), spread,
-                   f1.slope * 60, f2.slope * 60, rise, tol, u, fits)
+                   _zero(f1.slope * 60), _zero(f2.slope * 60), _zero(rise), tol, u, fits)
+
+
+def _zero(value: float) -> float:
+    """A fit's rounding noise on a constant series (1e-15) printed as 0."""
+    return 0.0 if abs(value) < 1e-9 else value
 
 
 # Targets -------------------------------------------------------------------------------------------------------
