@@ -46,42 +46,52 @@ const SightDetector = (() => {
 
   const clip8 = (ss) => { const v = ss >> PRECISION_BITS; return v < 0 ? 0 : v > 255 ? 255 : v; };
 
-  // One horizontal pass: rows [first, first + rows) of src (width x ? x stride) -> rows x size x 3.
-  function horizontal(src, width, stride, first, rows, size) {
+  // Images here are Uint32Array, one pixel each, R | G << 8 | B << 16 (an RGBA frame's own bytes on the
+  // little-endian machines browsers run on, alpha ignored): one load per pixel instead of three.
+  function pack(pixels, width, height, channels) {
+    if (channels === 4 && pixels.byteOffset % 4 === 0) {
+      return new Uint32Array(pixels.buffer, pixels.byteOffset, width * height);
+    }
+    const out = new Uint32Array(width * height);
+    for (let i = 0, p = 0; i < out.length; i++, p += channels) {
+      out[i] = pixels[p] | (pixels[p + 1] << 8) | (pixels[p + 2] << 16);
+    }
+    return out;
+  }
+
+  // One horizontal pass: rows [first, first + rows) of src (width wide) -> rows x size.
+  function horizontal(src, width, first, rows, size) {
     const { ksize, bounds, weights } = coefficients(width, size);
-    const out = new Uint8Array(rows * size * 3);
+    const out = new Uint32Array(rows * size);
     for (let y = 0; y < rows; y++) {
-      const inRow = (y + first) * width * stride, outRow = y * size * 3;
+      const inRow = (y + first) * width, outRow = y * size;
       for (let xx = 0; xx < size; xx++) {
         const xmin = bounds[xx * 2], xmax = bounds[xx * 2 + 1], kOff = xx * ksize;
-        let s0 = HALF, s1 = HALF, s2 = HALF, p = inRow + xmin * stride;
-        for (let x = 0; x < xmax; x++, p += stride) {
-          const w = weights[kOff + x];
-          s0 += src[p] * w; s1 += src[p + 1] * w; s2 += src[p + 2] * w;
+        let s0 = HALF, s1 = HALF, s2 = HALF, p = inRow + xmin;
+        for (let x = 0; x < xmax; x++, p++) {
+          const w = weights[kOff + x], v = src[p];
+          s0 += (v & 255) * w; s1 += ((v >>> 8) & 255) * w; s2 += ((v >>> 16) & 255) * w;
         }
-        const o = outRow + xx * 3;
-        out[o] = clip8(s0); out[o + 1] = clip8(s1); out[o + 2] = clip8(s2);
+        out[outRow + xx] = clip8(s0) | (clip8(s1) << 8) | (clip8(s2) << 16);
       }
     }
     return out;
   }
 
   // One vertical pass with precomputed coefficients whose row bounds are relative to src's first row:
-  // src (width x ? x stride) -> size rows x width x 3.
-  function vertical(src, width, stride, vert, size) {
+  // src (width wide) -> size rows x width.
+  function vertical(src, width, vert, size) {
     const { ksize, bounds, weights } = vert;
-    const out = new Uint8Array(size * width * 3);
-    const rowLen = width * stride;
+    const out = new Uint32Array(size * width);
     for (let yy = 0; yy < size; yy++) {
       const ymin = bounds[yy * 2], ymax = bounds[yy * 2 + 1], kOff = yy * ksize;
       for (let xx = 0; xx < width; xx++) {
-        let s0 = HALF, s1 = HALF, s2 = HALF, p = ymin * rowLen + xx * stride;
-        for (let y = 0; y < ymax; y++, p += rowLen) {
-          const w = weights[kOff + y];
-          s0 += src[p] * w; s1 += src[p + 1] * w; s2 += src[p + 2] * w;
+        let s0 = HALF, s1 = HALF, s2 = HALF, p = ymin * width + xx;
+        for (let y = 0; y < ymax; y++, p += width) {
+          const w = weights[kOff + y], v = src[p];
+          s0 += (v & 255) * w; s1 += ((v >>> 8) & 255) * w; s2 += ((v >>> 16) & 255) * w;
         }
-        const o = (yy * width + xx) * 3;
-        out[o] = clip8(s0); out[o + 1] = clip8(s1); out[o + 2] = clip8(s2);
+        out[yy * width + xx] = clip8(s0) | (clip8(s1) << 8) | (clip8(s2) << 16);
       }
     }
     return out;
@@ -93,7 +103,7 @@ const SightDetector = (() => {
     const needH = width !== size, needV = height !== size;
     // Pillow (13) runs the vertical pass first when the height shrinks by more than twice what the width does.
     const horizontalFirst = !(height - size > 0 && height - size > (width - size) * 2);
-    let img = pixels, stride = channels;
+    let img = pack(pixels, width, height, channels);
     if (horizontalFirst) {
       let first = 0, rows = height;
       const vert = needV ? coefficients(height, size) : null;
@@ -103,17 +113,18 @@ const SightDetector = (() => {
           rows = vert.bounds[size * 2 - 2] + vert.bounds[size * 2 - 1] - first;
           for (let i = 0; i < size; i++) vert.bounds[i * 2] -= first;
         }
-        img = horizontal(img, width, stride, first, rows, size); stride = 3;
+        img = horizontal(img, width, first, rows, size);
       }
-      if (needV) { img = vertical(img, needH ? size : width, stride, vert, size); stride = 3; }
+      if (needV) img = vertical(img, needH ? size : width, vert, size);
     } else {
-      if (needV) { img = vertical(img, width, stride, coefficients(height, size), size); stride = 3; }
-      if (needH) { img = horizontal(img, width, stride, 0, size, size); stride = 3; }
+      if (needV) img = vertical(img, width, coefficients(height, size), size);
+      if (needH) img = horizontal(img, width, 0, size, size);
     }
     const plane = size * size;
     const out = new Float32Array(3 * plane);
-    for (let o = 0, p = 0; o < plane; o++, p += stride) {
-      out[o] = img[p] / 255; out[plane + o] = img[p + 1] / 255; out[2 * plane + o] = img[p + 2] / 255;
+    for (let o = 0; o < plane; o++) {
+      const v = img[o];
+      out[o] = (v & 255) / 255; out[plane + o] = ((v >>> 8) & 255) / 255; out[2 * plane + o] = ((v >>> 16) & 255) / 255;
     }
     return out;
   }

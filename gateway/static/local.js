@@ -21,7 +21,10 @@ const Local = (() => {
   const params = new URLSearchParams(location.search);
   let choice = CHOICES.includes(params.get("path")) ? params.get("path")
     : CHOICES.includes(localStorage.getItem("sightscan-path")) ? localStorage.getItem("sightscan-path") : "auto";
-  const threadsWanted = Number(params.get("threads")) || Math.min(4, navigator.hardwareConcurrency || 1);
+  // WebAssembly threads: half the cores, at most 4, as onnxruntime-web's own default (the page, the camera and the
+  // browser need the rest; on 2 loaded cores one thread beat two: bench/browser/RESULTS.md); ?threads=N overrides.
+  const threadsWanted = Number(params.get("threads")) ||
+    Math.min(4, Math.ceil((navigator.hardwareConcurrency || 1) / 2));
 
   let runtime = null;          // GET /api/local-inference, once known
   let city = "";               // the city the engines are for
@@ -32,7 +35,7 @@ const Local = (() => {
   let slow = "";               // why the device path lost on time (auto only), "" if it did not
   let busy = false, fresh = true, lastGrab = 0, frame = 0, waiting = null;
   let encoding = null;         // the answer whose frame is becoming a JPEG
-  const timings = { local: [], worker: [], server: [], warm: [] };
+  const timings = { local: [], worker: [], pre: [], run: [], server: [], warm: [] };
   const stats = { local_frames: 0, server_frames: 0, swaps: 0, loads: 0 };
   const grab = document.createElement("canvas");
 
@@ -175,6 +178,7 @@ const Local = (() => {
       const ms = performance.now() - now;
       if (used !== engine) { kick(); return; }
       keep(timings.local, ms); keep(timings.worker, answer.ms.total); stats.local_frames += 1;
+      keep(timings.pre, answer.ms.pre); keep(timings.run, answer.ms.run);
       swap();
       if (choice === "auto" && timings.local.length >= WINDOW && median(timings.local) > runtime.frame_budget_ms) {
         slow = `this device took ${Math.round(median(timings.local))} ms per frame, over the ` +
@@ -254,12 +258,13 @@ const Local = (() => {
     let text;
     if (now === "device") {
       const ms = median(timings.local);
-      text = `on this device · model v${engine.info.version}` + (ms !== undefined ? ` · ${Math.round(ms)} ms per frame` : "") +
+      text = `on this device · model v${engine.info.version}` +
+             (ms !== undefined ? ` · ${Math.round(ms)} ms per frame` : "") +
              ` · ${engine.info.threads} thread${engine.info.threads > 1 ? "s" : ""}`;
       if (next) text += ` · loading model v${next.model.model_version}…`;
     } else if (now === "loading") {
-      text = !runtime ? "on this device · starting…" : next ? `on this device · loading model v${next.model.model_version}…`
-        : "on this device";
+      text = !runtime ? "on this device · starting…"
+        : next ? `on this device · loading model v${next.model.model_version}…` : "on this device";
     } else {
       const ms = median(timings.server);
       text = "on the server" + (ms !== undefined ? ` · ${Math.round(ms)} ms per frame` : "") +
@@ -329,7 +334,8 @@ const Local = (() => {
              runtime: runtime && runtime.version, threads: engine && engine.info ? engine.info.threads : null,
              model_version: engine && engine.info ? engine.info.version : null,
              loading: next ? next.model.model_version : null, ...stats,
-             local_ms: timings.local.slice(), worker_ms: timings.worker.slice(), server_ms: timings.server.slice(),
+             local_ms: timings.local.slice(), worker_ms: timings.worker.slice(), pre_ms: timings.pre.slice(),
+             run_ms: timings.run.slice(), server_ms: timings.server.slice(),
              warm_ms: timings.warm.slice() };
   }
 

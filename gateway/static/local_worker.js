@@ -37,15 +37,18 @@ async function load(msg) {
               classes: JSON.parse(res.headers.get("X-Model-Classes") || "[]"),
               input_size: Number(res.headers.get("X-Model-Input-Size")) };
     threshold = msg.threshold;
-    session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"],
-                                                         graphOptimizationLevel: "all" });
+    // One frame at a time, at the model's input size: fixing the free dimensions lets ONNX Runtime plan for them.
+    const S = model.input_size;
+    session = await ort.InferenceSession.create(bytes, {
+      executionProviders: ["wasm"], graphOptimizationLevel: "all",
+      freeDimensionOverrides: { batch: 1, N: 1, S } });
     if (!session.inputNames.includes("images") ||
         !["boxes", "scores", "classes"].every((n) => session.outputNames.includes(n))) {
       throw new Error(`the graph has inputs ${session.inputNames} and outputs ${session.outputNames}, not the ` +
                       "SightScan contract's");
     }
     // Warm-up: the first runs pay for lazy initialisation; the next ones are what a frame costs.
-    const S = model.input_size, warm = [];
+    const warm = [];
     for (let i = 0; i < 4; i++) {
       const t = performance.now();
       await infer(new Float32Array(3 * S * S));
