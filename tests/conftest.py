@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,6 +27,24 @@ from localsystem.stack import LocalStack
 from sightscan import kafka
 from sightscan.config import Settings
 from tests.support.stack import ephemeral_settings
+
+_OWN_BASETEMP = "_sightscan_basetemp"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # Temporary folders of our own, not under /tmp/pytest-of-<user>: every pytest run that starts on the machine
+    # resets that folder's mode to 0700, which locks a stack's PostgreSQL (it runs as its own user, reaching its
+    # data through o+x folders) out of its data directory mid-run: "could not open pg_control: Permission denied".
+    if config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="sightscan-pytest-")
+        setattr(config, _OWN_BASETEMP, config.option.basetemp)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = getattr(config, _OWN_BASETEMP, None)
+    if own is not None:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
