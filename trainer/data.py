@@ -17,9 +17,9 @@ them and as the model contract outputs them, so stretching a frame to the square
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
+import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -169,28 +169,43 @@ def from_coco_folder(folder: Path, weak: bool = False) -> Dataset:
     return Dataset([c["name"] for c in cats], samples, [None] * len(cats))
 
 
-SPLIT = "stable-v1"  # the split's name, in the model's metrics: the guard compares models split this way only
+@dataclass(frozen=True)
+class Previous:
+    """What the live model was split from (its metrics' `heldout_ids` and `max_image_id`): the images it held out,
+    and the newest image it could have seen."""
+    heldout: frozenset[int]
+    max_image_id: int
+
+    @classmethod
+    def of(cls, metrics: dict) -> Previous | None:
+        """From a model's metrics; None for a model that did not record them (trained before the guard)."""
+        held, newest = metrics.get("heldout_ids"), metrics.get("max_image_id")
+        if not isinstance(held, list) or not isinstance(newest, int):
+            return None
+        return cls(frozenset(int(k) for k in held), newest)
+
+    def unseen(self, key: int) -> bool:
+        """The live model never trained on this image: it held it out, or it is newer than the live model."""
+        return key in self.heldout or key > self.max_image_id
 
 
-def split_rank(key: int, seed: int) -> int:
-    """An image's place in the split's order: a hash of the image id and the seed, so it never depends on which
-    other images the city has."""
-    return int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(), "big")
-
-
-def split(samples: Sequence[Sample], heldout_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+def split(samples: Sequence[Sample], heldout_fraction: float, seed: int,
+          previous: Previous | None = None) -> tuple[list[Sample], list[Sample]]:
     """Split by image, stratified by each image's primary sight; the same seed always gives the same split.
 
-    Stable as the city grows: each sight's held-out images are those lowest in `split_rank`, an order fixed per
-    image, so the images the previous model held out stay held out as long as new ones do not outrank them, and
-    an image it trained on is held out now only in the rare case that too few new images rank low. That is what
-    lets the poisoning guard score the live model and a candidate on one held-out set (trainer/guard.py)."""
+    With `previous` (the live model's split), a retrained model holds out the images the live one held out first,
+    then images newer than the live model, and only then images the live model trained on, each in the seeded
+    order: its held-out images are ones the live model never trained on, unless a sight's held-out share grew past
+    those. That lets the poisoning guard score both models on one held-out set (trainer/guard.py)."""
     groups: dict[int, list[Sample]] = defaultdict(list)
-    for s in samples:
+    for s in sorted(samples, key=lambda s: s.key):
         groups[s.primary].append(s)
     train, heldout = [], []
     for label in sorted(groups):
-        group = sorted(groups[label], key=lambda s: (split_rank(s.key, seed), s.key))
+        group = groups[label]
+        random.Random(seed * 1_000_003 + label).shuffle(group)
+        if previous is not None:  # a stable sort: the seeded order within each rank
+            group.sort(key=lambda s: 0 if s.key in previous.heldout else 1 if s.key > previous.max_image_id else 2)
         # At least one held-out image per sight, so every sight is scored; at least one left to train on.
         n_held = min(len(group) - 1, max(1, round(len(group) * heldout_fraction)))
         heldout += group[:n_held]
@@ -213,16 +228,18 @@ class UserData:
 
 
 def training_split(samples: Sequence[Sample], heldout_fraction: float, seed: int, max_user_share: float = 1.0,
-                   hard_repeats: int = 0) -> tuple[list[Sample], list[Sample], UserData]:
-    """(train, held out, what users contributed): the labeller's samples split by `split`; every user sample
-    trains, a "wrong sight" one 1 + `hard_repeats` times (each copy gets its own augmented views and pairs).
+                   hard_repeats: int = 0, previous: Previous | None = None) -> tuple[
+                       list[Sample], list[Sample], UserData]:
+    """(train, held out, what users contributed): the labeller's samples split by `split` (after the live model's
+    split, `previous`); every user sample trains, a "wrong sight" one 1 + `hard_repeats` times (each copy gets its
+    own augmented views and pairs).
 
     The cap: one user's samples, counted with their repeats, are at most `max_user_share` of the labeller's
     training samples (at least one sample each); past it, a user's newest corrections (highest image ids) are left
     out. The operator's corrections (user_id None) are not capped: the operator is trusted as the labeller is."""
     labeller = [s for s in samples if s.origin != "user"]
     users = sorted((s for s in samples if s.origin == "user"), key=lambda s: s.key)
-    train, heldout = split(labeller, heldout_fraction, seed)
+    train, heldout = split(labeller, heldout_fraction, seed, previous)
     allowed = max(1.0, max_user_share * len(train))
     spent: dict[int | None, int] = defaultdict(int)
     kept, capped = [], 0

@@ -14,9 +14,10 @@ The candidate is refused when its top-1 is lower than the live model's by more t
 false-claim rate higher by more than `false_claim_tolerance`; each tolerance is at least two images' worth of its
 set, so one image that flips between two honest models never refuses one.
 
-The comparison is fair only if the live model did not train on these held-out images: the split is stable as a
-city grows (trainer/data.py `split`), and a live model split another way (its metrics lack `"split":
-"stable-v1"`: trained before this guard) is not compared: the candidate is taken, and says so.
+The comparison is fair only on images the live model did not train on: a retrained model holds out what the live
+model held out first, then newer images (trainer/data.py `split`), and the guard scores only the held-out images
+the live model held out too or never saw (its metrics' `heldout_ids` and `max_image_id`). A live model that did not
+record them (trained before this guard) is not compared with: the candidate is taken, and says so.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 
 from sightscan.db import StoredModel
 from sightscan.detector import ContractError, OnnxDetector
-from trainer.data import SPLIT, Sample, decode
+from trainer.data import Previous, Sample, decode
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +89,17 @@ def judge(onnx: bytes, input_size: int, live: StoredModel | None, heldout: Seque
         return {"checked": False, "accepted": True, "reason": "no corrections in the training set"}
     if live is None:
         return {"checked": False, "accepted": True, "reason": "no live model to compare with"}
-    if live.metrics.get("split") != SPLIT:
+    previous = Previous.of(live.metrics)
+    if previous is None:
         return {"checked": False, "accepted": True, "live_version": live.version,
-                "reason": "the live model was split another way (trained before the guard): not comparable"}
+                "reason": "the live model did not record its held-out images (trained before the guard): not "
+                          "comparable"}
     shared = set(classes) & set(live.classes)
-    sights = [(s, classes[s.primary]) for s in heldout if not s.negative and classes[s.primary] in shared]
+    sights = [(s, classes[s.primary]) for s in heldout
+              if not s.negative and classes[s.primary] in shared and previous.unseen(s.key)]
     if not sights:
         return {"checked": False, "accepted": True, "live_version": live.version,
-                "reason": "no held-out image of a sight both models know"}
+                "reason": "no held-out image of a sight both models know that the live model did not train on"}
     try:
         theirs = score(live.onnx, live.classes, live.input_size, sights, negatives, threads)
     except ContractError as exc:  # a live model that cannot run is no standard to keep

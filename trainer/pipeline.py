@@ -14,7 +14,7 @@ import torch
 from sightscan import db
 from sightscan.config import Settings
 from trainer import warehouse
-from trainer.data import SPLIT, Dataset, NotEnoughData, check_trainable, from_warehouse, training_split
+from trainer.data import Dataset, NotEnoughData, Previous, check_trainable, from_warehouse, training_split
 from trainer.export import check_onnx, export_onnx, probe_images
 from trainer.guard import judge
 from trainer.settings import TrainerSettings, load
@@ -60,8 +60,9 @@ def train_dataset(dataset: Dataset, ts: TrainerSettings, progress: Progress | No
     A model that learned from users' corrections is checked against `live`, the city's live model, on the
     labeller's held-out images (trainer/guard.py): guard.Rejected when it does worse."""
     check_trainable(dataset, ts.min_sights)
+    previous = Previous.of(live.metrics) if live is not None else None
     train, heldout, users = training_split(dataset.samples, ts.heldout_fraction, ts.train.seed, ts.max_user_share,
-                                           ts.hard_repeats)
+                                           ts.hard_repeats, previous)
     log.info("training", extra={"sights": len(dataset.classes), "train_images": len(train),
                                 "heldout_images": len(heldout), "weak_images": sum(s.weak for s in train),
                                 "epochs": ts.train.epochs, "corrections": users.as_dict()})
@@ -74,8 +75,9 @@ def train_dataset(dataset: Dataset, ts: TrainerSettings, progress: Progress | No
         "train_images": sum(not s.negative for s in train), "heldout_images": sum(not s.negative for s in heldout),
         "epochs_run": result.epochs_run,
         "train_seconds": round(result.train_seconds, 1), "device": result.device,
-        "onnx_check": dataclasses.asdict(check), "evaluated_on": "heldout", "split": SPLIT,
-        "corrections": users.as_dict(),
+        "onnx_check": dataclasses.asdict(check), "evaluated_on": "heldout", "corrections": users.as_dict(),
+        # What the next model's split and guard need: the images held out here, and the newest image known.
+        "heldout_ids": sorted(s.key for s in heldout), "max_image_id": max(s.key for s in dataset.samples),
     }
     negatives = result.heldout_negatives
     metrics["guard"] = judge(onnx_bytes, ts.train.input_size, live, heldout, dataset.classes,

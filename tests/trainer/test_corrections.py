@@ -1,7 +1,7 @@
 """Users' corrections as training data, without the database or training: user boxes are true boxes and win over
 the labeller's labels, "no sight" frames are negatives, "wrong sight" frames are repeated, users never reach the
-held-out split and one user's share is capped; the split stays put as a city grows; the poisoning guard refuses a
-model that does worse than the live one (real ONNX graphs: tests/support/onnx_models.py)."""
+held-out split and one user's share is capped; a retrained model holds out what the live one held out; the poisoning
+guard refuses a model that does worse than the live one (real ONNX graphs: tests/support/onnx_models.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 
 from sightscan.db import StoredModel
 from tests.support.onnx_models import build_colour_model
-from trainer.data import SPLIT, Negative, Sample, from_warehouse, split, training_split
+from trainer.data import Negative, Previous, Sample, from_warehouse, split, training_split
 from trainer.guard import Rejected, judge
 from trainer.warehouse import TrainingLabel
 
@@ -88,18 +88,22 @@ def test_users_train_never_judge_hard_examples_repeat_and_one_users_share_is_cap
     assert users.as_dict() == {"boxes": 2 + 8 + 15, "negatives": 3, "hard": 2, "users": 4, "capped": 3 + 12}
 
 
-def test_the_split_stays_put_as_the_city_grows():
-    """The live model's held-out images stay held out when the city grows, so the guard can score both models on
-    one held-out set: few of the new held-out images were ever trained on (the old random split: about 80%)."""
-    trained_on_again = held = 0
-    for seed in range(5):
-        old = _samples(40, sights=2)
-        new = old + _samples(10, sights=2, start=10_000)
-        old_train = {s.key for s in split(old, 0.2, seed)[0]}
-        new_held = split(new, 0.2, seed)[1]
-        trained_on_again += sum(s.key in old_train for s in new_held)
-        held += len(new_held)
-    assert held == 5 * 20 and trained_on_again <= 10
+def test_a_retrained_model_holds_out_what_the_live_one_held_out_then_new_images():
+    """So the guard can score both models on one held-out set: none of the retrained model's held-out images was
+    trained on by the live model. Without the live model's split, about 60% would have been."""
+    old = _samples(40, sights=2)
+    new = old + _samples(10, sights=2, start=10_000)
+    for seed in range(3):
+        old_train, old_held = split(old, 0.2, seed)
+        previous = Previous(frozenset(s.key for s in old_held), max(s.key for s in old))
+        held = split(new, 0.2, seed, previous)[1]
+        trained = {s.key for s in old_train}
+        assert len(held) == 20 and not any(s.key in trained for s in held)
+        assert {s.key for s in old_held} <= {s.key for s in held}
+        assert sum(s.key in trained for s in split(new, 0.2, seed)[1]) >= 6   # the plain split, for comparison
+    assert split(old, 0.2, 0) == split(old, 0.2, 0, None)   # a first model's split is what it always was
+    assert Previous.of({"heldout_ids": [3, 1], "max_image_id": 9}) == Previous(frozenset({1, 3}), 9)
+    assert Previous.of({"top1": 0.9}) is None
 
 
 # The guard, on real ONNX graphs that name a frame by its colour (a grey prototype past the class list: "no sight").
@@ -119,13 +123,16 @@ SWAPPED = _model([RGB[1], RGB[0], RGB[2], GREY])   # names the red gate green an
 CLAIMS = _model(RGB)                                # no "no sight": a grey street is the nearest sight
 
 
+LIVE_SPLIT = {"heldout_ids": [], "max_image_id": 0}  # the live model held out none of these images, nor saw them
+
+
 def _live(onnx: bytes, metrics: dict | None = None) -> StoredModel:
-    return StoredModel(1, 1, 3, onnx, CLASSES, SIZE, {"split": SPLIT} if metrics is None else metrics)
+    return StoredModel(1, 1, 3, onnx, CLASSES, SIZE, LIVE_SPLIT if metrics is None else metrics)
 
 
 @pytest.fixture(scope="module")
 def heldout() -> list[Sample]:
-    return [Sample(10 * k + i, _jpeg(RGB[k], 40), (BOX,), (k,)) for k in range(3) for i in range(6)]
+    return [Sample(1 + 10 * k + i, _jpeg(RGB[k], 40), (BOX,), (k,)) for k in range(3) for i in range(6)]
 
 
 NEGATIVES = torch.full((12, 3, SIZE, SIZE), 128, dtype=torch.uint8)
@@ -157,8 +164,12 @@ def test_the_guard_compares_only_when_it_can(heldout):
     assert _judge(SWAPPED, _live(GOOD), heldout, user_samples=0)["checked"] is False  # no corrections learned
     assert _judge(SWAPPED, None, heldout)["reason"] == "no live model to compare with"
     legacy = _judge(SWAPPED, _live(GOOD, metrics={"top1": 1.0}), heldout)
-    assert not legacy["checked"] and legacy["accepted"] and "split another way" in legacy["reason"]
+    assert not legacy["checked"] and legacy["accepted"] and "did not record" in legacy["reason"]
     broken = _judge(SWAPPED, _live(b"not onnx"), heldout)
     assert not broken["checked"] and "does not run" in broken["reason"]
-    other = StoredModel(1, 1, 3, GOOD, ["Old Church"], SIZE, {"split": SPLIT})
+    other = StoredModel(1, 1, 3, GOOD, ["Old Church"], SIZE, LIVE_SPLIT)
     assert "both models know" in _judge(SWAPPED, other, heldout)["reason"]
+    # Images the live model trained on are not compared: here every held-out image but the blue bridge's.
+    seen = _live(GOOD, {"heldout_ids": [21, 22], "max_image_id": 100})
+    verdict = _judge(SWAPPED, seen, heldout)   # the swap confuses red and green only: not seen here
+    assert verdict["accepted"] and verdict["candidate"]["images"] == 2
