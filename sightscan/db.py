@@ -233,18 +233,24 @@ class LabelledImage:
     sight_name: str
     box: tuple[float, float, float, float]  # normalised 0..1
     weak: bool = False  # an image-level label (the sight the image was crawled for): its box is not a location
+    kind: str = "labeller"      # or "user-box": a user's correction (sql/migrations/0006_corrections.sql)
+    action: str | None = None   # a user box's correction: confirm, wrong-sight or box
+    user_id: int | None = None  # its user (None: the operator's, or the labeller's)
 
 
 def labelled_images(cur: psycopg2.extensions.cursor, city_id: int) -> list[LabelledImage]:
-    """Every label of a city that names a sight and has a box (one entry per label; weak ones span the image)."""
+    """Every label of a city that names a sight and has a box (one entry per label; weak ones span the image): the
+    labeller's, and users' boxes with their correction's action and user."""
     cur.execute(
-        "SELECT i.id, i.data, i.width, i.height, s.id, s.name, l.x_min, l.y_min, l.x_max, l.y_max, l.weak"
+        "SELECT i.id, i.data, i.width, i.height, s.id, s.name, l.x_min, l.y_min, l.x_max, l.y_max, l.weak, l.kind,"
+        " c.action, c.user_id"
         " FROM labels l JOIN images i ON i.id = l.image_id JOIN sights s ON s.id = l.sight_id"
+        " LEFT JOIN corrections c ON c.id = l.correction_id"
         " WHERE l.city_id = %s AND l.x_min IS NOT NULL ORDER BY i.id, l.id",
         (city_id,),
     )
-    return [LabelledImage(r[0], bytes(r[1]), r[2], r[3], r[4], r[5], (r[6], r[7], r[8], r[9]), r[10])
-            for r in cur.fetchall()]
+    return [LabelledImage(r[0], bytes(r[1]), r[2], r[3], r[4], r[5], (r[6], r[7], r[8], r[9]), r[10], r[11], r[12],
+                          r[13]) for r in cur.fetchall()]
 
 
 # Models -----------------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ class Dataset:
     sight_ids: list[int | None]  # warehouse sight id per class (None for folder data)
 
 
-USER_BOX, USER_NEGATIVE = "user-box", "user-negative"
+USER_BOX = "user-box"  # a label kind (sql/migrations/0006_corrections.sql)
 
 
 @dataclass(frozen=True)
@@ -89,10 +89,10 @@ def from_warehouse(rows: Iterable[LabelledImage], min_images_per_label: int,
     """Group label rows by image, drop sights with fewer than `min_images_per_label` images, index the rest; add
     the frames of no sight (`negatives`) as negative samples.
 
-    Rows may carry a label's `kind`, its correction's `action` and `user_id` (trainer/warehouse.py); rows without
-    them are the labeller's. On an image with user boxes, the user boxes are its boxes and the labeller's labels of
-    it are left out. A negative is left out when the image has a box of a kept sight from a user (a user box wins
-    over a user's "no sight"), and wins over the labeller's labels of the image."""
+    Rows carry a label's `kind`, and a user box its correction's `action` and `user_id` (sightscan/db.py). On an
+    image with user boxes, the user boxes are its boxes and the labeller's labels of it are left out. A negative is
+    left out when the image has a box of a kept sight from a user (a user box wins over a user's "no sight"), and
+    wins over the labeller's labels of the image."""
     negatives = [n if isinstance(n, Negative) else Negative(n[0], bytes(n[1]), "labeller") for n in negatives]
     said_nothing = {n.image_id for n in negatives}
     by_image: dict[int, list[LabelledImage]] = defaultdict(list)
@@ -105,16 +105,15 @@ def from_warehouse(rows: Iterable[LabelledImage], min_images_per_label: int,
     samples = []
     for image_id, labels in sorted(by_image.items()):
         kept_labels = [r for r in labels if r.sight_id in index]
-        user_boxes = [r for r in kept_labels if _kind(r) == USER_BOX]
+        user_boxes = [r for r in kept_labels if r.kind == USER_BOX]
         if user_boxes:
             samples.append(Sample(image_id, labels[0].data, tuple(tuple(map(float, r.box)) for r in user_boxes),
-                                  tuple(index[r.sight_id] for r in user_boxes), False, "user",
-                                  getattr(user_boxes[0], "user_id", None),
-                                  any(getattr(r, "action", None) == "wrong-sight" for r in user_boxes)))
+                                  tuple(index[r.sight_id] for r in user_boxes), False, "user", user_boxes[0].user_id,
+                                  any(r.action == "wrong-sight" for r in user_boxes)))
             continue
         # An image whose only sights were dropped would teach "this building is background": leave it out. So is
         # a frame a user said shows no sight: it is a negative (below).
-        kept_labels = [r for r in kept_labels if _kind(r) != USER_BOX]
+        kept_labels = [r for r in kept_labels if r.kind != USER_BOX]
         if not kept_labels or image_id in said_nothing:
             continue
         # The labeller gives an image either true boxes or its one weak label, never both; were both there, the
@@ -130,10 +129,6 @@ def from_warehouse(rows: Iterable[LabelledImage], min_images_per_label: int,
             seen.add(n.image_id)
             samples.append(Sample(n.image_id, bytes(n.data), (), (), origin=n.origin, user_id=n.user_id))
     return Dataset([names[sid] for sid in kept], samples, list(kept))
-
-
-def _kind(row: LabelledImage) -> str:
-    return getattr(row, "kind", "labeller")
 
 
 def from_coco_folder(folder: Path, weak: bool = False) -> Dataset:

@@ -45,10 +45,10 @@ def resolve_city(settings: Settings, city: str | int) -> db.City:
 
 
 def export_dataset(settings: Settings, city_id: int) -> Dataset:
-    """The city's training data: every label naming a sight with a box, users' boxes included, and the frames users
-    said show no sight, as negatives (trainer/warehouse.py, trainer/data.py from_warehouse)."""
+    """The city's training data: every label naming a sight with a box, users' boxes included (sightscan/db.py), and
+    the frames users said show no sight, as negatives (trainer/warehouse.py; trainer/data.py from_warehouse)."""
     with db.transaction(settings) as cur:
-        rows = warehouse.labelled_images(cur, city_id)
+        rows = db.labelled_images(cur, city_id)
         negatives = warehouse.user_negatives(cur, city_id)
     return from_warehouse(rows, settings.min_image_number_per_label, negatives)
 

@@ -12,11 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from sightscan.db import StoredModel
+from sightscan.db import LabelledImage, StoredModel
 from tests.support.onnx_models import build_colour_model
 from trainer.data import Negative, Previous, Sample, from_warehouse, split, training_split
 from trainer.guard import Rejected, judge
-from trainer.warehouse import TrainingLabel
 
 BOX = (0.1, 0.2, 0.6, 0.9)
 
@@ -28,8 +27,8 @@ def _jpeg(rgb: tuple[int, int, int] = (120, 30, 200), size: int = 48) -> bytes:
 
 
 def _label(image_id: int, sight: int, box=BOX, weak: bool = False, kind: str = "labeller", action: str | None = None,
-           user_id: int | None = None) -> TrainingLabel:
-    return TrainingLabel(image_id, _jpeg(), 48, 48, sight, f"Sight {sight}", box, weak, kind, action, user_id)
+           user_id: int | None = None) -> LabelledImage:
+    return LabelledImage(image_id, _jpeg(), 48, 48, sight, f"Sight {sight}", box, weak, kind, action, user_id)
 
 
 def test_user_boxes_are_true_boxes_and_win_over_the_labellers_labels():
