@@ -171,7 +171,8 @@ def test_city_request_becomes_a_trained_model(settings, tmp_path, topic_reader):
             model = db.latest_model(cur, city.id)
             cur.execute("SELECT status FROM cities WHERE id = %s", (city.id,))
             print("city status", cur.fetchone())
-        assert model is not None and model.version == 1
+        # The request's model is version 1; the data grew while it trained, so a retrain may already have stored v2.
+        assert done[0]["version"] == 1 and model is not None and model.version >= 1
         assert set(model.classes) <= set(names.values()) and len(model.classes) >= 2
         wait_marts_match(settings, [city.id])  # the model's change event reached the marts too
 
@@ -194,7 +195,7 @@ def test_city_request_becomes_a_trained_model(settings, tmp_path, topic_reader):
         vision_server.stop()
 
     # The loop's commands and its trained outcome match the AsyncAPI document of the topics (sightscan/asyncapi.py).
-    from tests.test_asyncapi import errors_against_document
+    from tests.core.test_asyncapi import errors_against_document
     for channel, value in [("crawlCommands", crawl), *(("labellingCommands", v) for v in labelling),
                            ("trainingCommands", training[0]), *(("trainingEvents", v) for v in done)]:
         assert not errors_against_document(channel, value, check_key=False), (channel, value)
