@@ -248,6 +248,8 @@ async def stream(url: str, city: str, source: str | int, out: str | None = None,
                     model_classes(body)
                 elif body["type"] == "error":
                     summary.errors[body["code"]] += 1
+                    if summary.errors[body["code"]] == 1:  # said once per kind: a user sees why frames go unanswered
+                        print(f"gateway: {body['code']}: {body.get('message', '')}", file=sys.stderr, flush=True)
 
         receiver = asyncio.create_task(receive())
         interval = 1.0 / fps

@@ -79,7 +79,7 @@ def limited_gateway(pg: Settings, tmp_path_factory: pytest.TempPathFactory) -> I
     stop_gateway(gw)
 
 
-def _video(path: Path, frames: int = 20) -> Path:
+def _video(path: Path, frames: int = 40) -> Path:
     """A short clip of the Red Gate's colour with a little noise (the colour model names it by its mean)."""
     rng = np.random.default_rng(5)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, SIZE)
@@ -111,14 +111,15 @@ def _extent(screen: np.ndarray, rgb: tuple[int, int, int], tolerance: int = 10) 
     return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
 
 
-def _wait(what: str, check: Callable[[], object], timeout: float = 30) -> object:
+def _wait(what: str, check: Callable[[], object], timeout: float = 30,
+          said: Callable[[], str] = lambda: "") -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}\n{said()}")
 
 
 def test_window_draws_detections_and_its_keys_store_corrections(limited_gateway: Gateway, pg: Settings,
@@ -142,6 +143,12 @@ def test_window_draws_detections_and_its_keys_store_corrections(limited_gateway:
     def said() -> str:
         return stderr_path.read_text()
 
+    def both_said() -> str:  # for a failure: the client's words, then the gateway's
+        return f"client:\n{said()[-3000:]}\ngateway:\n{limited_gateway.log.read_text()[-3000:]}"
+
+    def wait(what: str, check: Callable[[], object], timeout: float = 30) -> object:
+        return _wait(what, check, timeout, both_said)
+
     def settled(text: str, count: int = 1) -> Callable[[], bool]:
         def check() -> bool:
             if client.poll() is not None:
@@ -152,10 +159,10 @@ def test_window_draws_detections_and_its_keys_store_corrections(limited_gateway:
     try:
         # The window shows the frame with the gateway's detection: the Red Gate's box, drawn at its place and
         # size, with its label (white text on black) over its top-left corner. The clip ends; the window holds.
-        _wait("the end of the video", settled("end of the video"), timeout=60)
+        wait("the end of the video", settled("end of the video"), timeout=60)
         window = _xdotool(display, "search", "--sync", "--onlyvisible", "--name", f"SightScan - {city.name}")
         window = window.split()[0]
-        box = _wait("the detection drawn in the window", lambda: _extent(_screen(display), DETECTION_RGB))
+        box = wait("the detection drawn in the window", lambda: _extent(_screen(display), DETECTION_RGB), 60)
         x0, y0, x1, y1 = box
         want = BOXES["Red Gate"]
         assert abs((x1 - x0) - (want[2] - want[0]) * SIZE[0]) <= 4, box
@@ -177,15 +184,15 @@ def test_window_draws_detections_and_its_keys_store_corrections(limited_gateway:
             _xdotool(display, "key", "--clearmodifiers", name)
 
         key("c")                                    # confirm: the Red Gate is right
-        _wait("the confirmation sent", settled("sent confirm 'Red Gate'"))
+        wait("the confirmation sent", settled("sent confirm 'Red Gate'"))
         key("3")                                    # wrong sight: that box is the Blue Hall
-        _wait("the wrong sight sent", settled("sent wrong-sight 'Blue Hall'"))
+        wait("the wrong sight sent", settled("sent wrong-sight 'Blue Hall'"))
         key("n")                                    # no sight here ...
-        _wait("no-sight sent", settled("sent no-sight"))
+        wait("no-sight sent", settled("sent no-sight"))
         key("u")                                    # ... undone
-        _wait("the undo", settled("undone: correction"))
+        wait("the undo", settled("undone: correction"))
         key("b")                                    # a box drawn with the mouse, for sight 2
-        _wait("box mode", settled("drawing a box"))
+        wait("box mode", settled("drawing a box"))
         start = (origin[0] + int(DRAG[0] * SIZE[0]), origin[1] + int(DRAG[1] * SIZE[1]))
         end = (origin[0] + int(DRAG[2] * SIZE[0]), origin[1] + int(DRAG[3] * SIZE[1]))
         _xdotool(display, "mousemove", str(start[0]), str(start[1]), "mousedown", "1")
@@ -197,13 +204,13 @@ def test_window_draws_detections_and_its_keys_store_corrections(limited_gateway:
         def in_frame() -> np.ndarray:
             return _screen(display)[origin[1]:origin[1] + SIZE[1], origin[0]:origin[0] + SIZE[0]]
 
-        drawn = _wait("the box drawn in the window", lambda: _extent(in_frame(), DRAWN_RGB, tolerance=6))
+        drawn = wait("the box drawn in the window", lambda: _extent(in_frame(), DRAWN_RGB, tolerance=6))
         want = [int(v * s) for v, s in zip(DRAG, SIZE * 2, strict=True)]
         assert np.abs(np.array(drawn) - np.array(want)).max() <= 3, (drawn, want)
         key("2")
-        _wait("the box sent", settled("sent box 'Green Tower'"))
+        wait("the box sent", settled("sent box 'Green Tower'"))
         key("k")                                    # the fifth correction this minute: refused, and said so
-        _wait("the refusal", settled("refused (429)"))
+        wait("the refusal", settled("refused (429)"))
         Image.fromarray(_screen(display)).save(tmp_path / "window-after.png")
         key("q")
         out, _ = client.communicate(timeout=30)
@@ -257,7 +264,7 @@ def test_without_a_display_the_client_says_so_and_streams_without_a_window(
                         64, {})
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")} | display_env
     run = subprocess.run([sys.executable, "-m", "gateway.client", "--url", gateway.url, "--city", city.name,
-                          "--video", str(_video(tmp_path / "red.avi")), "--fps", "30"],
+                          "--video", str(_video(tmp_path / "red.avi", frames=20)), "--fps", "30"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"no window: {reason}. Running as with --no-window" in run.stderr
