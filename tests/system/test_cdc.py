@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 
 import connectors
 from localsystem.stack import LocalStack
@@ -31,28 +32,30 @@ def test_city_insert_update_delete_reach_kafka(settings, topic_reader):
     created_event = _event(reader.collect(_by_id("cities", city.id, "c")), "cities", city.id, "c")
     assert created_event.after["name"] == "Cdc Town" and created_event.after["status"] == "requested"
     assert created_event.after["name_key"] == "cdc town"  # the clean name, and its key (sightscan.names)
-    assert created_event.lsn is not None
+    assert isinstance(created_event.lsn, int) and created_event.lsn > 0  # an event's identity needs its LSN
 
     with db.transaction(settings) as cur:
         cur.execute("UPDATE cities SET status = 'crawling' WHERE id = %s", (city.id,))
     upd = _event(reader.collect(_by_id("cities", city.id, "u")), "cities", city.id, "u")
     assert upd.before["status"] == "requested" and upd.after["status"] == "crawling"
+    assert upd.lsn > created_event.lsn  # WAL order: what the marts' de-duplication relies on
 
     with db.transaction(settings) as cur:
         cur.execute("DELETE FROM cities WHERE id = %s", (city.id,))
     deleted = _event(reader.collect(_by_id("cities", city.id, "d")), "cities", city.id, "d")
     assert deleted.after is None and deleted.before["name"] == "Cdc Town"
+    assert deleted.lsn > upd.lsn
 
 
 def test_image_event_has_metadata_but_no_bytes(settings, topic_reader):
     reader = topic_reader(change_topic("images"), from_now=True)
-    payload = b"\xff\xd8\xff" + b"pretend-jpeg" * 1000
+    payload = b"\xff\xd8\xff" + b"pretend-jpeg" * 1000 + uuid.uuid4().bytes  # new on a reused stack too
     with db.transaction(settings) as cur:
         city, _ = db.request_city(cur, "Bytes City")
         sight = db.ensure_sight(cur, city.id, "Old Tower", "test")
         image_id = db.insert_image(cur, db.NewImage(city.id, payload, "image/jpeg", 640, 480, "crawl", sight,
                                                     "http://example.test/a.jpg", "CC-BY-4.0", "someone"))
-    assert image_id is not None
+    assert isinstance(image_id, int)
     msgs = reader.collect(_by_id("images", image_id, "c"))
     event = _event(msgs, "images", image_id, "c")
     assert "data" not in event.after
