@@ -52,27 +52,6 @@ class Warehouse(Protocol):
     """The reads the live path needs; PgWarehouse is the real one (the benchmark brings a fixed one)."""
 
     async def find_city(self, name: str) -> db.City | None: ...
-    # Users and corrections (docs/corrections.md) ----------------------------------------------------------
-
-    async def user_by_token_sha256(self, token_hash: str) -> db.User | None:
-        return await self._run(lambda cur: db.user_by_token_sha256(cur, token_hash))
-
-    async def insert_user(self, name: str, token_hash: str) -> db.User | None:
-        return await self._run(lambda cur: db.insert_user(cur, name, token_hash))
-
-    async def disown_user(self, name: str) -> db.Disowned | None:
-        return await self._run(lambda cur: db.disown_user(cur, name))
-
-    async def insert_correction(self, new: db.NewCorrection) -> db.Correction:
-        return await self._run(lambda cur: db.insert_correction(cur, new))
-
-    async def list_corrections(self, city_id: int, user_name: str | None, before: int | None,
-                               limit: int) -> list[db.Correction]:
-        return await self._run(lambda cur: db.list_corrections(cur, city_id, user_name, before, limit))
-
-    async def delete_correction(self, city_id: int, correction_id: int, user: db.User | None) -> db.Undone | None:
-        return await self._run(lambda cur: db.delete_correction(cur, city_id, correction_id, user))
-
     async def latest_model(self, city_id: int) -> db.StoredModel | None: ...
     async def model_by_id(self, model_id: int) -> db.StoredModel | None: ...
 

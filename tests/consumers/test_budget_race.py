@@ -12,9 +12,9 @@ from tests.support.labelling import (
     publish,
     running,
     seed_city,
-    wait_until,
 )
 from tests.support.vision_server import box_landmark
+from tests.support.waiting import wait_until
 
 CAP = 5
 

@@ -18,9 +18,9 @@ from tests.support.labelling import (
     labels_of,
     publish,
     seed_city,
-    wait_until,
 )
 from tests.support.vision_server import box_landmark
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOGLE_VARS = ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_VISION_ENDPOINT", "LABELLER_BACKEND")

@@ -20,9 +20,9 @@ from tests.support.labelling import (
     publish,
     running,
     seed_city,
-    wait_until,
 )
 from tests.support.vision_server import Landmark, box_landmark
+from tests.support.waiting import wait_until
 
 
 def _teach(fake, city) -> dict[str, object]:

@@ -30,6 +30,7 @@ from sightscan.children import stop_popen
 from sightscan.config import Settings
 from tests.support.gateway import COLOURS, REPO, TOKEN, Gateway, start_gateway, stop_gateway
 from tests.support.onnx_models import build_colour_model
+from tests.support.waiting import wait_until
 
 INSTALL = Path(__file__).with_name("install_xvfb.sh")
 CLASSES = list(COLOURS)                    # Red Gate, Green Tower, Blue Hall: the city's sights, numbered 1-3
@@ -111,15 +112,6 @@ def _extent(screen: np.ndarray, rgb: tuple[int, int, int], tolerance: int = 10) 
     return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
 
 
-def _wait(what: str, check: Callable[[], object], timeout: float = 30,
-          said: Callable[[], str] = lambda: "") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}\n{said()}")
 
 
 def test_window_draws_detections_and_its_keys_store_corrections(limited_gateway: Gateway, pg: Settings,
@@ -147,7 +139,7 @@ def test_window_draws_detections_and_its_keys_store_corrections(limited_gateway:
         return f"client:\n{said()[-3000:]}\ngateway:\n{limited_gateway.log.read_text()[-3000:]}"
 
     def wait(what: str, check: Callable[[], object], timeout: float = 30) -> object:
-        return _wait(what, check, timeout, both_said)
+        return wait_until(check, timeout, what, explain=both_said, interval=0.2)
 
     def settled(text: str, count: int = 1) -> Callable[[], bool]:
         def check() -> bool:

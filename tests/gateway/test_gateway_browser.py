@@ -10,47 +10,19 @@ from pathlib import Path
 from urllib.parse import quote
 
 import cv2
-import numpy as np
 import pytest
 
-from localsystem.demo.city import read_y4m, render_city, render_clip
 from sightscan import db
 from sightscan.config import Settings
-from tests.support.browser import Browser, poll
+from tests.support.browser import Browser, colour_clip, poll
 from tests.support.gateway import REPO, Gateway
-from tests.support.onnx_models import build_colour_model
 
 DECOY = "Nowhere Gate"  # a class whose colour is in no frame: the page must never name it
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], bytes]:
-    """A fake-webcam clip of three synthetic sights and a colour model fitted to it (mean colour per sight)."""
-    out = tmp_path_factory.mktemp("clip")
-    info = render_city(out, city="Synthetica", seed=11, sights=3, per_sight=1)
-    video = render_clip(out / "clip.y4m", info, seconds=6, fps=10)
-    # The colour model is fitted to the frames with one sight in view (the clip also has street and pairs).
-    alone = [(i, f["sights"][0]) for i, f in enumerate(json.loads((out / "video_annotations.json").read_text())
-                                                       ["frames"]) if len(f["sights"]) == 1]
-    every = [f.astype(np.float32) / 255.0 for f in read_y4m(video)]  # what the camera delivers
-    frames = [every[i] for i, _ in alone]
-    meta = [truth for _, truth in alone]
-    names = list(dict.fromkeys(f["sight"] for f in meta))
-    feats = np.array([f.mean(axis=(0, 1)) for f in frames])
-    labels = np.array([names.index(f["sight"]) for f in meta])
-    protos = np.array([feats[labels == i].mean(axis=0) for i in range(len(names))])
-    boxes = []
-    for i in range(len(names)):
-        bb = np.array([f["bbox"] for f in meta if f["sight"] == names[i]]).mean(axis=0)
-        boxes.append([bb[0] / 640, bb[1] / 480, (bb[0] + bb[2]) / 640, (bb[1] + bb[3]) / 480])
-    # The decoy sits far from every frame's colour.
-    protos = np.vstack([protos, [1.0, 0.0, 1.0]])
-    boxes.append([0.0, 0.0, 1.0, 1.0])
-    nearest = np.argmin(((feats[:, None, :] - protos[None]) ** 2).sum(-1), axis=1)
-    assert (nearest == labels).mean() > 0.8, "the fitted colour model should name most frames of its own clip"
-    spread = np.sqrt(((protos[:3, None] - protos[None, :3]) ** 2).sum(-1))[np.triu_indices(3, 1)].min()
-    temperature = float(spread**2 / 4)
-    return video, names + [DECOY], build_colour_model(protos, np.array(boxes), temperature=temperature)
+    return colour_clip(tmp_path_factory.mktemp("clip"), DECOY)
 
 
 def test_page_names_the_sight_in_the_camera(gateway: Gateway, pg: Settings, clip, tmp_path: Path) -> None:

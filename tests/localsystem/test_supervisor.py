@@ -11,7 +11,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -27,6 +27,7 @@ from localsystem.stack.settings import SystemSettings
 from localsystem.stack.supervisor import DebeziumUnit, Supervisor, read_state
 from sightscan.config import Settings
 from tests.support.stack import ephemeral_settings, free_port
+from tests.support.waiting import wait_until
 
 # The supervisor's own logic, on units that only pretend to be processes ---------------------------------------
 
@@ -296,14 +297,8 @@ def test_a_killed_postmasters_orphans_are_cleared_and_another_clusters_backends_
 # The real thing: every service and the stack's JVMs SIGKILLed in turn --------------------------------------------
 
 
-def _wait(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if check():
-                return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out: {what}")
+def _wait(check: Callable[[], object], timeout: float, what: str) -> None:
+    wait_until(check, timeout, what, interval=0.3, tolerate=True)
 
 
 def _status(settings: Settings, capsys) -> tuple[int, dict[str, str]]:

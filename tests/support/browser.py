@@ -159,7 +159,8 @@ def press(browser: Browser, key: str, shift: bool = False) -> None:
 
 def colour_clip(out: Path, decoy: str) -> tuple[Path, list[str], bytes]:
     """A fake-webcam clip of three synthetic sights and a colour model fitted to it (mean colour per sight), its
-    classes the three sights and `decoy`, a colour in no frame; as tests/gateway/test_gateway_browser.py's clip."""
+    classes the three sights and `decoy`, a colour in no frame. The colour model is fitted to the frames with one
+    sight in view (the clip also has street and pairs)."""
     import numpy as np
 
     from localsystem.demo.city import read_y4m, render_city, render_clip
@@ -180,8 +181,11 @@ def colour_clip(out: Path, decoy: str) -> tuple[Path, list[str], bytes]:
     for i in range(len(names)):
         bb = np.array([f["bbox"] for f in meta if f["sight"] == names[i]]).mean(axis=0)
         boxes.append([bb[0] / 640, bb[1] / 480, (bb[0] + bb[2]) / 640, (bb[1] + bb[3]) / 480])
+    # The decoy sits far from every frame's colour.
     protos = np.vstack([protos, [1.0, 0.0, 1.0]])
     boxes.append([0.0, 0.0, 1.0, 1.0])
+    nearest = np.argmin(((feats[:, None, :] - protos[None]) ** 2).sum(-1), axis=1)
+    assert (nearest == labels).mean() > 0.8, "the fitted colour model should name most frames of its own clip"
     spread = np.sqrt(((protos[:3, None] - protos[None, :3]) ** 2).sum(-1))[np.triu_indices(3, 1)].min()
     return video, names + [decoy], build_colour_model(protos, np.array(boxes), temperature=float(spread**2 / 4))
 
