@@ -3,42 +3,11 @@ state in the current layout. Delete this file with that module in 0.4.0."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-from streams.state import CityState, Summary, Thresholds
+from streams.state import CityState, Thresholds
+from tests.support.city_facts import Table, city, image, label
 
 LIMITS = Thresholds(min_labelled_images=4, min_images_per_label=2, retrain_growth_fraction=0.5, epochs=3,
                     labelling_batch_size=4, labelling_linger_s=2.0)
-
-
-def city(lsn: int = 1, status: str = "requested") -> dict[str, Any]:
-    return {"kind": "city", "id": 1, "city_id": 1, "lsn": lsn, "present": True, "name": "X", "status": status}
-
-
-def image(i: int, lsn: int, present: bool = True, sight: int | None = 7) -> dict[str, Any]:
-    return {"kind": "image", "id": i, "city_id": 1, "lsn": lsn, "present": present, "sight_id": sight}
-
-
-def label(i: int, lsn: int, image_id: int, sight: int | None, present: bool = True) -> dict[str, Any]:
-    return {"kind": "label", "id": i, "city_id": 1, "lsn": lsn, "present": present, "image_id": image_id,
-            "sight_id": sight}
-
-
-class Table:
-    """What the worker's table does for city 1: stores its records as JSON and hands them back."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-
-    def store(self, state: CityState) -> None:
-        for suffix, value in state.records():
-            self.data[f"1/{suffix}" if suffix else "1"] = json.loads(json.dumps(value))
-
-    def load(self) -> CityState:
-        summary = self.data.get("1")
-        return CityState(1, None if summary is None else Summary.from_json(summary),
-                         lambda suffix: self.data.get(f"1/{suffix}"))
 
 
 NO_CORRECTIONS = {"user_boxes": 0, "user_negatives": 0}  # the older layouts predate corrections
