@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -52,6 +53,7 @@ def test_page_names_the_sight_in_the_camera(gateway: Gateway, pg: Settings, clip
         assert "v1" in state["status"] and city.name in state["status"]  # the live pipeline panel
         drawn = poll(browser, "document.getElementById('overlay').width", lambda v: v and v > 0, timeout=10)
         assert drawn > 0
+        asyncio.run(browser.screenshot(tmp_path / "page.png"))  # for a person to look at (pytest --basetemp)
     finally:
         browser.close()
 

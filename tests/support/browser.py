@@ -79,6 +79,21 @@ class Browser:
                             raise AssertionError(f"page script failed: {result['exceptionDetails']}")
                         return result["result"].get("value")
 
+    async def screenshot(self, path: Path) -> Path:
+        """The first page as a PNG at `path` (what a person would see; kept beside a test's other outputs)."""
+        import base64
+
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{self.devtools}/json/list") as res:
+                targets = [t for t in await res.json(content_type=None) if t.get("type") == "page"]
+            async with http.ws_connect(targets[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                await ws.send_json({"id": 1, "method": "Page.captureScreenshot", "params": {"format": "png"}})
+                while True:
+                    msg = json.loads((await ws.receive(timeout=30)).data)
+                    if msg.get("id") == 1:
+                        path.write_bytes(base64.b64decode(msg["result"]["data"]))
+                        return path
+
     def close(self) -> None:
         stop_popen(self.proc)
         self._log_file.close()
