@@ -43,11 +43,6 @@ RUNTIME = WEB / "node_modules" / "onnxruntime-web"
 # bundle), the module it imports for the WebAssembly binary, and the binary (SIMD, threads where isolated).
 RUNTIME_FILES = {"ort.wasm.min.js": "text/javascript", "ort-wasm-simd-threaded.mjs": "text/javascript",
                  "ort-wasm-simd-threaded.wasm": "application/wasm"}
-# Local inference slower than this (median ms per frame, frame taken to answer shown) loses to the server path: the
-# server path answers 10 frames/s (the page's rate; bench/browser/RESULTS.md), and a device under 10 frames/s
-# would show fewer answers than the server gives it. The page falls back when its median over 20 frames, or its
-# warm-up runs, exceed it.
-FRAME_BUDGET_MS = 100
 ISOLATION = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
 CACHED_MODELS = 4  # model files kept in memory (one per city that pages run locally, the newest first)
 
@@ -141,15 +136,22 @@ async def model_file(request: web.Request) -> web.Response:
 @routes.get("/api/local-inference")
 async def local_inference(request: web.Request) -> web.Response:
     settings = request.app[STATE].settings
-    runtime = installed_runtime()
+    runtime = installed_runtime() if settings.local_inference else None
+    if not settings.local_inference:
+        reason = "in-browser inference is turned off on this gateway (GATEWAY_LOCAL_INFERENCE=false)"
+    elif runtime is None:
+        reason = ("in-browser inference is not installed on this gateway (onnxruntime-web: ./dev up installs it, or "
+                  "npm ci in gateway/web)")
+    else:
+        reason = None
+    # The budget (GATEWAY_LOCAL_FRAME_BUDGET_MS, 100 ms): local inference slower than that per frame (frame taken
+    # to answer shown) loses to the server path, which answers the page's 10 frames/s (bench/browser/RESULTS.md).
     body: dict[str, Any] = {
-        "available": runtime is not None,
-        "reason": None if runtime else "in-browser inference is not installed on this gateway (onnxruntime-web: "
-                                       "./dev up installs it, or npm ci in gateway/web)",
+        "available": runtime is not None, "reason": reason,
         "runtime": "onnxruntime-web", "version": runtime.version if runtime else None,
         "script": f"/ort/{runtime.version}/ort.wasm.min.js" if runtime else None,
         "wasm_paths": f"/ort/{runtime.version}/" if runtime else None,
-        "score_threshold": settings.score_threshold, "frame_budget_ms": FRAME_BUDGET_MS,
+        "score_threshold": settings.score_threshold, "frame_budget_ms": settings.local_frame_budget_ms,
         # The websocket closes after GATEWAY_IDLE_TIMEOUT_S without a message; a page that sends no frames says
         # something twice as often.
         "keepalive_s": round(settings.idle_timeout_s / 2, 3)}

@@ -83,6 +83,12 @@ class GatewaySettings(ServiceSettings):
     corrections_per_minute: int = _env("GATEWAY_CORRECTIONS_PER_MINUTE", 30, positive_int,
                                        "corrections each credential (the operator's token, each user's) may send a "
                                        "minute, in bursts of as many; more get 429 with Retry-After")
+    local_inference: bool = _env("GATEWAY_LOCAL_INFERENCE", "true", boolean,
+                                 "offer pages the city's model to run on their own device (onnxruntime-web); "
+                                 "false: every page runs on the server")
+    local_frame_budget_ms: float = _env("GATEWAY_LOCAL_FRAME_BUDGET_MS", 100.0, positive_float,
+                                        "a page on 'where it is best' whose median time per frame on its device is "
+                                        "over this runs on the server instead")
     no_model_recheck_s: float = _env("GATEWAY_NO_MODEL_RECHECK_S", 10.0, positive_float,
                                      "how long 'this city has no model' is believed before asking PostgreSQL again")
     # The review queue (docs/corrections.md): unsure live frames, kept only for cities the operator opted in.

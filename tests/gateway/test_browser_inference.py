@@ -33,7 +33,7 @@ from sightscan import db
 from sightscan.config import Settings
 from sightscan.detector import OnnxDetector, preprocess
 from tests.support.browser import Browser, awaited, browser_runtime, colour_clip, poll
-from tests.support.gateway import Gateway, call, metric
+from tests.support.gateway import Gateway, call, metric, start_gateway, stop_gateway
 from tests.support.onnx_models import build_colour_model
 
 DECOY = "Nowhere Gate"
@@ -295,3 +295,23 @@ def test_without_webassembly_the_page_falls_back_to_the_server(gateway: Gateway,
         assert "WebAssembly" in state["reason"] and "on the server" in state["text"]
         assert state["report"]["local_frames"] == 0 and state["report"]["server_frames"] > 0
         assert frames_received(gateway) > before
+
+
+@pytest.mark.parametrize(("env", "why"), [
+    ({"GATEWAY_LOCAL_INFERENCE": "false"}, "turned off on this gateway"),
+    # No device runs a frame in a hundredth of a millisecond: the warm-up is over budget.
+    ({"GATEWAY_LOCAL_FRAME_BUDGET_MS": "0.01"}, "ms budget")])
+def test_a_gateway_without_local_inference_or_a_slow_device_runs_the_page_on_the_server(
+        pg: Settings, runtime: Path, clip, tmp_path: Path, env: dict[str, str], why: str) -> None:
+    video, classes, onnx = clip
+    gw = start_gateway(pg, tmp_path / "gateway.log", **env)
+    try:
+        city = new_city(pg, "Serverside", onnx, classes, 64)
+        with page(gw, city, video, tmp_path) as browser:
+            state = wait_page(browser, lambda s: s["path"] == "server" and s["report"]["server_frames"] >= 5 and
+                              bool(set(s["seen"]) & set(classes[:3])), timeout=120)
+            print("page:", {k: v for k, v in state.items() if k != "report"})
+            assert why in state["reason"] and "on the server" in state["text"]
+            assert state["report"]["local_frames"] == 0 and frames_received(gw) >= 5
+    finally:
+        stop_gateway(gw)
