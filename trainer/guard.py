@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.ops import box_iou
 
 from sightscan.db import StoredModel
 from sightscan.detector import ContractError, OnnxDetector
@@ -55,29 +56,47 @@ class Figures:
     false_claims: float   # "no sight" images answered with a sight
     images: int
     negatives: int
+    # Also scored, for the int8 check (trainer/quantize.py): sight images whose own sight is answered at all, the
+    # mean IoU of that detection's box against the true box (images with true boxes; None without any), and each
+    # sight image's own-sight box (None where missed), to compare two graphs' boxes where no true box is known.
+    recall: float = 0.0
+    box_iou: float | None = None
+    own_boxes: tuple[tuple[float, ...] | None, ...] = ()
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"top1": round(self.top1, 4), "false_claims": round(self.false_claims, 4), "images": self.images,
-                "negatives": self.negatives}
+    def as_dict(self, boxes: bool = False) -> dict[str, Any]:
+        """The guard's figures; with `boxes`, recall and box IoU too."""
+        out: dict[str, Any] = {"top1": round(self.top1, 4), "false_claims": round(self.false_claims, 4),
+                               "images": self.images, "negatives": self.negatives}
+        if boxes:
+            out.update(recall=round(self.recall, 4),
+                       box_iou=None if self.box_iou is None else round(self.box_iou, 4))
+        return out
 
 
 def score(onnx: bytes, classes: Sequence[str], input_size: int, sights: Sequence[tuple[Sample, str]],
           negatives: torch.Tensor, threads: int = 0) -> Figures:
     """A model's guard figures: `sights` are (sample, its sight's name); `negatives` uint8 [K,3,S,S] frames."""
     detector = OnnxDetector(onnx, classes, input_size, threads=threads)
-    right = 0
+    right, own_boxes, ious = 0, [], []
     for i in range(0, len(sights), BATCH):
         chunk = sights[i:i + BATCH]
         batch = np.stack([decode(s, input_size) for s, _ in chunk]).transpose(0, 3, 1, 2).astype(np.float32) / 255
-        for (_, truth), found in zip(chunk, detector.detect(np.ascontiguousarray(batch)), strict=True):
+        for (sample, truth), found in zip(chunk, detector.detect(np.ascontiguousarray(batch)), strict=True):
             right += bool(found) and found[0].sight == truth
+            own = next((d.box for d in found if d.sight == truth), None)
+            own_boxes.append(own)
+            truths = [b for b, c in zip(sample.boxes, sample.labels, strict=True) if c == sample.primary]
+            if not sample.weak and truths:  # a weak sample's box is no location (trainer/data.py)
+                ious.append(0.0 if own is None else float(box_iou(torch.tensor([own]), torch.tensor(truths)).max()))
     claims = 0
     for i in range(0, len(negatives), BATCH):
         chunk = negatives[i:i + BATCH].float() / 255.0
         if chunk.shape[-1] != input_size:
             chunk = F.interpolate(chunk, size=(input_size, input_size), mode="bilinear", align_corners=False)
         claims += sum(bool(found) for found in detector.detect(np.ascontiguousarray(chunk.numpy())))
-    return Figures(right / max(1, len(sights)), claims / max(1, len(negatives)), len(sights), len(negatives))
+    return Figures(right / max(1, len(sights)), claims / max(1, len(negatives)), len(sights), len(negatives),
+                   recall=sum(b is not None for b in own_boxes) / max(1, len(sights)),
+                   box_iou=float(np.mean(ious)) if ious else None, own_boxes=tuple(own_boxes))
 
 
 def judge(onnx: bytes, input_size: int, live: StoredModel | None, heldout: Sequence[Sample], classes: Sequence[str],

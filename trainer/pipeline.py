@@ -17,6 +17,7 @@ from trainer import warehouse
 from trainer.data import Dataset, NotEnoughData, Previous, check_trainable, from_warehouse, training_split
 from trainer.export import check_onnx, export_onnx, probe_images
 from trainer.guard import judge
+from trainer.quantize import decide
 from trainer.settings import TrainerSettings, load
 from trainer.train import TrainResult, fit
 
@@ -55,7 +56,8 @@ def export_dataset(settings: Settings, city_id: int) -> Dataset:
 
 def train_dataset(dataset: Dataset, ts: TrainerSettings, progress: Progress | None = None,
                   live: db.StoredModel | None = None) -> tuple[TrainResult, bytes, dict[str, Any]]:
-    """Train, evaluate on the held-out split and export; returns (result, onnx bytes, metrics for the model row).
+    """Train, evaluate on the held-out split and export; returns (result, the served graph's onnx bytes: int8 or
+    fp32 as metrics["graph"] says, metrics for the model row).
 
     A model that learned from users' corrections is checked against `live`, the city's live model, on the
     labeller's held-out images (trainer/guard.py): guard.Rejected when it does worse."""
@@ -80,8 +82,13 @@ def train_dataset(dataset: Dataset, ts: TrainerSettings, progress: Progress | No
         "heldout_ids": sorted(s.key for s in heldout), "max_image_id": max(s.key for s in dataset.samples),
     }
     negatives = result.heldout_negatives
-    metrics["guard"] = judge(onnx_bytes, ts.train.input_size, live, heldout, dataset.classes,
-                             negatives if negatives is not None else torch.zeros(0, 3, 1, 1, dtype=torch.uint8),
+    if negatives is None:
+        negatives = torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
+    # The graph served and stored: int8 when it answers like fp32 on the held-out split (trainer/quantize.py).
+    onnx_bytes, metrics["graph"] = decide(onnx_bytes, train, heldout, dataset.classes, ts.train.input_size, negatives,
+                                          ts.int8_tolerance, ts.train.threads, ts.int8,
+                                          result.heldout_boxes)
+    metrics["guard"] = judge(onnx_bytes, ts.train.input_size, live, heldout, dataset.classes, negatives,
                              users.boxes + users.negatives, ts.guard_top1_tolerance, ts.guard_false_claim_tolerance,
                              ts.train.threads)
     return result, onnx_bytes, metrics
@@ -119,7 +126,7 @@ def train_city(settings: Settings, city: str | int, progress: bool | Progress = 
         cur.execute("UPDATE cities SET status = 'live', updated_at = now() WHERE id = %s", (found.id,))
     log.info("model stored", extra={"city_id": found.id, "version": stored.version, "top1": metrics["top1"],
                                     "map50": metrics["map50"], "pretrained": metrics["pretrained"],
-                                    "bytes": len(onnx_bytes)})
+                                    "bytes": len(onnx_bytes), "graph": metrics["graph"]["served"]})
     return Outcome(found.id, found.name, stored.version, stored.id, dataset.classes, metrics)
 
 

@@ -11,6 +11,7 @@ from sightscan.config import (
     ConfigError,
     ServiceSettings,
     Settings,
+    boolean,
     consumer_group,
     non_negative_float,
     non_negative_int,
@@ -20,7 +21,7 @@ from sightscan.config import (
     unit_interval,
 )
 from sightscan.config import env_field as _env
-from trainer.config import TrainConfig
+from trainer.config import Tolerance, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class TrainerSettings:
     hard_repeats: int = 2                # extra copies of each "wrong sight" correction in the training set
     guard_top1_tolerance: float = 0.05   # the poisoning guard (trainer/guard.py)
     guard_false_claim_tolerance: float = 0.05
+    int8: bool = True                    # serve the int8 graph when it is within `int8_tolerance` (trainer/quantize.py)
+    int8_tolerance: Tolerance = Tolerance()
 
 
 def _weights_file(raw: str) -> Path | None:
@@ -62,6 +65,7 @@ def _input_size(raw: str) -> int:
 
 
 _D = TrainConfig()
+_T = Tolerance()
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,19 @@ class TrainerEnv(ServiceSettings):
     guard_false_claim_tolerance: float = _env("TRAINER_GUARD_FALSE_CLAIM_TOLERANCE", 0.05, unit_interval,
                                               "... or its false-claim rate on held-out no-sight images higher by "
                                               "more than this (or two images)")
+    int8: bool = _env("TRAINER_INT8", "true", boolean,
+                      "quantize the model to int8 and serve that graph when its held-out figures stay within the "
+                      "tolerances below of the fp32 graph's (trainer/quantize.py)")
+    int8_top1_tolerance: float = _env("TRAINER_INT8_TOP1_TOLERANCE", _T.top1, unit_interval,
+                                      "int8 is served only when its held-out top-1 is at most this much lower")
+    int8_false_claim_tolerance: float = _env("TRAINER_INT8_FALSE_CLAIM_TOLERANCE", _T.false_claims, unit_interval,
+                                             "... its false-claim rate on held-out no-sight images at most this "
+                                             "much higher")
+    int8_recall_tolerance: float = _env("TRAINER_INT8_RECALL_TOLERANCE", _T.recall, unit_interval,
+                                        "... its recall of held-out sights at most this much lower")
+    int8_box_iou_tolerance: float = _env("TRAINER_INT8_BOX_IOU_TOLERANCE", _T.box_iou, unit_interval,
+                                         "... and its mean box IoU on held-out boxes (true, or pseudo-boxes) at "
+                                         "most this much lower")
     group_id: str = _env("TRAINER_GROUP_ID", "",
                          doc="consumer group of training requests (default <TOPIC_PREFIX>-trainer)")
     idle_stop_s: float = _env("TRAINER_IDLE_STOP_S", 300.0, non_negative_float,
@@ -144,7 +161,9 @@ def load(settings: Settings, environ: Mapping[str, str] | None = None) -> Traine
                            group_id=consumer_group(settings.topic_prefix, "trainer", e.group_id), cloud=cloud,
                            idle_stop_s=e.idle_stop_s, max_user_share=e.max_user_share, hard_repeats=e.hard_repeats,
                            guard_top1_tolerance=e.guard_top1_tolerance,
-                           guard_false_claim_tolerance=e.guard_false_claim_tolerance)
+                           guard_false_claim_tolerance=e.guard_false_claim_tolerance, int8=e.int8,
+                           int8_tolerance=Tolerance(e.int8_top1_tolerance, e.int8_false_claim_tolerance,
+                                                    e.int8_recall_tolerance, e.int8_box_iou_tolerance))
 
 
 def describe() -> list[tuple[str, str, str]]:

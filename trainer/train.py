@@ -66,6 +66,9 @@ class TrainResult:
     backbone: BackboneChoice
     history: list[dict[str, float]] = field(default_factory=list)
     heldout_negatives: torch.Tensor | None = None  # uint8 [K,3,S,S]: the "no sight" frames it was calibrated on
+    # Each held-out sight image's boxes as far as they are known: true boxes, or the weak image's pseudo-box (what
+    # the int8 check scores boxes against where no true box is held out: trainer/quantize.py).
+    heldout_boxes: list[list[Box]] | None = None
 
 
 @dataclass
@@ -306,10 +309,12 @@ def heldout_boxes(samples: list[Sample], pseudo: torch.Tensor | None) -> list[li
 
 def evaluate(model: SightModel, classes: list[str], heldout: list[Sample], cfg: TrainConfig,
              classifier: nn.Linear, device: torch.device,
-             features_of: FeatureExtractor) -> tuple[dict[str, Any], HeldoutPredictions, Calibration, torch.Tensor]:
+             features_of: FeatureExtractor) -> tuple[dict[str, Any], HeldoutPredictions, Calibration, torch.Tensor,
+                                                     list[list[Box]]]:
     """Calibrate the threshold on the held-out no-sight images, then measure at it: top-1 and the confusion matrix
     on every held-out sight image, the false-claim rate, recall and AUROC of the open-set score, and box mAP on the
-    held-out images with true boxes (every sight in them). Also returns those no-sight images (uint8)."""
+    held-out images with true boxes (every sight in them). Also returns those no-sight images (uint8), and each
+    held-out sight image's known boxes (true boxes, or the weak image's pseudo-box)."""
     sights = [s for s in heldout if not s.negative]
     photos_of_nothing = [s for s in heldout if s.negative]
     images = Tensors.build(sights, model.input_size).images if sights else torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
@@ -323,9 +328,10 @@ def evaluate(model: SightModel, classes: list[str], heldout: list[Sample], cfg: 
                           torch.tensor([sights[i].primary for i in weak_idx], device=device), cfg, device)
     # The crops keep away from every sight the model finds in the photo too: a weak photo may show a second sight
     # that nobody labelled, and a crop of it is no "no sight" image.
+    known_boxes = heldout_boxes(sights, pseudo)
     avoid = [known + [tuple(float(v) for v in b) for b, sc in zip(pred.boxes[i], pred.scores[i], strict=True)
                       if sc >= cfg.threshold_floor]
-             for i, known in enumerate(heldout_boxes(sights, pseudo))]
+             for i, known in enumerate(known_boxes)]
     negatives = away_crops(sights, avoid, model.input_size, cfg.seed + 7, cfg.away_crops)
     if photos_of_nothing:
         negatives = torch.cat([negatives, Tensors.build(photos_of_nothing, model.input_size).images])
@@ -347,7 +353,7 @@ def evaluate(model: SightModel, classes: list[str], heldout: list[Sample], cfg: 
         dets = [(pred.boxes[i], pred.scores[i], pred.classes[i]) for i in boxed]
         scored = coco_map(classes, [(sights[i].boxes, sights[i].labels) for i in boxed], dets)
         metrics.update(map50=scored["map50"], map=scored["map"], per_sight_map=scored["per_sight"])
-    return metrics, pred, cal, negatives
+    return metrics, pred, cal, negatives, known_boxes
 
 
 def fit(classes: list[str], train: list[Sample], heldout: list[Sample], cfg: TrainConfig,
@@ -452,8 +458,8 @@ def fit(classes: list[str], train: list[Sample], heldout: list[Sample], cfg: Tra
             break
 
     train_seconds = time.monotonic() - started
-    metrics, predictions, _, heldout_negatives = evaluate(model, classes, heldout, cfg, classifier, device,
-                                                          features_of)
+    metrics, predictions, _, heldout_negatives, known_boxes = evaluate(model, classes, heldout, cfg, classifier,
+                                                                       device, features_of)
     metrics.update(method=METHOD, backbone=choice.name, pretrained=choice.pretrained, backbone_note=choice.reason,
                    pseudo_boxes=cfg.pseudo_boxes, refine_rounds=cfg.refine_rounds,
                    labels={"image_level": int(weak.sum()), "boxes": int((~weak).sum()), "negatives": len(nothing)},
@@ -462,4 +468,4 @@ def fit(classes: list[str], train: list[Sample], heldout: list[Sample], cfg: Tra
           false_claim_rate=metrics["false_claim_rate"], recall=metrics["recall"])
     model.eval()
     return TrainResult(model.cpu(), list(classes), metrics, epochs_run, train_seconds, str(device), choice,
-                       history, heldout_negatives.cpu()), predictions
+                       history, heldout_negatives.cpu(), known_boxes), predictions
