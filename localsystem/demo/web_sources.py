@@ -170,7 +170,10 @@ class FakeWeb:
         if q.get("generator") != "search" or q.get("gsrnamespace") != "6" or q.get("formatversion") != "2":
             return web.json_response({"error": {"code": "badvalue", "info": "unsupported in this fake"}})
         search = _key(q.get("gsrsearch", ""))
-        matches = sorted((k for k in self.images if k in search), key=len, reverse=True)
+        # A sight's search names its city too ("River Gate Fixville 31"): the sight's photos answer it, the city's
+        # own (streets with no sight) only a search that names no sight of it; then the longest name wins.
+        matches = sorted((k for k in self.images if k in search), key=lambda k: (k not in self.cities, len(k)),
+                         reverse=True)
         files = self.images[matches[0]] if matches else []
         offset, limit = int(q.get("gsroffset", 0)), min(50, int(q.get("gsrlimit", 10)))
         width = int(q["iiurlwidth"]) if "iiurlwidth" in q else None

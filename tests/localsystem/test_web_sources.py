@@ -84,3 +84,27 @@ def test_the_service_serves_a_rendered_folder(city: CityInfo, tmp_path: Path) ->
     finally:
         stop_popen(proc)
         log.close()
+
+
+def test_a_sights_search_finds_the_sights_photos_though_its_city_has_a_longer_name(monkeypatch) -> None:
+    """The crawler's query names the sight and its city; the city's own photos (streets, no sight) answer only a
+    search for the city. A city named longer than its sights ("Fixville 31", "River Gate") once got the streets."""
+    from localsystem.demo.web_sources import FakeCity, FakeFile, FakeWeb
+    from producers.settings import CrawlerSettings
+    from producers.sources import CommonsImages
+
+    fake = FakeWeb()
+    fake.add_city(FakeCity("Fixville 31", "Q1", ["River Gate"], places=["River Gate"]))
+    fake.add_images("River Gate", [FakeFile("River_Gate_1.jpg", b"gate")])
+    fake.add_images("Fixville 31", [FakeFile("Fixville_31_1.jpg", b"street")])
+    with WebSources(fake) as web:
+        for name, value in web.env().items():
+            monkeypatch.setenv(name, value)
+        commons = CommonsImages(CrawlerSettings.from_env(), full=False)
+
+        def found(sight: str) -> list[str]:
+            body = json.loads(_get(commons.search(sight, "Fixville 31", 10).url))
+            return [p["title"] for p in body.get("query", {}).get("pages", [])]
+
+        assert found("River Gate") == ["File:River_Gate_1.jpg"]
+        assert found("") == ["File:Fixville_31_1.jpg"]
