@@ -26,8 +26,8 @@ import torch
 
 from bench.stats import summary_ms
 from localsystem.demo.city import clip_frames, render_city
-from localsystem.demo.scoring import ClipScore, frame_truths, iou
-from sightscan.detector import OnnxDetector, preprocess
+from localsystem.demo.scoring import iou, score_clip
+from sightscan.detector import OnnxDetector
 from trainer.data import from_coco_folder, split
 from trainer.export import check_onnx, export_onnx, probe_images, session
 from trainer.model import ExportWrapper, SightModel
@@ -89,10 +89,7 @@ def one_city(seed: int, a: argparse.Namespace, cfg: TrainConfig) -> dict[str, An
     probe = probe_images(heldout, cfg.input_size)
     check = check_onnx(result.model, onnx_bytes, probe)
     detector = OnnxDetector(onnx_bytes, ds.classes, cfg.input_size, threads=a.threads)
-    clip = ClipScore()
-    for frame in clip_frames(info, seconds=2.0 * a.sights, fps=10):
-        (found,) = detector.detect(preprocess(frame.rgb, cfg.input_size)[None])
-        clip.add(frame_truths(frame), [(d.sight, d.score, d.box) for d in found])
+    clip = score_clip(detector, clip_frames(info, seconds=2.0 * a.sights, fps=10), cfg.input_size)
     m = result.metrics
     out: dict[str, Any] = {
         "seed": seed, "train_images": len(train), "heldout_images": len(heldout),

@@ -6,12 +6,13 @@ Shared by the trainer's tests, the real-loop test and the benchmarks, so all of 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from localsystem.demo.city import Box, ClipFrame, H, W
+from sightscan.detector import OnnxDetector, preprocess
 
 
 def normalised(bbox: Box, width: int = W, height: int = H) -> tuple[float, float, float, float]:
@@ -107,3 +108,22 @@ def _best_iou(name: str, box: Sequence[float], detections: Sequence[Det]) -> flo
 def frame_truths(frame: ClipFrame) -> list[tuple[str, tuple[float, float, float, float]]]:
     """A clip frame's true sights with normalised boxes, as ClipScore.add takes them."""
     return [(name, normalised(box)) for name, box in frame.truths]
+
+
+def answers(detector: OnnxDetector, frames: Iterable[ClipFrame], input_size: int) -> list[list[Det]]:
+    """Each frame through the served graph as the gateway runs it (one frame a call, stretched to the square
+    input): its detections, best first, as ClipScore.add takes them."""
+    out = []
+    for frame in frames:
+        (found,) = detector.detect(preprocess(frame.rgb, input_size)[None])
+        out.append([(d.sight, d.score, d.box) for d in found])
+    return out
+
+
+def score_clip(detector: OnnxDetector, frames: Iterable[ClipFrame], input_size: int) -> ClipScore:
+    """The open-world checks (ClipScore) of `frames` through the served graph."""
+    score = ClipScore()
+    for frame in frames:  # one at a time: a clip's frames need not all fit in memory
+        (found,) = answers(detector, [frame], input_size)
+        score.add(frame_truths(frame), found)
+    return score
