@@ -1,0 +1,122 @@
+"""int8 against fp32 (issue 21): a seeded synthetic city trained as the trainer trains it, its exported graph
+quantized as the trainer quantizes it (trainer/quantize.py), both graphs scored on the held-out split and timed.
+
+    .venv/bin/python -m bench.int8.run [--seeds 11] [--labels boxes|weak] [--sights 5] [--per-sight 40]
+                                       [--threads 2] [--runs 200] [--json FILE]
+
+Per seed: the held-out figures of each graph (top-1, false-claim rate, recall, mean box IoU: trainer/guard.py
+`score`, what the trainer decides on), the graph the trainer would serve and why, the sizes, the seconds the
+quantization and the extra held-out scoring add to training, and the city's webcam clip through both graphs (top-1
+and mean IoU, and the frames whose top sight differs). Then ms per frame, p50/p99, at batch 1 and batch 8 with
+`--threads` threads, fp32 and int8 runs interleaved so both see the same machine, and the ratio int8/fp32.
+Targets: top-1 within 0.01, mean IoU within 0.02.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.stats import summary_ms
+from localsystem.demo.city import clip_frames, render_city
+from localsystem.demo.scoring import ClipScore, frame_truths
+from sightscan.detector import OnnxDetector, preprocess
+from trainer.config import Tolerance, TrainConfig
+from trainer.data import from_coco_folder, split
+from trainer.export import export_onnx
+from trainer.quantize import calibration_images, decide, quantize
+from trainer.train import fit
+
+
+def clip(onnx: bytes, classes: list[str], size: int, frames: list, threads: int) -> tuple[ClipScore, list[str]]:
+    """The clip through one graph, as the gateway runs it: its score and each frame's top sight."""
+    detector = OnnxDetector(onnx, classes, size, threads=threads)
+    score, tops = ClipScore(), []
+    for frame in frames:
+        (found,) = detector.detect(preprocess(frame.rgb, size)[None])
+        score.add(frame_truths(frame), [(d.sight, d.score, d.box) for d in found])
+        tops.append(found[0].sight if found else "")
+    return score, tops
+
+
+def latency(graphs: dict[str, bytes], classes: list[str], size: int, batch: int, threads: int,
+            runs: int) -> dict[str, Any]:
+    """ms per frame of each graph at `batch`, the graphs' runs interleaved (one of each in turn)."""
+    detectors = {name: OnnxDetector(g, classes, size, threads=threads) for name, g in graphs.items()}
+    x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
+    times: dict[str, list[float]] = {name: [] for name in graphs}
+    for i in range(runs + 10):
+        for name, det in detectors.items():
+            t0 = time.perf_counter()
+            det.run(x)
+            if i >= 10:  # warm-up
+                times[name].append((time.perf_counter() - t0) / batch)
+    out: dict[str, Any] = {name: summary_ms(t) for name, t in times.items()}
+    out["ratio_int8_over_fp32_p50"] = round(out["int8"]["p50_ms"] / out["fp32"]["p50_ms"], 2)
+    out["ratio_int8_over_fp32_p99"] = round(out["int8"]["p99_ms"] / out["fp32"]["p99_ms"], 2)
+    return out
+
+
+def one_city(seed: int, a: argparse.Namespace, cfg: TrainConfig) -> dict[str, Any]:
+    folder = Path(tempfile.mkdtemp(prefix=f"bench-int8-{seed}-"))
+    info = render_city(folder, city=f"Bench {seed}", seed=seed, sights=a.sights, per_sight=a.per_sight,
+                       negatives=a.negatives)
+    ds = from_coco_folder(folder, weak=a.labels == "weak")
+    train, heldout = split(ds.samples, 0.2, 0)
+    started = time.monotonic()
+    result, _ = fit(ds.classes, train, heldout, cfg)
+    fp32 = export_onnx(result.model)
+    trained = time.monotonic() - started
+    # What trainer/pipeline.py does after the export.
+    served, graph = decide(fp32, train, heldout, ds.classes, cfg.input_size, result.heldout_negatives, Tolerance(),
+                           a.threads, True, result.heldout_boxes)
+    int8 = quantize(fp32, calibration_images(train, cfg.input_size))   # the same graph decide() judged
+    frames = list(clip_frames(info, seconds=2.0 * a.sights, fps=10))
+    clips = {name: clip(g, ds.classes, cfg.input_size, frames, a.threads) for name, g in
+             (("fp32", fp32), ("int8", int8))}
+    differ = sum(x != y for x, y in zip(clips["fp32"][1], clips["int8"][1], strict=True))
+    return {
+        "seed": seed, "labels": a.labels, "train_images": len(train), "heldout_images": len(heldout),
+        "train_and_export_seconds": round(trained, 1), "int8_check_seconds": graph.get("seconds"),
+        "served": graph["served"], "reason": graph["reason"], "box_truth": graph.get("box_truth"),
+        "heldout": {"fp32": graph.get("fp32"), "int8": graph.get("int8")},
+        "mb": {k: round(v / 1e6, 2) for k, v in graph["bytes"].items()},
+        "clip": {"fp32": clips["fp32"][0].as_dict(), "int8": clips["int8"][0].as_dict(),
+                 "frames": len(frames), "top_sight_differs": differ},
+        "latency_ms_per_frame": {f"batch{b}": latency({"fp32": fp32, "int8": int8}, ds.classes, cfg.input_size, b,
+                                                      a.threads, a.runs if b == 1 else max(20, a.runs // 4))
+                                 for b in (1, 8)},
+        "served_is_int8": served == int8,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[11])
+    p.add_argument("--labels", choices=("boxes", "weak"), default="boxes")
+    p.add_argument("--sights", type=int, default=5)
+    p.add_argument("--per-sight", type=int, default=40)
+    p.add_argument("--negatives", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--json", type=Path)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    cfg = TrainConfig(epochs=a.epochs, device="cpu", threads=a.threads)
+    cities = [one_city(seed, a, cfg) for seed in a.seeds]
+    text = json.dumps({"cities": cities, "threads": a.threads, "torch": torch.__version__}, indent=1, default=str)
+    print(text)
+    if a.json:
+        a.json.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
