@@ -151,6 +151,14 @@ def _training_figures(metrics: dict[str, Any]) -> list[Figure]:
         out.append(_figure("train_seconds", "Training time", seconds, _duration(seconds), group="training"))
     if isinstance(metrics.get("device"), str) and metrics["device"]:
         out.append(_figure("device", "Trained on", metrics["device"], metrics["device"], group="training"))
+    graph = metrics.get("graph") if isinstance(metrics.get("graph"), dict) else {}
+    if graph.get("served") in ("int8", "fp32"):  # trainer/quantize.py: which graph the gateway and the page get
+        sizes = graph.get("bytes") if isinstance(graph.get("bytes"), dict) else {}
+        size = _count(sizes.get(graph["served"]))
+        reason = graph.get("reason") if isinstance(graph.get("reason"), str) else None
+        out.append(_figure("graph", "Served graph", graph["served"],
+                           graph["served"] + (f" ({size / 1e6:.1f} MB)" if size is not None else ""), reason,
+                           group="training"))
     return out
 
 

@@ -74,3 +74,13 @@ def test_absent_and_malformed_values_are_left_out() -> None:
     f = by_key(bad)
     assert f == {}
     assert by_key({"confusion": {"classes": ["A"], "matrix": [[1.5]]}}) == {}
+
+
+def test_the_served_graph_is_named_with_its_reason() -> None:
+    graph = {"served": "int8", "reason": "int8 within tolerance of fp32 on the held-out split",
+             "bytes": {"fp32": 10_083_405, "int8": 2_865_629}}
+    f = by_key({**NEW, "graph": graph})["graph"]
+    assert (f["name"], f["value"], f["display"], f["basis"], f["group"]) == (
+        "Served graph", "int8", "int8 (2.9 MB)", graph["reason"], "training")
+    assert by_key({**NEW, "graph": {"served": "fp32"}})["graph"]["display"] == "fp32"
+    assert "graph" not in by_key({**NEW, "graph": {"served": "bf16"}}) and "graph" not in by_key(NEW)
