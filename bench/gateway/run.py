@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=6.0, help="load per configuration")
     p.add_argument("--clients", default="1,4,16")
     p.add_argument("--fps", type=float, default=10.0, help="frames per second per client")
-    p.add_argument("--models", default="sight,colour", help="comma-separated: sight (default model), colour")
+    p.add_argument("--models", default="sight,sight-int8", help="comma-separated: sight (the trainer's fp32 graph), "
+                   "sight-int8 (its int8 graph, as the trainer serves it when it answers alike), colour (earlier)")
     p.add_argument("--json", type=Path, help="also write the results here")
     a = p.parse_args(argv)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -233,10 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         for naive, gw in zip(by_mode["naive"], by_mode["gateway"], strict=True):
             print(f"{name:7} {gw['clients']:>2} clients: gateway/naive frames/s x{gw['fps'] / naive['fps']:.2f}, "
                   f"p99 naive/gateway x{naive['p99_ms'] / gw['p99_ms']:.1f}")
-    if "sight" in results and "colour" in results:
-        for new, old in zip(results["sight"]["gateway"], results["colour"]["gateway"], strict=True):
-            print(f"gateway, {new['clients']:>2} clients: sight model {new['fps']:.1f} frames/s p99 "
-                  f"{new['p99_ms']:.1f} ms; colour model {old['fps']:.1f} frames/s p99 {old['p99_ms']:.1f} ms")
+    for other in ("sight-int8", "colour"):
+        if "sight" not in results or other not in results:
+            continue
+        for new, old in zip(results[other]["gateway"], results["sight"]["gateway"], strict=True):
+            print(f"gateway, {new['clients']:>2} clients: {other} {new['fps']:.1f} frames/s p99 "
+                  f"{new['p99_ms']:.1f} ms; sight (fp32) {old['fps']:.1f} frames/s p99 {old['p99_ms']:.1f} ms; "
+                  f"frames/s x{new['fps'] / old['fps']:.2f}")
     if a.json:
         a.json.write_text(json.dumps(results, indent=1))
     return 0
@@ -247,8 +251,20 @@ def build_model(name: str) -> tuple[bytes, int]:
     if name == "colour":
         onnx, _ = solid_colour_model(CLASSES, backbone=True)
         return onnx, 320
+    if name == "sight-int8":  # the trainer's int8 graph (trainer/quantize.py), calibrated on the bench's frames
+        import io as _io
+
+        from PIL import Image
+
+        from sightscan.detector import preprocess
+        from trainer.quantize import quantize
+
+        onnx, size = build_model("sight")
+        calibration = np.concatenate([preprocess(np.asarray(Image.open(_io.BytesIO(f)).convert("RGB")), size)[None]
+                                      for f in frames()]).astype(np.float32)
+        return quantize(onnx, calibration), size
     if name != "sight":
-        raise SystemExit(f"unknown model {name!r}: sight or colour")
+        raise SystemExit(f"unknown model {name!r}: sight, sight-int8 or colour")
     import torch
 
     from trainer.backbones import build, choose_backbone
