@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 import uuid
 
@@ -257,6 +258,46 @@ def test_corrections_count_by_kind_ask_for_a_retrain_and_undo_brings_them_down(s
     wait_marts_match(settings, [city_id])
     city, sights = counts()
     assert city == (15, 13, 0, 1, 1, 0) and sights[tower] == (6, 0) and sights[gate] == (7, 1)
+
+
+def test_sigkill_while_corrections_arrive_keeps_counts_exact_and_one_retrain(settings, worker_factory,
+                                                                           topic_reader):
+    app_id = _app_id()
+    worker = worker_factory(app_id).start()
+    city_id, _ = _grow_city(settings, f"Fixkill {uuid.uuid4().hex[:6]}", 12)
+    _commands(topic_reader, "training", {city_id}, lambda cs: len(cs) >= 1)  # the first: threshold
+    with db.transaction(settings) as cur:  # the trainer answers with a model
+        db.insert_model(cur, city_id, b"onnx", ["a", "b"], 64, {})
+        cur.execute("SELECT id FROM sights WHERE city_id = %s ORDER BY id", (city_id,))
+        tower, gate = (r[0] for r in cur.fetchall())
+
+    def users() -> None:  # 40 corrections, one a transaction, boxes and "no sight"; every seventh undoes one
+        made: list[int] = []
+        for i in range(40):
+            with db.transaction(settings) as cur:
+                frame = _user_frame(cur, city_id, f"k{i}")
+                made.append(_correction(cur, city_id, frame, (tower, gate, None)[i % 3])[0])
+                if i % 7 == 6:
+                    cur.execute("DELETE FROM corrections WHERE id = %s", (made.pop(0),))
+            time.sleep(0.05)
+
+    writer = threading.Thread(target=users)
+    writer.start()
+    for _ in range(2):  # SIGKILLed twice while they arrive
+        time.sleep(random.uniform(0.5, 1.5))
+        worker.kill()
+        worker = worker_factory(app_id).start()
+    writer.join(60)
+    wait_marts_match(settings, [city_id], timeout=120)
+    with db.transaction(settings) as cur:
+        cur.execute("SELECT kind, count(*) FROM labels WHERE city_id = %s AND kind <> 'labeller' GROUP BY kind",
+                    (city_id,))
+        present = dict(cur.fetchall())
+    cities, _ = marts(settings, [city_id])
+    assert cities[city_id][4:] == (present["user-box"], present["user-negative"]) == (23, 12)
+    # The replays after each SIGKILL derive the same request ids: one retrain for the corrections' crossing.
+    cmds = one_per_crossing(_commands(topic_reader, "training", {city_id}, lambda cs: len(cs) >= 2))
+    assert len(cmds) == 2, cmds
 
 
 def test_poison_events_go_to_dead_letter_and_the_agent_keeps_going(settings, worker_factory, topic_reader):
