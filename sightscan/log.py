@@ -9,6 +9,9 @@ import time
 from pathlib import Path
 
 _RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+# Libraries that narrate their internals at INFO: the ONNX exporter's optimiser wrote hundreds of lines per model
+# into the trainer's log. Their warnings still show.
+CHATTY = ("onnxscript", "onnx_ir")
 
 
 class JsonFormatter(logging.Formatter):
@@ -43,3 +46,5 @@ def setup(level: str = "INFO", fmt: str = "json", file: Path | None = None) -> N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
