@@ -2,7 +2,8 @@
 quantized as the trainer quantizes it (trainer/quantize.py), both graphs scored on the held-out split and timed.
 
     .venv/bin/python -m bench.int8.run [--seeds 11] [--labels boxes|weak] [--sights 5] [--per-sight 40]
-                                       [--threads 2] [--runs 200] [--json FILE]
+                                       [--threads 2] [--runs 200] [--json FILE] [--save DIR]
+    .venv/bin/python -m bench.int8.run --time FP32.onnx INT8.onnx [--repeat 3]   (timing alone, of saved graphs)
 
 Per seed: the held-out figures of each graph (top-1, false-claim rate, recall, mean box IoU: trainer/guard.py
 `score`, what the trainer decides on), the graph the trainer would serve and why, the sizes, the seconds the
@@ -82,6 +83,10 @@ def one_city(seed: int, a: argparse.Namespace, cfg: TrainConfig) -> dict[str, An
     clips = {name: clip(g, ds.classes, cfg.input_size, frames, a.threads) for name, g in
              (("fp32", fp32), ("int8", int8))}
     differ = sum(x != y for x, y in zip(clips["fp32"][1], clips["int8"][1], strict=True))
+    if a.save:
+        a.save.mkdir(parents=True, exist_ok=True)
+        (a.save / f"{seed}-{a.labels}-fp32.onnx").write_bytes(fp32)
+        (a.save / f"{seed}-{a.labels}-int8.onnx").write_bytes(int8)
     return {
         "seed": seed, "labels": a.labels, "train_images": len(train), "heldout_images": len(heldout),
         "train_and_export_seconds": round(trained, 1), "int8_check_seconds": graph.get("seconds"),
@@ -108,8 +113,18 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--json", type=Path)
+    p.add_argument("--save", type=Path, help="keep each city's fp32 and int8 graphs here (for --time)")
+    p.add_argument("--time", type=Path, nargs=2, metavar=("FP32", "INT8"), help="only time these two graphs")
+    p.add_argument("--repeat", type=int, default=3, help="--time: measure this many times (a shared machine)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.time:
+        graphs = {"fp32": a.time[0].read_bytes(), "int8": a.time[1].read_bytes()}
+        classes = [f"sight {i}" for i in range(64)]  # the graph's class count does not matter for timing
+        runs = [{f"batch{b}": latency(graphs, classes, 224, b, a.threads, a.runs if b == 1 else max(20, a.runs // 4))
+                 for b in (1, 8)} for _ in range(a.repeat)]
+        print(json.dumps({"threads": a.threads, "runs": runs}, indent=1))
+        return
     cfg = TrainConfig(epochs=a.epochs, device="cpu", threads=a.threads)
     cities = [one_city(seed, a, cfg) for seed in a.seeds]
     text = json.dumps({"cities": cities, "threads": a.threads, "torch": torch.__version__}, indent=1, default=str)
