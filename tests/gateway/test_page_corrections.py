@@ -131,7 +131,8 @@ async def answer_to(gateway: Gateway, city: str, frame: bytes) -> dict[str, Any]
         return await next_message(ws, "detections")
 
 
-def test_page_sends_each_correction_of_a_paused_frame_and_undoes_it(gateway: Gateway, pg: Settings, page) -> None:
+def test_page_sends_each_correction_of_a_paused_frame_and_undoes_it(gateway: Gateway, pg: Settings, page,
+                                                                    tmp_path: Path) -> None:
     browser, city, classes = page
     set_token(browser, TOKEN)
     shown = json.loads(poll(browser, PAUSE_ON_A_SIGHT, bool, timeout=90))
@@ -229,6 +230,7 @@ def test_page_sends_each_correction_of_a_paused_frame_and_undoes_it(gateway: Gat
     for a, b in zip(again["detections"], shown["detections"], strict=True):
         assert abs(a["score"] - b["score"]) < 1e-3 and close_to(a["box"], b["box"], 1e-3)
 
+    asyncio.run(browser.screenshot(tmp_path / "corrections.png"))  # for a person to look at (pytest --basetemp)
     # Undo the box: its row and label go, the rest stay, and the page says it was undone.
     click(browser, '#sent li[data-action="box"] button')
     undone = json.loads(poll(browser, SENT, lambda v: any(s["state"] == "undone" for s in json.loads(v)["sent"]),
