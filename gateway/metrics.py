@@ -26,6 +26,14 @@ class Metrics:
         self.inference_seconds = Histogram("sightscan_gateway_inference_seconds", "one batched inference",
                                            registry=r,
                                            buckets=(0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25, 0.5, 1))
+        # Where a frame's time goes (bench/gateway prints it): its decode and its wait for a batch and the inference,
+        # each with its wait for a thread or a batch included; the rest of frame_latency is the event loop's.
+        self.decode_seconds = Histogram("sightscan_gateway_decode_seconds",
+                                        "a frame's decode, its wait for a decode thread included", registry=r,
+                                        buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25, 0.5, 1))
+        self.detect_seconds = Histogram("sightscan_gateway_detect_seconds",
+                                        "a decoded frame's wait for its batch and that batch's inference", registry=r,
+                                        buckets=(0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25, 0.5, 1))
         self.batch_size = Histogram("sightscan_gateway_batch_size", "frames per inference", registry=r,
                                     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
         self.model_swaps = Counter("sightscan_gateway_model_swaps", "models loaded or replaced live", registry=r)

@@ -247,11 +247,14 @@ class DetectSession:
         if model is None:
             await self.error("no_model", f"{city.name} has no model yet (status: {city.status})", frame)
             return
+        started = time.perf_counter()
         try:
             decoded = await state.decoder.frame(data, model.input_size)
         except ImageRejected as exc:
             await self.error(exc.code, str(exc), frame)
             return
+        decoded_at = time.perf_counter()
+        state.metrics.decode_seconds.observe(decoded_at - started)
         try:
             found = await model.batcher.detect(decoded.tensor)
         except RuntimeError:
@@ -261,6 +264,7 @@ class DetectSession:
                 await self.error("model_changed", "the model changed under this frame; send the next one", frame)
                 return
             found = await model.batcher.detect(decoded.tensor)
+        state.metrics.detect_seconds.observe(time.perf_counter() - decoded_at)
         latency = time.perf_counter() - received
         state.metrics.frames_processed.inc()
         state.metrics.frame_latency.observe(latency)

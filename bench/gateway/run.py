@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows:
                 print(f"{name:7} {mode:8} {r['clients']:>7} {r['sent']:>6} {r['answered']:>8} {r['dropped']:>7} "
                       f"{r['fps']:>9.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f}")
+        for r in by_mode["gateway"]:
+            print(f"{name:7} gateway {r['clients']:>2} clients, mean per frame: {json.dumps(r['stages'])}")
         for naive, gw in zip(by_mode["naive"], by_mode["gateway"], strict=True):
             print(f"{name:7} {gw['clients']:>2} clients: gateway/naive frames/s x{gw['fps'] / naive['fps']:.2f}, "
                   f"p99 naive/gateway x{naive['p99_ms'] / gw['p99_ms']:.1f}")
@@ -279,6 +281,37 @@ def build_model(name: str) -> tuple[bytes, int]:
     return export_onnx(model), 224
 
 
+STAGES = ("frame_latency_seconds", "decode_seconds", "detect_seconds", "inference_seconds", "batch_size")
+
+
+def stage_totals(port: int) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the gateway's per-stage histograms (gateway/metrics.py) from its /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, tuple[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        stage = family.name.removeprefix("sightscan_gateway_")
+        if stage in STAGES:
+            values = {s.name.rsplit("_", 1)[-1]: s.value for s in family.samples if s.name.endswith(("_sum", "_count"))}
+            out[stage] = (values.get("sum", 0.0), values.get("count", 0.0))
+    return out
+
+
+def where_time_goes(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Mean ms per frame in each stage over one run (the mean batch size as is): the gateway's own account."""
+    means = {}
+    for stage in STAGES:
+        total, count = (a - b for a, b in zip(after.get(stage, (0, 0)), before.get(stage, (0, 0)), strict=True))
+        scale = 1 if stage == "batch_size" else 1000
+        means[stage.removesuffix("_seconds") + ("" if stage == "batch_size" else "_ms")] = \
+            round(scale * total / count, 2) if count else float("nan")
+    return means
+
+
 def run_servers(model: Path, size: int, a: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
     results: dict[str, list[dict[str, Any]]] = {}
     for mode in ("naive", "gateway"):
@@ -286,7 +319,13 @@ def run_servers(model: Path, size: int, a: argparse.Namespace) -> dict[str, list
         try:
             url = f"ws://127.0.0.1:{port}/ws/detect?city=Bench"
             asyncio.run(load(url, 1, 1.0, a.fps))  # warm-up
-            results[mode] = [asyncio.run(load(url, int(n), a.seconds, a.fps)) for n in a.clients.split(",")]
+            results[mode] = []
+            for n in a.clients.split(","):
+                before = stage_totals(port) if mode == "gateway" else {}
+                row = asyncio.run(load(url, int(n), a.seconds, a.fps))
+                if mode == "gateway":
+                    row["stages"] = where_time_goes(before, stage_totals(port))
+                results[mode].append(row)
         finally:
             proc.terminate()
             proc.wait(10)
