@@ -151,8 +151,10 @@ def stretches(info: CityInfo, setup: Setup) -> Stretches:
         by_pass.setdefault(p, []).append(frame)
     x_pass = plan.index((setup.confused,))
     empty = [p for p, present in enumerate(plan) if not present]
-    small = lambda f: replace(f, rgb=np.asarray(Image.fromarray(f.rgb).resize((size, size),  # noqa: E731
-                                                                              Image.BILINEAR)))
+
+    def small(f: ClipFrame) -> ClipFrame:  # scored frames only: preprocess would shrink them the same way
+        return replace(f, rgb=np.asarray(Image.fromarray(f.rgb).resize((size, size), Image.BILINEAR)))
+
     x_frames, e_frames = by_pass[x_pass], by_pass[empty[0]]
     fix_x, fix_e = set(_spread(len(x_frames), setup.corrections)), set(_spread(len(e_frames), setup.negatives))
     if len(fix_x) != setup.corrections or len(fix_x) >= len(x_frames) or len(fix_e) >= len(e_frames):
