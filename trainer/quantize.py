@@ -9,18 +9,18 @@ onnxruntime-web's WebAssembly build runs QuantizeLinear/DequantizeLinear (opset 
 What is quantized: the network only (the backbone and the dense head: every node a convolution's result depends
 on). The post-processing after the head (softmax, the 2x2 score pooling, box voting, Fast NMS, the threshold,
 top-K) stays float: it costs little, and its scores are compared with the calibrated threshold, where an 8-bit
-step would move a frame across the "no sight" rule. The first convolutions, at stride 2 and 4 of the frame, stay
-float too: the boxes are voted from cells whose margins are small, and 8-bit steps on the full-resolution pixels
-moved them most (a synthetic city's held-out mean box IoU: 0.768 fp32, 0.709 all int8, 0.755 with these float;
-bench/int8/RESULTS.md).
+step would move a frame across the "no sight" rule. Two recipes are tried in turn (FLOAT_STRIDES): every
+convolution int8, then the first convolutions (stride 2 and 4 of the frame) float too: the boxes are voted from
+cells whose margins are small, and 8-bit steps on the full-resolution pixels moved them most (a synthetic city's
+held-out mean box IoU: 0.768 fp32, 0.709 all int8, 0.746-0.755 with these float; bench/int8/RESULTS.md).
 
 Calibration: the activation ranges are measured on the city's own training photos (sights and photos of no sight),
 preprocessed exactly as the served graph expects them (trainer/data.py Tensors.build, 0..1).
 
 The decision (`decide`): both graphs are scored on the held-out split by the guard's evaluation of a graph as the
 gateway runs it (trainer/guard.py `score`), and int8 is served only when its top-1, false-claim rate, recall and
-mean box IoU stay within the tolerances (trainer/settings.py, TRAINER_INT8_*) of fp32's. Otherwise, or when
-quantization fails, the fp32 graph is served and metrics["graph"] says why.
+mean box IoU stay within the tolerances (trainer/settings.py, TRAINER_INT8_*) of fp32's: the first recipe that does
+is served. Otherwise, or when quantization fails, the fp32 graph is served and metrics["graph"] says why.
 """
 
 from __future__ import annotations
@@ -47,7 +47,10 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_IMAGES = 30   # issue 21's check: 30 frames were enough for the same top sight on a whole clip
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
-FLOAT_STRIDE = 4          # convolutions whose output is at this stride of the frame or finer stay float
+# The recipes tried, in order, each a stride of the frame at or under which convolutions stay float (0: none):
+# every convolution int8 is the fastest (about 0.6x fp32's time at batch 1, 0.4x at batch 8); the first
+# convolutions float moved the voted boxes less, for about half the speed-up (bench/int8/RESULTS.md).
+FLOAT_STRIDES = (0, 4)
 Box = tuple[float, float, float, float]
 
 
@@ -94,8 +97,10 @@ def network_nodes(model: onnx.ModelProto) -> list[str]:
     return [node.name for node in model.graph.node if node.name in keep]
 
 
-def fine_convs(model: onnx.ModelProto, input_size: int, stride: int = FLOAT_STRIDE) -> set[str]:
+def fine_convs(model: onnx.ModelProto, input_size: int, stride: int) -> set[str]:
     """The convolutions whose output is at `stride` of the frame or finer (shapes from ONNX shape inference)."""
+    if stride <= 0:
+        return set()
     shapes = {v.name: v.type.tensor_type.shape.dim for v in model.graph.value_info}
     out = set()
     for node in model.graph.node:
@@ -105,9 +110,10 @@ def fine_convs(model: onnx.ModelProto, input_size: int, stride: int = FLOAT_STRI
     return out
 
 
-def quantize(onnx_fp32: bytes, calibration: np.ndarray) -> bytes:
+def quantize(onnx_fp32: bytes, calibration: np.ndarray, float_stride: int = 0) -> bytes:
     """The fp32 serving graph with its network quantized to int8 (static QDQ, per-channel int8 weights, uint8
-    activations calibrated by min/max on `calibration`), its first convolutions left float (FLOAT_STRIDE)."""
+    activations calibrated by min/max on `calibration`); convolutions at `float_stride` of the frame or finer
+    (0: none) left float."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -122,7 +128,7 @@ def quantize(onnx_fp32: bytes, calibration: np.ndarray) -> bytes:
         # recommends before quantizing. (Its symbolic shape inference gives up on the post-processing's shapes.)
         quant_pre_process(str(named), str(prepared), skip_symbolic_shape=True)
         graph = onnx.load_model(prepared)
-        fine = fine_convs(graph, calibration.shape[-1])
+        fine = fine_convs(graph, calibration.shape[-1], float_stride)
         # The file, not the loaded graph: quantize_static rewrites a ModelProto it is given in place.
         quantize_static(
             str(prepared), out, CalibrationImages(calibration, INPUT_NAME),
@@ -172,8 +178,9 @@ def decide(onnx_fp32: bytes, train: Sequence[Sample], heldout: Sequence[Sample],
            input_size: int, negatives: torch.Tensor, tolerance: Tolerance, threads: int = 0,
            enabled: bool = True, heldout_boxes: Sequence[Sequence[Box]] | None = None) -> tuple[bytes, dict[str, Any]]:
     """The graph to serve, and metrics["graph"]: {"served": "int8"|"fp32", "reason", "fp32", "int8" (their held-out
-    figures), "bytes", "tolerance", "box_truth", "seconds"}. Never raises: when quantizing or scoring the int8 graph
-    fails, fp32 is served and the reason says why.
+    figures; int8's of the recipe served, or of the last tried), "tried" (each recipe of FLOAT_STRIDES tried, with
+    its figures and differences), "bytes", "tolerance", "box_truth", "seconds"}. Never raises: when quantizing or
+    scoring the int8 graph fails, fp32 is served and the reason says why.
 
     Boxes are scored against the held-out true boxes, and a weak image's pseudo-box where `heldout_boxes` gives it
     (the trainer's own guess, but the same for both graphs)."""
@@ -187,22 +194,29 @@ def decide(onnx_fp32: bytes, train: Sequence[Sample], heldout: Sequence[Sample],
     info["box_truth"] = {"true": sum(not s.weak for s in heldout if not s.negative),
                          "pseudo": sum(s.weak for s in heldout if not s.negative) - sum(s.weak for s in scored)}
     try:
-        onnx_int8 = quantize(onnx_fp32, calibration_images(train, input_size))
-        info["bytes"]["int8"] = len(onnx_int8)
+        calibration = calibration_images(train, input_size)
         fp32 = score(onnx_fp32, classes, input_size, sights, negatives, threads)
-        int8 = score(onnx_int8, classes, input_size, sights, negatives, threads)
+        info["fp32"] = fp32.as_dict(boxes=True)
+        tried = []
+        for stride in FLOAT_STRIDES:  # the fastest first; the next only when it answers unlike fp32
+            onnx_int8 = quantize(onnx_fp32, calibration, stride)
+            int8 = score(onnx_int8, classes, input_size, sights, negatives, threads)
+            agreement = box_agreement(fp32, int8)
+            worse = differences(fp32, int8, tolerance) if sights else [
+                "no held-out sight images to compare the graphs on"]
+            tried.append({"float_stride": stride, "bytes": len(onnx_int8), **int8.as_dict(boxes=True),
+                          "box_agreement": None if agreement is None else round(agreement, 4), "differs": worse})
+            if not worse:
+                break
     except Exception as exc:  # onnxruntime.quantization raises many kinds; a model is never lost to it
         log.warning("int8 quantization failed; serving fp32", exc_info=True)
         return onnx_fp32, {**info, "reason": f"quantization failed: {type(exc).__name__}: {exc}",
                            "seconds": round(time.monotonic() - started, 2)}
-    info.update(fp32=fp32.as_dict(boxes=True), int8=int8.as_dict(boxes=True))
-    agreement = box_agreement(fp32, int8)
-    info["int8"]["box_agreement"] = None if agreement is None else round(agreement, 4)
-    worse = differences(fp32, int8, tolerance)
-    if not sights:
-        worse = ["no held-out sight images to compare the graphs on"]
-    info.update(served="fp32" if worse else "int8", seconds=round(time.monotonic() - started, 2),
+    last = tried[-1]
+    info["bytes"]["int8"] = last["bytes"]
+    info.update(int8={k: v for k, v in last.items() if k not in ("bytes", "differs")}, tried=tried,
+                served="fp32" if worse else "int8", seconds=round(time.monotonic() - started, 2),
                 reason=("int8 differs from fp32 on the held-out split: " + "; ".join(worse)) if worse
-                else "int8 within tolerance of fp32 on the held-out split")
+                else f"int8 within tolerance of fp32 on the held-out split (float_stride {last['float_stride']})")
     log.info("served graph", extra={k: info[k] for k in ("served", "reason", "bytes", "seconds")})
     return (onnx_fp32 if worse else onnx_int8), info

@@ -3,13 +3,14 @@ quantized as the trainer quantizes it (trainer/quantize.py), both graphs scored 
 
     .venv/bin/python -m bench.int8.run [--seeds 11] [--labels boxes|weak] [--sights 5] [--per-sight 40]
                                        [--threads 2] [--runs 200] [--json FILE] [--save DIR]
-    .venv/bin/python -m bench.int8.run --time FP32.onnx INT8.onnx [--repeat 3]   (timing alone, of saved graphs)
+    .venv/bin/python -m bench.int8.run --time FP32.onnx INT8.onnx... [--repeat 3]   (timing alone, saved graphs)
 
 Per seed: the held-out figures of each graph (top-1, false-claim rate, recall, mean box IoU: trainer/guard.py
 `score`, what the trainer decides on), the graph the trainer would serve and why, the sizes, the seconds the
 quantization and the extra held-out scoring add to training, and the city's webcam clip through both graphs (top-1
 and mean IoU, and the frames whose top sight differs). Then ms per frame, p50/p99, at batch 1 and batch 8 with
-`--threads` threads, fp32 and int8 runs interleaved so both see the same machine, and the ratio int8/fp32.
+`--threads` threads, of fp32 and of each int8 recipe (trainer/quantize.py FLOAT_STRIDES), their runs interleaved
+so all see the same machine, and the ratios int8/fp32.
 Targets: top-1 within 0.01, mean IoU within 0.02.
 """
 
@@ -32,7 +33,7 @@ from sightscan.detector import OnnxDetector, preprocess
 from trainer.config import Tolerance, TrainConfig
 from trainer.data import from_coco_folder, split
 from trainer.export import export_onnx
-from trainer.quantize import calibration_images, decide, quantize
+from trainer.quantize import FLOAT_STRIDES, calibration_images, decide, quantize
 from trainer.train import fit
 
 
@@ -60,8 +61,10 @@ def latency(graphs: dict[str, bytes], classes: list[str], size: int, batch: int,
             if i >= 10:  # warm-up
                 times[name].append((time.perf_counter() - t0) / batch)
     out: dict[str, Any] = {name: summary_ms(t) for name, t in times.items()}
-    out["ratio_int8_over_fp32_p50"] = round(out["int8"]["p50_ms"] / out["fp32"]["p50_ms"], 2)
-    out["ratio_int8_over_fp32_p99"] = round(out["int8"]["p99_ms"] / out["fp32"]["p99_ms"], 2)
+    for name in graphs:
+        if name != "fp32":
+            out[f"ratio_{name}_over_fp32_p50"] = round(out[name]["p50_ms"] / out["fp32"]["p50_ms"], 2)
+            out[f"ratio_{name}_over_fp32_p99"] = round(out[name]["p99_ms"] / out["fp32"]["p99_ms"], 2)
     return out
 
 
@@ -78,7 +81,10 @@ def one_city(seed: int, a: argparse.Namespace, cfg: TrainConfig) -> dict[str, An
     # What trainer/pipeline.py does after the export.
     served, graph = decide(fp32, train, heldout, ds.classes, cfg.input_size, result.heldout_negatives, Tolerance(),
                            a.threads, True, result.heldout_boxes)
-    int8 = quantize(fp32, calibration_images(train, cfg.input_size))   # the same graph decide() judged
+    # The graph decide() judged last (the one served when int8 is), and every recipe's, for the timing.
+    calibration = calibration_images(train, cfg.input_size)
+    recipes = {f"int8_float_stride_{stride}": quantize(fp32, calibration, stride) for stride in FLOAT_STRIDES}
+    int8 = recipes[f"int8_float_stride_{graph.get('int8', {}).get('float_stride', 0)}"]
     frames = list(clip_frames(info, seconds=2.0 * a.sights, fps=10))
     clips = {name: clip(g, ds.classes, cfg.input_size, frames, a.threads) for name, g in
              (("fp32", fp32), ("int8", int8))}
@@ -86,16 +92,17 @@ def one_city(seed: int, a: argparse.Namespace, cfg: TrainConfig) -> dict[str, An
     if a.save:
         a.save.mkdir(parents=True, exist_ok=True)
         (a.save / f"{seed}-{a.labels}-fp32.onnx").write_bytes(fp32)
-        (a.save / f"{seed}-{a.labels}-int8.onnx").write_bytes(int8)
+        for name, g in recipes.items():
+            (a.save / f"{seed}-{a.labels}-{name}.onnx").write_bytes(g)
     return {
         "seed": seed, "labels": a.labels, "train_images": len(train), "heldout_images": len(heldout),
         "train_and_export_seconds": round(trained, 1), "int8_check_seconds": graph.get("seconds"),
         "served": graph["served"], "reason": graph["reason"], "box_truth": graph.get("box_truth"),
-        "heldout": {"fp32": graph.get("fp32"), "int8": graph.get("int8")},
+        "heldout": {"fp32": graph.get("fp32"), "int8": graph.get("int8")}, "tried": graph.get("tried"),
         "mb": {k: round(v / 1e6, 2) for k, v in graph["bytes"].items()},
         "clip": {"fp32": clips["fp32"][0].as_dict(), "int8": clips["int8"][0].as_dict(),
                  "frames": len(frames), "top_sight_differs": differ},
-        "latency_ms_per_frame": {f"batch{b}": latency({"fp32": fp32, "int8": int8}, ds.classes, cfg.input_size, b,
+        "latency_ms_per_frame": {f"batch{b}": latency({"fp32": fp32, **recipes}, ds.classes, cfg.input_size, b,
                                                       a.threads, a.runs if b == 1 else max(20, a.runs // 4))
                                  for b in (1, 8)},
         "served_is_int8": served == int8,
@@ -114,12 +121,13 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--json", type=Path)
     p.add_argument("--save", type=Path, help="keep each city's fp32 and int8 graphs here (for --time)")
-    p.add_argument("--time", type=Path, nargs=2, metavar=("FP32", "INT8"), help="only time these two graphs")
+    p.add_argument("--time", type=Path, nargs="+", metavar="GRAPH",
+                   help="only time these graphs: fp32 first, then int8 ones")
     p.add_argument("--repeat", type=int, default=3, help="--time: measure this many times (a shared machine)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     if a.time:
-        graphs = {"fp32": a.time[0].read_bytes(), "int8": a.time[1].read_bytes()}
+        graphs = {"fp32": a.time[0].read_bytes(), **{f"int8_{i}": g.read_bytes() for i, g in enumerate(a.time[1:])}}
         classes = [f"sight {i}" for i in range(64)]  # the graph's class count does not matter for timing
         runs = [{f"batch{b}": latency(graphs, classes, 224, b, a.threads, a.runs if b == 1 else max(20, a.runs // 4))
                  for b in (1, 8)} for _ in range(a.repeat)]

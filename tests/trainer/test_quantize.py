@@ -65,7 +65,8 @@ def test_the_int8_graph_is_served_when_it_answers_like_fp32():
         if node.op_type in ("Softmax", "TopK"):
             assert all(producers.get(i) != "DequantizeLinear" for i in node.input)
     assert info["bytes"]["int8"] == len(served) < info["bytes"]["fp32"] == len(FP32)
-    assert info["int8"] == {**info["fp32"], "box_agreement": 1.0}
+    assert info["int8"] == {**info["fp32"], "box_agreement": 1.0, "float_stride": 0}   # the fastest recipe did
+    assert [t["float_stride"] for t in info["tried"]] == [0]
     assert info["fp32"]["top1"] == 1.0 and info["fp32"]["false_claims"] == 0.0 and info["fp32"]["box_iou"] == 1.0
     assert info["tolerance"] == {"top1": 0.01, "false_claims": 0.02, "recall": 0.02, "box_iou": 0.02}
     # It runs as the gateway runs it, batched.
@@ -75,15 +76,26 @@ def test_the_int8_graph_is_served_when_it_answers_like_fp32():
 
 def test_a_quantized_graph_that_answers_worse_is_not_served(monkeypatch):
     swapped = _model([RGB[1], RGB[0], RGB[2], GREY])   # names the red gate green and the green tower red
-    monkeypatch.setattr(quantize_module, "quantize", lambda onnx_fp32, calibration: swapped)
+    monkeypatch.setattr(quantize_module, "quantize", lambda onnx_fp32, calibration, float_stride=0: swapped)
     served, info = _decide()
     assert served == FP32 and info["served"] == "fp32"
     assert "top-1 0.333 against fp32's 1.000 (tolerance 0.01)" in info["reason"]
     assert info["int8"]["top1"] == pytest.approx(1 / 3, abs=1e-3)
+    assert [(t["float_stride"], t["differs"][0][:5]) for t in info["tried"]] == [(0, "top-1"), (4, "top-1")]
+
+
+def test_the_next_recipe_is_served_when_the_fastest_answers_worse(monkeypatch):
+    swapped = _model([RGB[1], RGB[0], RGB[2], GREY])
+    real = quantize_module.quantize
+    monkeypatch.setattr(quantize_module, "quantize", lambda onnx_fp32, calibration, float_stride=0:
+                        swapped if float_stride == 0 else real(onnx_fp32, calibration, float_stride))
+    served, info = _decide()
+    assert info["served"] == "int8" and info["int8"]["float_stride"] == 4 and served != swapped
+    assert "(float_stride 4)" in info["reason"] and len(info["tried"]) == 2
 
 
 def test_a_failed_quantization_serves_fp32_and_says_why(monkeypatch):
-    def fails(onnx_fp32: bytes, calibration: np.ndarray) -> bytes:
+    def fails(onnx_fp32: bytes, calibration: np.ndarray, float_stride: int = 0) -> bytes:
         raise RuntimeError("unsupported op")
 
     monkeypatch.setattr(quantize_module, "quantize", fails)
