@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,14 +26,12 @@ import numpy as np
 import torch
 
 from bench.stats import summary_ms
-from localsystem.demo.city import clip_frames, render_city
+from bench.trainer.run import train_city
+from localsystem.demo.city import clip_frames
 from localsystem.demo.scoring import ClipScore, frame_truths
 from sightscan.detector import OnnxDetector, preprocess
 from trainer.config import Tolerance, TrainConfig
-from trainer.data import from_coco_folder, split
-from trainer.export import export_onnx
 from trainer.quantize import FLOAT_STRIDES, calibration_images, decide, quantize
-from trainer.train import fit
 
 
 def clip(onnx: bytes, classes: list[str], size: int, frames: list, threads: int) -> tuple[ClipScore, list[str]]:
@@ -69,15 +66,9 @@ def latency(graphs: dict[str, bytes], classes: list[str], size: int, batch: int,
 
 
 def one_city(seed: int, a: argparse.Namespace, cfg: TrainConfig) -> dict[str, Any]:
-    folder = Path(tempfile.mkdtemp(prefix=f"bench-int8-{seed}-"))
-    info = render_city(folder, city=f"Bench {seed}", seed=seed, sights=a.sights, per_sight=a.per_sight,
-                       negatives=a.negatives)
-    ds = from_coco_folder(folder, weak=a.labels == "weak")
-    train, heldout = split(ds.samples, 0.2, 0)
-    started = time.monotonic()
-    result, _ = fit(ds.classes, train, heldout, cfg)
-    fp32 = export_onnx(result.model)
-    trained = time.monotonic() - started
+    city = train_city(seed, a, cfg, prefix="bench-int8")
+    info, ds, train, heldout, result = city.info, city.dataset, city.train, city.heldout, city.result
+    fp32, trained = city.onnx, city.seconds
     # What trainer/pipeline.py does after the export.
     served, graph = decide(fp32, train, heldout, ds.classes, cfg.input_size, result.heldout_negatives, Tolerance(),
                            a.threads, True, result.heldout_boxes)

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 
 from bench.stats import summary_ms
-from localsystem.demo.city import clip_frames, render_city
+from localsystem.demo.city import CityInfo, clip_frames, render_city
 from localsystem.demo.scoring import iou, score_clip
 from sightscan.detector import OnnxDetector
-from trainer.data import from_coco_folder, split
+from trainer.data import Dataset, Sample, from_coco_folder, split
 from trainer.export import check_onnx, export_onnx, probe_images, session
 from trainer.model import ExportWrapper, SightModel
-from trainer.train import TrainConfig, fit
+from trainer.train import HeldoutPredictions, TrainConfig, TrainResult, fit
 
 
 def time_calls(fn: Any, runs: int, warmup: int = 10) -> dict[str, float]:
@@ -76,16 +76,37 @@ def latency(model: SightModel, onnx_bytes: bytes, threads: int, runs: int) -> di
     return res
 
 
-def one_city(seed: int, a: argparse.Namespace, cfg: TrainConfig) -> dict[str, Any]:
-    folder = Path(tempfile.mkdtemp(prefix=f"bench-city-{seed}-"))
+@dataclasses.dataclass
+class TrainedCity:
+    """A seeded synthetic city rendered, split 80/20 and trained (the benches' common start)."""
+
+    info: CityInfo
+    dataset: Dataset
+    train: list[Sample]
+    heldout: list[Sample]
+    result: TrainResult
+    predictions: HeldoutPredictions
+    onnx: bytes               # the exported fp32 graph
+    seconds: float            # training and export
+
+
+def train_city(seed: int, a: argparse.Namespace, cfg: TrainConfig, prefix: str = "bench-city") -> TrainedCity:
+    """`a` has sights, per_sight, negatives, labels ("boxes" or "weak") and, optionally, look."""
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}-{seed}-"))
     info = render_city(folder, city=f"Bench {seed}", seed=seed, sights=a.sights, per_sight=a.per_sight,
-                       negatives=a.negatives, look=a.look)
+                       negatives=a.negatives, look=getattr(a, "look", "synthetic"))
     ds = from_coco_folder(folder, weak=a.labels == "weak")
     train, heldout = split(ds.samples, 0.2, 0)
     started = time.monotonic()
     result, pred = fit(ds.classes, train, heldout, cfg)
     onnx_bytes = export_onnx(result.model)
-    total = time.monotonic() - started
+    return TrainedCity(info, ds, train, heldout, result, pred, onnx_bytes, time.monotonic() - started)
+
+
+def one_city(seed: int, a: argparse.Namespace, cfg: TrainConfig) -> dict[str, Any]:
+    city = train_city(seed, a, cfg)
+    info, ds, train, heldout, result = city.info, city.dataset, city.train, city.heldout, city.result
+    pred, onnx_bytes, total = city.predictions, city.onnx, city.seconds
     probe = probe_images(heldout, cfg.input_size)
     check = check_onnx(result.model, onnx_bytes, probe)
     detector = OnnxDetector(onnx_bytes, ds.classes, cfg.input_size, threads=a.threads)
