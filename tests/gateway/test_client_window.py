@@ -8,6 +8,7 @@ screenshots are Pillow's own (ImageGrab reads an X display), so nothing else is 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -50,12 +51,11 @@ def _x_tools() -> None:
         raise AssertionError(f"{' and '.join(missing)} not installed, and {INSTALL} could not install them")
 
 
-@pytest.fixture
-def display(tmp_path: Path) -> Iterator[str]:
+@contextlib.contextmanager
+def xvfb(log_path: Path) -> Iterator[str]:
     """A fresh Xvfb on a free display number (it picks one and writes it to -displayfd)."""
-    _x_tools()
     read, write = os.pipe()
-    log = (tmp_path / "xvfb.log").open("w")
+    log = log_path.open("w")
     proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1024x900x24", "-nolisten", "tcp"],
                             pass_fds=(write,), stdout=log, stderr=log)
     os.close(write)
@@ -63,7 +63,7 @@ def display(tmp_path: Path) -> Iterator[str]:
         ready, _, _ = select.select([read], [], [], 30)
         number = os.read(read, 32).decode().strip() if ready else ""
         if not number.isdigit():
-            raise AssertionError(f"Xvfb did not start: {(tmp_path / 'xvfb.log').read_text()[-2000:]}")
+            raise AssertionError(f"Xvfb did not start: {log_path.read_text()[-2000:]}")
         yield f":{number}"
     finally:
         os.close(read)
@@ -115,7 +115,8 @@ def _extent(screen: np.ndarray, rgb: tuple[int, int, int], tolerance: int = 10) 
 
 
 def test_window_draws_detections_and_its_keys_store_corrections(limited_gateway: Gateway, pg: Settings,
-                                                                display: str, tmp_path: Path) -> None:
+                                                                tmp_path: Path) -> None:
+    _x_tools()
     with db.transaction(pg) as cur:
         city, _ = db.request_city(cur, f"Windowtest {uuid.uuid4().hex[:8]}")
         for name in CLASSES:
@@ -124,19 +125,26 @@ def test_window_draws_detections_and_its_keys_store_corrections(limited_gateway:
         onnx = build_colour_model(protos, np.array([BOXES[name] for name in CLASSES]))
         db.insert_model(cur, city.id, onnx, CLASSES, 64, {})
     video = _video(tmp_path / "red.avi")
-    stderr_path = tmp_path / "client.stderr"
-    with stderr_path.open("w") as stderr:
-        client = subprocess.Popen(
-            [sys.executable, "-m", "gateway.client", "--url", limited_gateway.url, "--city", city.name,
-             "--video", str(video), "--fps", "10"],
-            cwd=REPO, env={**os.environ, "DISPLAY": display, "SIGHTSCAN_API_TOKEN": TOKEN},
-            stdout=subprocess.PIPE, stderr=stderr, text=True)
+    displays = contextlib.ExitStack()
+    display, stderr_path, client = "", tmp_path / "client.stderr", None
+
+    def start_client() -> subprocess.Popen:
+        with stderr_path.open("w") as stderr:
+            return subprocess.Popen(
+                [sys.executable, "-m", "gateway.client", "--url", limited_gateway.url, "--city", city.name,
+                 "--video", str(video), "--fps", "10"],
+                cwd=REPO, env={**os.environ, "DISPLAY": display, "SIGHTSCAN_API_TOKEN": TOKEN},
+                stdout=subprocess.PIPE, stderr=stderr, text=True)
 
     def said() -> str:
         return stderr_path.read_text()
 
-    def both_said() -> str:  # for a failure: the client's words, then the gateway's
-        return f"client:\n{said()[-3000:]}\ngateway:\n{limited_gateway.log.read_text()[-3000:]}"
+    def both_said() -> str:  # for a failure: the client's words, the gateway's, and the X server's windows
+        windows = subprocess.run(["xdotool", "search", "--name", "SightScan", "getwindowgeometry", "%@"],
+                                 env={**os.environ, "DISPLAY": display}, capture_output=True, text=True, timeout=30)
+        return (f"client ({'running' if client.poll() is None else f'exited {client.returncode}'}):\n"
+                f"{said()[-3000:]}\ngateway:\n{limited_gateway.log.read_text()[-3000:]}\n"
+                f"windows on {display}:\n{windows.stdout}{windows.stderr}")
 
     def wait(what: str, check: Callable[[], object], timeout: float = 30) -> object:
         return wait_until(check, timeout, what, explain=both_said, interval=0.2)
@@ -151,10 +159,25 @@ def test_window_draws_detections_and_its_keys_store_corrections(limited_gateway:
     try:
         # The window shows the frame with the gateway's detection: the Red Gate's box, drawn at its place and
         # size, with its label (white text on black) over its top-left corner. The clip ends; the window holds.
-        wait("the end of the video", settled("end of the video"), timeout=60)
-        window = _xdotool(display, "search", "--sync", "--onlyvisible", "--name", f"SightScan - {city.name}")
-        window = window.split()[0]
-        box = wait("the detection drawn in the window", lambda: _extent(_screen(display), DETECTION_RGB), 60)
+        # In about half of the full suite's runs on our CI machine the window never painted under Xvfb (the
+        # whole screen black, the client running and answered; not understood, docs/known-limits.md): each try
+        # gets a fresh X server and client, and says so.
+        for attempt in (1, 2, 3):
+            display = displays.enter_context(xvfb(tmp_path / f"xvfb-{attempt}.log"))
+            stderr_path = tmp_path / f"client-{attempt}.stderr"
+            client = start_client()
+            wait("the end of the video", settled("end of the video"), timeout=60)
+            window = _xdotool(display, "search", "--sync", "--onlyvisible", "--name", f"SightScan - {city.name}")
+            window = window.split()[0]
+            try:
+                box = wait("the detection drawn in the window", lambda d=display: _extent(_screen(d), DETECTION_RGB))
+                break
+            except AssertionError as unpainted:
+                if attempt == 3:
+                    raise
+                Image.fromarray(_screen(display)).save(tmp_path / f"unpainted-{attempt}.png")
+                print(f"[window] try {attempt}: nothing drawn on {display}; again on a fresh X server: {unpainted}")
+                stop_popen(client)
         x0, y0, x1, y1 = box
         want = BOXES["Red Gate"]
         assert abs((x1 - x0) - (want[2] - want[0]) * SIZE[0]) <= 4, box
@@ -207,11 +230,13 @@ def test_window_draws_detections_and_its_keys_store_corrections(limited_gateway:
         key("q")
         out, _ = client.communicate(timeout=30)
     except BaseException:
-        Image.fromarray(_screen(display)).save(tmp_path / "failure.png")  # what the display showed
+        if display:
+            Image.fromarray(_screen(display)).save(tmp_path / "failure.png")  # what the display showed
         raise
     finally:
-        if client.poll() is None:
+        if client is not None and client.poll() is None:
             stop_popen(client)
+        displays.close()
     assert client.returncode == 0, said()[-3000:]
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["model_versions"] == [1] and summary["sights"].keys() == {"Red Gate"}
