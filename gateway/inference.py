@@ -52,6 +52,11 @@ class Batcher:
         self._closing = True
         self._wake.set()
 
+    async def drained(self) -> None:
+        """Returns once a closed batcher has answered its last queued frame."""
+        if self._task is not None:
+            await asyncio.wait({self._task})
+
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         while True:

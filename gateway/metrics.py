@@ -37,6 +37,8 @@ class Metrics:
         self.batch_size = Histogram("sightscan_gateway_batch_size", "frames per inference", registry=r,
                                     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
         self.model_swaps = Counter("sightscan_gateway_model_swaps", "models loaded or replaced live", registry=r)
+        self.models_released = Counter("sightscan_gateway_models_released",
+                                       "swapped-out models freed, their memory handed back", registry=r)
         self.model_load_failures = Counter("sightscan_gateway_model_load_failures",
                                            "model rows that could not be loaded", registry=r)
         self.model_events = Counter("sightscan_gateway_model_events", "model change events read from Kafka",

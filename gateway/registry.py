@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -24,10 +25,14 @@ from gateway.warehouse import Warehouse
 from sightscan import db
 from sightscan.detector import OnnxDetector
 from sightscan.events import ChangeEvent
+from sightscan.memory import release_free_memory
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[["LoadedModel | None"], Awaitable[None]]
+
+# How long a swapped-out model may stay referenced (a frame in flight on it) before its release is given up.
+RELEASE_WAIT_S = 30.0
 
 
 @dataclass
@@ -96,7 +101,11 @@ class ModelRegistry:
     def on_event(self, event: ChangeEvent) -> None:
         """Called on the loop for every models change event; the work runs as a task."""
         self._metrics.model_events.labels(event.op).inc()
-        task = asyncio.create_task(self._apply(event), name="model-event")
+        self._spawn(self._apply(event), "model-event")
+
+    def _spawn(self, work: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(work)
+        task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -136,6 +145,7 @@ class ModelRegistry:
             self._install(model)
         if old is not None:
             old.batcher.close()  # frames already queued on it still get their answers
+            self._spawn(self._release(old), "model-release")
         log.info("model swapped", extra={"city_id": city_id, "from_version": old.version if old else None,
                                          "to_version": model.version if model else None})
         for listener in list(self._listeners.get(city_id, ())):
@@ -143,6 +153,22 @@ class ModelRegistry:
                 await listener(model)
             except Exception:  # one broken connection must not stop the others hearing of the swap
                 log.exception("model listener failed", extra={"city_id": city_id})
+
+    async def _release(self, old: LoadedModel) -> None:
+        """Once nothing uses a swapped-out model, its ONNX Runtime session is freed: hand that memory back, or the
+        gateway keeps every swap's high-water mark (sightscan/memory.py)."""
+        session = weakref.ref(old.batcher.detector)
+        await old.batcher.drained()
+        version, city_id = old.version, old.city_id
+        del old
+        deadline = time.monotonic() + RELEASE_WAIT_S
+        while session() is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)  # a connection's frame still holds it; it lets go at its next frame
+        if session() is not None:
+            log.warning("swapped-out model still referenced", extra={"city_id": city_id, "version": version})
+            return
+        await asyncio.get_running_loop().run_in_executor(self._executor, release_free_memory)
+        self._metrics.models_released.inc()
 
     def _install(self, model: LoadedModel) -> None:
         self._models[model.city_id] = model
