@@ -11,6 +11,7 @@ trainer on that instance stops it once it is idle.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import traceback
@@ -23,6 +24,7 @@ from confluent_kafka import Message
 from sightscan import db, kafka
 from sightscan.commands import BadCommand, CommandWorker
 from sightscan.config import Settings
+from sightscan.memory import release_free_memory
 from sightscan.topics import training_events_topic
 from trainer import cloud
 from trainer.data import NotEnoughData
@@ -112,7 +114,12 @@ class TrainerService:
 
     def _handle(self, command: dict[str, Any], msg: Message) -> dict[str, Any]:
         request = TrainingRequest.of(command)
-        event = self.answer(request)
+        try:
+            event = self.answer(request)
+        finally:
+            # A training frees gigabytes from several threads; without a trim glibc keeps them all (bench/soak).
+            gc.collect()
+            release_free_memory()
         self.publish(event, msg.key())
         return {k: v for k, v in event.items() if k not in ("metrics", "trace", "classes", "guard")}
 
