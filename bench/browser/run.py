@@ -2,22 +2,25 @@
 """Recognition in the browser (issue 22): the page's two paths in one run, in headless Chromium on this machine,
 against a real gateway (PostgreSQL and Kafka of a stack: a private one, or SIGHTSCAN_TEST_STACK_HOME's).
 
-    .venv/bin/python -m bench.browser.run [--seconds 20] [--models sight,colour] [--threads auto,1] [--json out.json]
+    .venv/bin/python -m bench.browser.run [--seconds 20] [--models sight,sight-int8,colour] [--threads auto,1]
+                                          [--json out.json]
 
 Per model, one page at a time, its fake camera playing a 640x480 clip at 30 frames/s (so the camera does not cap
 the local path) of a synthetic city:
-  - on this device (?path=device): ms per frame from the frame taken to its answer shown (p50, p99), the worker's
-    share (preprocessing, inference), and frames/s sustained over the window; once per --threads value (auto: what
-    the page picks, as many threads as cores, at most 4);
+  - on this device (?path=device): ms per frame from the frame taken to its answer shown (p50, p99), the workers'
+    share (preprocessing, inference; the page preprocesses the next frame while this one is inferred, and a frame
+    preprocessed early waits for the model: that wait too), and frames/s sustained over the window; once per
+    --threads value (auto: what the page picks, half the cores, at most 4);
   - on the server (?path=server): ms per frame from the frame sent to its answer received (p50, p99), frames/s (the
     page sends at most 10 a second, as always);
   - the gateway's CPU over each window (user + system time of its process), with no page first (its idle cost:
     Kafka consumer, timers), so the cost of one connected page on each path is the difference; Chromium's CPU too.
 Models: sight, the trainer's default (ImageNet MobileNetV2 at 224 px, exported as the trainer exports it; heads
-untrained: the cost is the same); colour, the earlier benchmark model (a 4-layer strided convolution backbone at
-320 px). Targets (issue 22, this 2-core machine): local p50 <= 30 ms per frame at the model's input size, >= 15
-frames/s sustained on one page, the gateway's CPU per page on the local path <= 1% of a core. Parity (within 1e-3)
-is tests/gateway/test_browser_inference.py's.
+untrained: the cost is the same); sight-int8, the same graph quantized as the trainer serves it when it answers
+like fp32 (trainer/quantize.py, static QDQ, calibrated on the bench's frames); colour, the earlier benchmark model
+(a 4-layer strided convolution backbone at 320 px). Targets (issue 22, this 2-core machine): local p50 <= 30 ms
+per frame at the model's input size, >= 15 frames/s sustained on one page, the gateway's CPU per page on the local
+path <= 1% of a core. Parity (within 1e-3) is tests/gateway/test_browser_inference.py's.
 """
 
 from __future__ import annotations
@@ -127,6 +130,8 @@ def measure_page(gateway: Any, url: str, path: str, seconds: float, work: Path) 
     if path == "device":
         out.update(local=summary(got["local_ms"]), worker=summary(got["worker_ms"]),
                    preprocess=summary(got["pre_ms"]), inference=summary(got["run_ms"]))
+        if got.get("wait_ms"):  # the pipelined page (a preprocessed frame waiting for the model)
+            out.update(wait=summary(got["wait_ms"]))
     else:
         batches = inf1[1] - inf0[1]
         out.update(server=summary(got["server_ms"]),
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     exit_cleanly_on_sigterm()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=20.0, help="measuring window per page")
-    p.add_argument("--models", default="sight,colour", help="comma-separated: sight, colour")
+    p.add_argument("--models", default="sight,colour", help="comma-separated: sight, sight-int8, colour")
     p.add_argument("--threads", default="auto,1", help="the local path's WebAssembly threads, comma-separated")
     p.add_argument("--stack-home", default=os.environ.get("SIGHTSCAN_TEST_STACK_HOME"),
                    help="a running stack's folder (ports.json) to use; default: a private stack")
@@ -199,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             report(f"browser {r['model']} {r['input_size']}px on this device, threads {threads}", {
                 "local_p50_ms": d["local"]["p50_ms"], "local_p99_ms": d["local"]["p99_ms"],
                 "worker_p50_ms": d["worker"]["p50_ms"], "inference_p50_ms": d["inference"]["p50_ms"],
-                "preprocess_p50_ms": d["preprocess"]["p50_ms"], "local_fps": d["fps"], "threads": d["threads"],
+                "preprocess_p50_ms": d["preprocess"]["p50_ms"], "wait_p50_ms": d.get("wait", {}).get("p50_ms"),
+                "local_fps": d["fps"], "threads": d["threads"],
                 "isolated": d["isolated"], "gateway_cpu_per_local_page_pct": d["gateway_cpu_per_page_pct"],
                 "chromium_cpu_pct": d["chromium_cpu_pct"], "targets": TARGETS})
         s = r["server"]
