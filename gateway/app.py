@@ -106,6 +106,7 @@ def make_app(settings: GatewaySettings, core: Settings, warehouse: Warehouse | N
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
+    state.registry.start()
     if state.settings.follow_models:
         state.follower = ModelEventFollower(state.core, state.registry.on_event, asyncio.get_running_loop())
         state.follower.start()

@@ -39,6 +39,9 @@ class Metrics:
         self.model_swaps = Counter("sightscan_gateway_model_swaps", "models loaded or replaced live", registry=r)
         self.models_released = Counter("sightscan_gateway_models_released",
                                        "swapped-out models freed, their memory handed back", registry=r)
+        self.models_unloaded = Counter("sightscan_gateway_models_unloaded",
+                                       "models unloaded because no connection watched their city",
+                                       registry=r)
         self.model_load_failures = Counter("sightscan_gateway_model_load_failures",
                                            "model rows that could not be loaded", registry=r)
         self.model_events = Counter("sightscan_gateway_model_events", "model change events read from Kafka",

@@ -59,6 +59,7 @@ class ModelRegistry:
         self._metrics = metrics
         self._models: dict[int, LoadedModel] = {}
         self._no_model_since: dict[int, float] = {}
+        self._last_used: dict[int, float] = {}  # city -> when a frame or a connection last needed its model
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._listeners: defaultdict[int, set[Listener]] = defaultdict(set)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -70,12 +71,14 @@ class ModelRegistry:
 
     def unsubscribe(self, city_id: int, listener: Listener) -> None:
         self._listeners[city_id].discard(listener)
+        self._last_used[city_id] = time.monotonic()
 
     def current(self, city_id: int) -> LoadedModel | None:
         return self._models.get(city_id)
 
     async def get(self, city_id: int) -> LoadedModel | None:
         """The city's model, loading the latest from PostgreSQL on first use; None while it has none."""
+        self._last_used[city_id] = time.monotonic()
         model = self._models.get(city_id)
         if model is not None:
             return model
@@ -95,6 +98,43 @@ class ModelRegistry:
             else:
                 self._install(model)
             return model
+
+    # Unloading what nobody watches ------------------------------------------------------------------------------
+    # Every city someone ever watched would otherwise keep its model (50-120 MB with its session's buffers) for the
+    # gateway's life: over days of new cities that is memory without bound (bench/soak).
+
+    def start(self) -> None:
+        """Start unloading idle models (on the running loop; GATEWAY_MODEL_IDLE_S, 0: never)."""
+        if self._settings.model_idle_s > 0:
+            self._spawn(self._unload_idle_forever(), "model-unload")
+
+    async def _unload_idle_forever(self) -> None:
+        every = min(60.0, max(0.5, self._settings.model_idle_s / 4))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.unload_idle()
+            except Exception:  # never let one bad pass stop the unloading for good
+                log.exception("unloading idle models failed")
+
+    async def unload_idle(self, now: float | None = None) -> list[int]:
+        """Unload the models of cities no connection watches and no frame needed for GATEWAY_MODEL_IDLE_S; the
+        cities unloaded. A later frame or page loads the city's model again from PostgreSQL."""
+        now = time.monotonic() if now is None else now
+        unloaded = []
+        for city_id, model in list(self._models.items()):
+            if self._listeners.get(city_id) or now - self._last_used.get(city_id, now) < self._settings.model_idle_s:
+                continue
+            async with self._locks[city_id]:
+                if self._models.get(city_id) is not model or self._listeners.get(city_id):
+                    continue  # swapped or watched meanwhile
+                del self._models[city_id]
+                model.batcher.close()
+                self._spawn(self._release(model), "model-release")
+                unloaded.append(city_id)
+                self._metrics.models_unloaded.inc()
+                log.info("model unloaded: nobody watching", extra={"city_id": city_id, "version": model.version})
+        return unloaded
 
     # Change events ----------------------------------------------------------------------------------------
 
@@ -173,6 +213,7 @@ class ModelRegistry:
     def _install(self, model: LoadedModel) -> None:
         self._models[model.city_id] = model
         self._no_model_since.pop(model.city_id, None)
+        self._last_used[model.city_id] = time.monotonic()
         self._metrics.model_swaps.inc()
 
     async def _load(self, row: db.StoredModel) -> LoadedModel | None:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from sightscan.config import (
     ServiceSettings,
     boolean,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -89,6 +90,9 @@ class GatewaySettings(ServiceSettings):
     local_frame_budget_ms: float = _env("GATEWAY_LOCAL_FRAME_BUDGET_MS", 100.0, positive_float,
                                         "a page on 'where it is best' whose median time per frame on its device is "
                                         "over this runs on the server instead")
+    model_idle_s: float = _env("GATEWAY_MODEL_IDLE_S", 600.0, non_negative_float,
+                               "unload a city's model once no connection has watched it for this long, so that its "
+                               "memory goes back (the next frame loads it again); 0: never")
     no_model_recheck_s: float = _env("GATEWAY_NO_MODEL_RECHECK_S", 10.0, positive_float,
                                      "how long 'this city has no model' is believed before asking PostgreSQL again")
     # The review queue (docs/corrections.md): unsure live frames, kept only for cities the operator opted in.
