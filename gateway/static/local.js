@@ -8,11 +8,6 @@
 // the gateway's frame budget (median of 20 frames, or of the warm-up runs); "device" and "server" are the user's
 // choice (the Run selector, kept in localStorage; ?path= overrides it). A new model is loaded by a new worker in the
 // background while the old one answers, and replaces it between two frames.
-//
-// Frames go through a two-stage pipeline: a second worker with no model preprocesses (Pillow's resize, in
-// JavaScript: 10 to 15 ms a frame) while the model's worker infers (60 ms for the sight model on 2 busy cores), so
-// frames/s is set by inference alone rather than by the two in series. Latest frame wins: at most one preprocessed
-// frame waits for the model, and it is taken from the camera as late as lets it be ready when the model is free.
 "use strict";
 
 const Local = (() => {
@@ -39,13 +34,8 @@ const Local = (() => {
   let failure = "";            // why this device cannot run the city's model (model load), "" if it can
   let slow = "";               // why the device path lost on time (auto only), "" if it did not
   let busy = false, fresh = true, lastGrab = 0, frame = 0, waiting = null;
-  let prep = null;             // the preprocessing worker (local_worker.js with no model), made on the first frame
-  let preparing = false;       // a camera frame is in the preprocessing worker
-  let prepared = null;         // a preprocessed frame waiting for the model's worker (one at most)
-  let inferStart = 0, generation = 0;  // when the model's worker took its frame; drop() makes earlier work stale
-  const pipe = { prep: [], infer: [] };  // ms of each stage as the page sees it (messages included): when to take
   let encoding = null;         // the answer whose frame is becoming a JPEG
-  const timings = { local: [], worker: [], pre: [], run: [], wait: [], server: [], warm: [] };
+  const timings = { local: [], worker: [], pre: [], run: [], server: [], warm: [] };
   const stats = { local_frames: 0, server_frames: 0, swaps: 0, loads: 0 };
   const grab = document.createElement("canvas");
 
@@ -61,7 +51,6 @@ const Local = (() => {
       this.worker.onmessage = (ev) => this.receive(ev.data);
       this.worker.onerror = (ev) => this.fail(`the worker failed: ${ev.message || "error"}`);
       this.loaded = new Promise((resolve, reject) => { this.resolveLoad = resolve; this.rejectLoad = reject; });
-      this.loaded.catch(() => {});  // a preprocessing worker loads nothing; its stop() must not warn
     }
 
     load(url) {
@@ -94,12 +83,12 @@ const Local = (() => {
       });
     }
 
-    detect(tensor, exact = false) {
-      return this.call({ type: "detect", tensor, exact }, [tensor]);
+    detect(pixels, width, height, channels, exact = false) {
+      return this.call({ type: "detect", pixels, width, height, channels, exact }, [pixels]);
     }
 
-    preprocess(pixels, width, height, channels, size) {
-      return this.call({ type: "preprocess", pixels, width, height, channels, size }, [pixels]);
+    tensor(pixels, width, height, channels) {
+      return this.call({ type: "preprocess", pixels, width, height, channels }, [pixels]);
     }
 
     stop() { this.worker.terminate(); this.fail("stopped", "stopped"); }
@@ -114,7 +103,6 @@ const Local = (() => {
     if (engine) engine.stop();
     if (next) next.stop();
     engine = null; next = null; busy = false;
-    prepared = null; preparing = false; generation += 1;
   }
 
   // "server", "loading" (this device will answer, once the runtime, the model or the worker is there: nothing is
@@ -163,69 +151,34 @@ const Local = (() => {
     engine = next; next = null;
   }
 
-  // The frame loop: a camera frame is taken and preprocessed, then inferred -------------------------------
+  // The frame loop: each new camera frame, one at a time --------------------------------------------------
 
   function ready() {
     return engine && engine.info && wantsDevice() && state.stream && !state.paused && state.city === city &&
       el("video").videoWidth > 0;
   }
 
-  // Called on each new camera frame and whenever a stage finishes: hand a preprocessed frame to a free model,
-  // then take the next camera frame when it is time.
   function kick() {
-    if (!ready()) { prepared = null; return; }  // paused, or no model: a frame kept now would be stale later
-    if (prepared && !busy) infer();
-    if (preparing || prepared || !fresh) return;
-    // While the model works, the next frame is taken so that it is preprocessed just as the model is free (its
-    // inference time less the preprocessing's, as measured): taken earlier, it would wait and be stale when shown.
+    if (busy || !fresh || !ready()) return;
     const now = performance.now();
-    let at = lastGrab + 1000 / MAX_FPS;
-    if (busy && pipe.infer.length) at = Math.max(at, inferStart + median(pipe.infer) - median(pipe.prep));
-    if (now < at) {
-      clearTimeout(waiting);
-      waiting = setTimeout(() => { waiting = null; kick(); }, at - now);
+    if (now - lastGrab < 1000 / MAX_FPS) {
+      if (!waiting) waiting = setTimeout(() => { waiting = null; kick(); }, 1000 / MAX_FPS - (now - lastGrab));
       return;
     }
-    take(now);
-  }
-
-  function take(now) {
     const video = el("video"), width = video.videoWidth, height = video.videoHeight;
     grab.width = width; grab.height = height;
     const ctx = grab.getContext("2d", { willReadFrequently: true });
     ctx.drawImage(video, 0, 0, width, height);
     const pixels = ctx.getImageData(0, 0, width, height).data.buffer;
     fresh = !video.requestVideoFrameCallback;  // without frame callbacks, every tick is a new frame
-    lastGrab = now; preparing = true;
-    if (!prep) prep = new Engine(null);
-    const size = engine.info.input_size, gen = generation;
-    prep.preprocess(pixels, width, height, 4, size).then((t) => {
-      if (gen !== generation) return;
-      preparing = false;
-      keep(pipe.prep, performance.now() - now);
-      prepared = { at: now, ready: performance.now(), width, height, size, tensor: t.tensor, pixels: t.pixels,
-                   pre: t.ms };
-      kick();
-    }, (e) => {
-      if (gen !== generation) return;
-      preparing = false; prep.stop(); prep = null;
-      failure = `preprocessing failed on this device (${e.message})`;
-      drop(); show();
-    });
-  }
-
-  function infer() {
-    const job = prepared, used = engine, started = performance.now();
-    prepared = null;
-    if (job.size !== used.info.input_size) { kick(); return; }  // taken for the model before a swap: taken again
-    busy = true; inferStart = started;
-    used.detect(job.tensor).then((answer) => {
+    lastGrab = now; busy = true;
+    const used = engine;
+    used.detect(pixels, width, height, 4).then((answer) => {
       busy = false;
-      const ms = performance.now() - job.at;
+      const ms = performance.now() - now;
       if (used !== engine) { kick(); return; }
-      keep(pipe.infer, performance.now() - started);
-      keep(timings.local, ms); keep(timings.worker, job.pre + answer.ms.total); stats.local_frames += 1;
-      keep(timings.pre, job.pre); keep(timings.run, answer.ms.run); keep(timings.wait, started - job.ready);
+      keep(timings.local, ms); keep(timings.worker, answer.ms.total); stats.local_frames += 1;
+      keep(timings.pre, answer.ms.pre); keep(timings.run, answer.ms.run);
       swap();
       if (choice === "auto" && timings.local.length >= WINDOW && median(timings.local) > runtime.frame_budget_ms) {
         slow = `this device took ${Math.round(median(timings.local))} ms per frame, over the ` +
@@ -235,11 +188,10 @@ const Local = (() => {
       if (!state.paused && state.city === city) {
         frame += 1;
         onMessage({ type: "detections", frame, model_version: answer.model_version, detections: answer.detections,
-                    latency_ms: Math.round(ms * 10) / 10, dropped: 0, width: job.width, height: job.height,
-                    local: { blob: null } });
+                    latency_ms: Math.round(ms * 10) / 10, dropped: 0, width, height, local: { blob: null } });
         const shown = state.shown;
         if (shown && shown.detections === answer.detections) {
-          shown.pixels = job.pixels;
+          shown.pixels = answer.pixels;
           encodeShown();
         }
       }
@@ -383,7 +335,7 @@ const Local = (() => {
              model_version: engine && engine.info ? engine.info.version : null,
              loading: next ? next.model.model_version : null, ...stats,
              local_ms: timings.local.slice(), worker_ms: timings.worker.slice(), pre_ms: timings.pre.slice(),
-             run_ms: timings.run.slice(), wait_ms: timings.wait.slice(), server_ms: timings.server.slice(),
+             run_ms: timings.run.slice(), server_ms: timings.server.slice(),
              warm_ms: timings.warm.slice() };
   }
 
@@ -392,27 +344,25 @@ const Local = (() => {
     stats.local_frames = 0; stats.server_frames = 0;
   }
 
-  // frames: [{width, height, rgb: base64 of width x height x 3 bytes}] through the frame loop's two stages (a
-  // fresh preprocessing worker, a fresh worker with the city's live model): the exact detections and the input
-  // tensor the model was given (base64 of float32) of each, as the parity test compares.
+  // frames: [{width, height, rgb: base64 of width x height x 3 bytes}] through a fresh worker with the city's live
+  // model: the exact detections and the input tensor (base64 of float32) of each, as the parity test compares.
   async function check(frames) {
-    const checking = new Engine(wanted), prepping = new Engine(null);
+    const checking = new Engine(wanted);
     try {
       const info = await checking.load(modelUrl(state.city));
       const results = [];
       for (const f of frames) {
         const bytes = Uint8Array.from(atob(f.rgb), (c) => c.charCodeAt(0));
-        const tensor = await prepping.preprocess(bytes.buffer, f.width, f.height, 3, info.input_size);
+        const answer = await checking.detect(bytes.slice().buffer, f.width, f.height, 3, true);
+        const tensor = await checking.tensor(bytes.buffer, f.width, f.height, 3);
         const raw = new Uint8Array(tensor.tensor);
         let text = "";
         for (let i = 0; i < raw.length; i += 0x8000) text += String.fromCharCode(...raw.subarray(i, i + 0x8000));
-        const answer = await checking.detect(tensor.tensor, true);
-        results.push({ detections: answer.detections, raw: answer.raw, tensor: btoa(text),
-                       ms: { ...answer.ms, pre: tensor.ms, total: tensor.ms + answer.ms.total } });
+        results.push({ detections: answer.detections, raw: answer.raw, ms: answer.ms, tensor: btoa(text) });
       }
       return { version: info.version, threads: info.threads, results };
     } finally {
-      checking.stop(); prepping.stop();
+      checking.stop();
     }
   }
 

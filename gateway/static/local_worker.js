@@ -1,17 +1,14 @@
 // The page's local path (local.js): one city model in onnxruntime-web's WebAssembly backend, in a worker so that
 // inference never blocks the page. One worker holds one model version: a new model gets a new worker, loaded in
-// the background, and the page switches to it between two frames. The page also runs a second copy of this worker
-// with no model, for preprocessing only: the two make a pipeline (the next frame is preprocessed while this one is
-// inferred; a worker does one thing at a time, inference blocks its thread).
+// the background, and the page switches to it between two frames.
 //
 // page -> worker  {type: "load", script, wasmPaths, threads, url, threshold}
-//                 {type: "preprocess", id, pixels: ArrayBuffer, width, height, channels, size?}   (pixels
-//                 transferred; size: the model's input size, needed when this worker has no model)
-//                 {type: "detect", id, tensor: ArrayBuffer (float32 [3, S, S], as "preprocess" makes it), exact?}
+//                 {type: "detect", id, pixels: ArrayBuffer, width, height, channels, exact?}   (pixels transferred)
+//                 {type: "preprocess", id, pixels, width, height, channels}   the model's input tensor, for tests
 // worker -> page  {type: "loaded", version, model_id, classes, input_size, threads, isolated, load_ms, warm_ms}
 //                 {type: "failed", stage: "runtime" | "model", message}
-//                 {type: "tensor", id, tensor: ArrayBuffer, size, pixels, ms}   (both transferred; pixels returned)
-//                 {type: "detections", id, detections, raw?, ms: {run, post, total}}
+//                 {type: "detections", id, detections, raw?, ms: {pre, run, post, total}, pixels}   (pixels returned)
+//                 {type: "tensor", id, tensor: ArrayBuffer}
 "use strict";
 
 importScripts("/static/detector.js");
@@ -71,19 +68,12 @@ async function infer(tensor) {
   return out;
 }
 
-function preprocess(msg) {
-  const t0 = performance.now(), size = msg.size || model.input_size;
-  const tensor = SightDetector.preprocess(new Uint8Array(msg.pixels), msg.width, msg.height, msg.channels, size);
-  postMessage({ type: "tensor", id: msg.id, tensor: tensor.buffer, size, pixels: msg.pixels,
-                ms: performance.now() - t0 }, [tensor.buffer, msg.pixels]);
-}
-
 async function detect(msg) {
-  const S = model.input_size;
-  if (msg.tensor.byteLength !== 4 * 3 * S * S) throw new Error(`a tensor of ${msg.tensor.byteLength} bytes for a ` +
-                                                              `${S} px model`);
+  const t0 = performance.now();
+  const tensor = SightDetector.preprocess(new Uint8Array(msg.pixels), msg.width, msg.height, msg.channels,
+                                          model.input_size);
   const t1 = performance.now();
-  const out = await infer(new Float32Array(msg.tensor));
+  const out = await infer(tensor);
   const t2 = performance.now();
   const detections = SightDetector.decode(out.boxes.data, out.scores.data, out.classes.data, model.classes,
                                           threshold, Boolean(msg.exact));
@@ -93,7 +83,8 @@ async function detect(msg) {
   for (const name of Object.keys(out)) out[name].dispose && out[name].dispose();
   const t3 = performance.now();
   postMessage({ type: "detections", id: msg.id, model_version: model.version, detections, raw,
-                ms: { run: t2 - t1, post: t3 - t2, total: t3 - t1 } });
+                ms: { pre: t1 - t0, run: t2 - t1, post: t3 - t2, total: t3 - t0 }, pixels: msg.pixels },
+              [msg.pixels]);
 }
 
 // Messages are handled one at a time, in order: a frame never overlaps another or the load.
@@ -103,9 +94,13 @@ onmessage = (ev) => {
   queue = queue.then(async () => {
     try {
       if (msg.type === "load") await load(msg);
-      else if (msg.type === "preprocess" && (msg.size || model)) preprocess(msg);
       else if (!session) postMessage({ type: "failed", stage: "model", id: msg.id, message: "no model loaded" });
       else if (msg.type === "detect") await detect(msg);
+      else if (msg.type === "preprocess") {
+        const t = SightDetector.preprocess(new Uint8Array(msg.pixels), msg.width, msg.height, msg.channels,
+                                           model.input_size);
+        postMessage({ type: "tensor", id: msg.id, tensor: t.buffer }, [t.buffer]);
+      }
     } catch (e) {
       postMessage({ type: "error", id: msg.id, message: String(e && e.message || e) });
     }
