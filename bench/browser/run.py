@@ -7,10 +7,10 @@ against a real gateway (PostgreSQL and Kafka of a stack: a private one, or SIGHT
 
 Per model, one page at a time, its fake camera playing a 640x480 clip at 30 frames/s (so the camera does not cap
 the local path) of a synthetic city:
-  - on this device (?path=device): ms per frame from the frame taken to its answer shown (p50, p99), the workers'
-    share (preprocessing, inference; the page preprocesses the next frame while this one is inferred, and a frame
-    preprocessed early waits for the model: that wait too), and frames/s sustained over the window; once per
-    --threads value (auto: what the page picks, half the cores, at most 4);
+  - on this device (?path=device): ms per frame from the frame taken to its answer shown (p50, p99), the worker's
+    share (preprocessing, inference; and, for a page that pipelines the two, the time a preprocessed frame waited
+    for the model, when the page reports it), and frames/s sustained over the window; once per --threads value
+    (auto: what the page picks, half the cores, at most 4);
   - on the server (?path=server): ms per frame from the frame sent to its answer received (p50, p99), frames/s (the
     page sends at most 10 a second, as always);
   - the gateway's CPU over each window (user + system time of its process), with no page first (its idle cost:
@@ -130,7 +130,7 @@ def measure_page(gateway: Any, url: str, path: str, seconds: float, work: Path) 
     if path == "device":
         out.update(local=summary(got["local_ms"]), worker=summary(got["worker_ms"]),
                    preprocess=summary(got["pre_ms"]), inference=summary(got["run_ms"]))
-        if got.get("wait_ms"):  # the pipelined page (a preprocessed frame waiting for the model)
+        if got.get("wait_ms"):  # a pipelined page (4e35ba0, reverted): a preprocessed frame waiting for the model
             out.update(wait=summary(got["wait_ms"]))
     else:
         batches = inf1[1] - inf0[1]
