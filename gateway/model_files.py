@@ -15,7 +15,8 @@ page is then cross-origin isolated, SharedArrayBuffer exists, and WebAssembly ru
 and its workers load nothing from another origin, so the policy costs them nothing.
 
 The model is the one the gateway serves on /ws/detect (the registry's: a page and the websocket agree on the
-version), else the newest stored row when none is loadable here. The bytes of the last few models are kept in
+version), else the newest stored row when none is loadable here. Its graph is the fp32 one the trainer kept for pages
+when the server runs int8 (WebAssembly runs int8 slower; X-Model-Graph: fp32), else the served graph (served). The bytes of the last few models are kept in
 memory, so a page that asks again costs a lookup in the registry and a 304.
 """
 
@@ -66,18 +67,19 @@ def installed_runtime() -> Runtime | None:
 
 
 class ModelFiles:
-    """The bytes of the last few models asked for, by model id (a row's bytes never change)."""
+    """The page's graph of the last few models asked for, by model id (a row's bytes never change), with whether it
+    is the browser's own graph (db.browser_graph)."""
 
     def __init__(self) -> None:
-        self._bytes: OrderedDict[int, bytes] = OrderedDict()
+        self._bytes: OrderedDict[int, tuple[bytes, bool]] = OrderedDict()
 
-    def get(self, model_id: int) -> bytes | None:
+    def get(self, model_id: int) -> tuple[bytes, bool] | None:
         data = self._bytes.get(model_id)
         if data is not None:
             self._bytes.move_to_end(model_id)
         return data
 
-    def put(self, model_id: int, data: bytes) -> None:
+    def put(self, model_id: int, data: tuple[bytes, bool]) -> None:
         self._bytes[model_id] = data
         self._bytes.move_to_end(model_id)
         while len(self._bytes) > CACHED_MODELS:
@@ -122,13 +124,17 @@ async def model_file(request: web.Request) -> web.Response:
     if _matches(request.headers.get("If-None-Match"), tag):
         return web.Response(status=304, headers=headers)
     files = request.app[MODEL_FILES]
-    data = stored.onnx if stored is not None else files.get(model_id)
-    if data is None:
-        row = await state.warehouse.model_by_id(model_id)
-        if row is None:  # deleted since the registry loaded it; its delete event is on its way
+    cached = files.get(model_id)
+    if cached is None:
+        found = await state.pg.browser_graph(model_id)
+        if found is None:  # deleted since the registry loaded it; its delete event is on its way
             fail(web.HTTPNotFound, "no_model", f"{city.name}'s model v{version} was just withdrawn; ask again")
-        data = row.onnx
-    files.put(model_id, data)
+        cached = found
+    data, own = cached
+    files.put(model_id, cached)
+    # "fp32": the trainer kept the fp32 graph for pages because the server runs int8, which WebAssembly runs slower;
+    # the two answer alike within TRAINER_INT8_* (trainer/quantize.py). "served": the graph /ws/detect runs.
+    headers["X-Model-Graph"] = "fp32" if own else "served"
     headers["Content-Disposition"] = f'attachment; filename="sightscan-{city.id}-v{version}.onnx"'
     return web.Response(body=data, content_type="application/octet-stream", headers=headers)
 

@@ -142,6 +142,9 @@ class PgWarehouse:
     async def latest_model(self, city_id: int) -> db.StoredModel | None:
         return await self._run(lambda cur: db.latest_model(cur, city_id))
 
+    async def browser_graph(self, model_id: int) -> tuple[bytes, bool] | None:
+        return await self._run(lambda cur: db.browser_graph(cur, model_id))
+
     async def model_by_id(self, model_id: int) -> db.StoredModel | None:
         # Change events carry no onnx bytes (connectors/ excludes them), so a swap fetches the row by its key.
         def query(cur: psycopg2.extensions.cursor) -> db.StoredModel | None:

@@ -268,8 +268,9 @@ class StoredModel:
 
 
 def insert_model(cur: psycopg2.extensions.cursor, city_id: int, onnx: bytes, classes: list[str], input_size: int,
-                 metrics: dict[str, Any]) -> StoredModel:
-    """Store a new model as version = previous + 1 (the city row is locked so two trainers cannot collide)."""
+                 metrics: dict[str, Any], browser_onnx: bytes | None = None) -> StoredModel:
+    """Store a new model as version = previous + 1 (the city row is locked so two trainers cannot collide).
+    `browser_onnx`: the graph pages run when it is not `onnx` (sql/migrations/0008_browser_graphs.sql)."""
     cur.execute("SELECT id FROM cities WHERE id = %s FOR UPDATE", (city_id,))
     if cur.fetchone() is None:
         raise LookupError(f"no city with id {city_id}")
@@ -280,7 +281,19 @@ def insert_model(cur: psycopg2.extensions.cursor, city_id: int, onnx: bytes, cla
         (city_id, psycopg2.Binary(onnx), json.dumps(classes), input_size, json.dumps(metrics), city_id),
     )
     model_id, version = cur.fetchone()
+    if browser_onnx is not None:
+        cur.execute("INSERT INTO model_browser_graphs (model_id, onnx) VALUES (%s, %s)",
+                    (model_id, psycopg2.Binary(browser_onnx)))
     return StoredModel(model_id, city_id, version, onnx, classes, input_size, metrics)
+
+
+def browser_graph(cur: psycopg2.extensions.cursor, model_id: int) -> tuple[bytes, bool] | None:
+    """The graph a page runs for this model, and whether it is the browser's own (else the served graph); None when
+    the model is gone."""
+    cur.execute("SELECT COALESCE(g.onnx, m.onnx), g.onnx IS NOT NULL FROM models m"
+                " LEFT JOIN model_browser_graphs g ON g.model_id = m.id WHERE m.id = %s", (model_id,))
+    r = cur.fetchone()
+    return (bytes(r[0]), r[1]) if r else None
 
 
 def model_for_request(cur: psycopg2.extensions.cursor, city_id: int, request_id: str) -> tuple[int, int] | None:

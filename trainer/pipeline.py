@@ -55,9 +55,10 @@ def export_dataset(settings: Settings, city_id: int) -> Dataset:
 
 
 def train_dataset(dataset: Dataset, ts: TrainerSettings, progress: Progress | None = None,
-                  live: db.StoredModel | None = None) -> tuple[TrainResult, bytes, dict[str, Any]]:
+                  live: db.StoredModel | None = None) -> tuple[TrainResult, bytes, dict[str, Any], bytes | None]:
     """Train, evaluate on the held-out split and export; returns (result, the served graph's onnx bytes: int8 or
-    fp32 as metrics["graph"] says, metrics for the model row).
+    fp32 as metrics["graph"] says, metrics for the model row, the graph pages run when it is not the served one:
+    fp32 when int8 is served, since WebAssembly runs int8 slower (bench/browser/RESULTS.md); else None).
 
     A model that learned from users' corrections is checked against `live`, the city's live model, on the
     labeller's held-out images (trainer/guard.py): guard.Rejected when it does worse."""
@@ -85,13 +86,14 @@ def train_dataset(dataset: Dataset, ts: TrainerSettings, progress: Progress | No
     if negatives is None:
         negatives = torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
     # The graph served and stored: int8 when it answers like fp32 on the held-out split (trainer/quantize.py).
+    fp32 = onnx_bytes
     onnx_bytes, metrics["graph"] = decide(onnx_bytes, train, heldout, dataset.classes, ts.train.input_size, negatives,
                                           ts.int8_tolerance, ts.train.threads, ts.int8,
                                           result.heldout_boxes)
     metrics["guard"] = judge(onnx_bytes, ts.train.input_size, live, heldout, dataset.classes, negatives,
                              users.boxes + users.negatives, ts.guard_top1_tolerance, ts.guard_false_claim_tolerance,
                              ts.train.threads)
-    return result, onnx_bytes, metrics
+    return result, onnx_bytes, metrics, (fp32 if metrics["graph"]["served"] == "int8" else None)
 
 
 def train_city(settings: Settings, city: str | int, progress: bool | Progress = True, epochs: int | None = None,
@@ -115,14 +117,15 @@ def train_city(settings: Settings, city: str | int, progress: bool | Progress = 
     started = time.monotonic()
     callback, bar = _progress(progress, ts.train.epochs, found.name)
     try:
-        _, onnx_bytes, metrics = train_dataset(dataset, ts, callback, live)
+        _, onnx_bytes, metrics, browser_onnx = train_dataset(dataset, ts, callback, live)
     finally:
         if bar is not None:
             bar.close()
     metrics.update(extra_metrics or {})
     metrics["total_seconds"] = round(time.monotonic() - started, 1)
     with db.transaction(settings) as cur:
-        stored = db.insert_model(cur, found.id, onnx_bytes, dataset.classes, ts.train.input_size, metrics)
+        stored = db.insert_model(cur, found.id, onnx_bytes, dataset.classes, ts.train.input_size, metrics,
+                                 browser_onnx)
         cur.execute("UPDATE cities SET status = 'live', updated_at = now() WHERE id = %s", (found.id,))
     log.info("model stored", extra={"city_id": found.id, "version": stored.version, "top1": metrics["top1"],
                                     "map50": metrics["map50"], "pretrained": metrics["pretrained"],

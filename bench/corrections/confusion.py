@@ -233,7 +233,7 @@ def run(seed: int, setup: Setup = Setup(), folder: Path | None = None) -> dict[s
     # The warehouse export as the trainer makes it (trainer.pipeline.export_dataset), min 3 images per sight.
     city = from_warehouse(labeller, 3)
     assert city.classes == ds.classes, "every sight keeps enough photos to be trained"
-    _, live_onnx, live_metrics = train_dataset(city, ts)
+    _, live_onnx, live_metrics, _ = train_dataset(city, ts)
     live = StoredModel(1, 1, 1, live_onnx, city.classes, setup.input_size, live_metrics)
     live_s = time.monotonic() - started
     st = stretches(info, setup)
@@ -247,7 +247,7 @@ def run(seed: int, setup: Setup = Setup(), folder: Path | None = None) -> dict[s
                            "before": before, "live_top1": round(live_metrics["top1"], 4),
                            "live_threshold": live_metrics["threshold"]}
     try:
-        _, onnx, metrics = train_dataset(corrected, ts, live=live)
+        _, onnx, metrics, _ = train_dataset(corrected, ts, live=live)
     except Rejected as refused:  # a real finding, not a failure of the bench: reported as it is
         out.update(refused=str(refused), guard=refused.guard, after=None)
         return out

@@ -33,8 +33,8 @@ from sightscan import db
 from sightscan.config import Settings
 from sightscan.detector import OnnxDetector, preprocess
 from tests.support.browser import Browser, awaited, browser_runtime, colour_clip, poll
-from tests.support.gateway import Gateway, call, metric, start_gateway, stop_gateway
-from tests.support.onnx_models import build_colour_model
+from tests.support.gateway import COLOURS, Gateway, call, metric, start_gateway, stop_gateway
+from tests.support.onnx_models import build_colour_model, solid_colour_model
 
 DECOY = "Nowhere Gate"
 TOLERANCE = 1e-3
@@ -109,6 +109,7 @@ def test_model_file_is_cached_by_version_and_the_runtime_is_served(gateway: Gate
     assert status == 200 and body == made.model.onnx
     assert (headers["ETag"], headers["Cache-Control"], headers["X-Model-Version"]) == (tag, "no-cache", "1")
     assert json.loads(headers["X-Model-Classes"]) == made.model.classes and headers["X-Model-Input-Size"] == "64"
+    assert headers["X-Model-Graph"] == "served"
     # The browser asks again with the tag it holds: 304 and no body while v1 is live; any other tag gets the bytes.
     for held in (tag, f"W/{tag}", f'"other", {tag}', "*"):
         status, headers, body = _conditional(gateway, url, held)
@@ -199,6 +200,26 @@ def _match(expected: list[tuple[int, float, list[float]]], got: list[tuple[int, 
         else:
             return f"no match for class {cls} score {score:.6f} box {box}; got {free}"
     return None
+
+
+def test_pages_get_the_fp32_graph_the_trainer_kept_when_the_server_runs_int8(gateway: Gateway, pg: Settings,
+                                                                                make_city) -> None:
+    # The trainer serves int8 where it answers like fp32, but WebAssembly runs int8 slower, so it stores the fp32
+    # graph beside it for pages (sql/migrations/0008_browser_graphs.sql); /ws/detect keeps running the served one.
+    made = make_city(with_model=False)
+    served, classes = solid_colour_model(COLOURS)
+    fp32, same_classes = solid_colour_model(COLOURS, backbone=True)
+    assert served != fp32 and classes == same_classes
+    with db.transaction(pg) as cur:
+        model = db.insert_model(cur, made.city.id, served, classes, 64, {}, browser_onnx=fp32)
+    status, headers, body = call(gateway, "GET", f"/api/cities/{quote(made.city.name)}/model.onnx", token=None)
+    assert (status, body, headers["X-Model-Graph"]) == (200, fp32, "fp32")
+    assert headers["ETag"] == f'"v1-{model.id}"'
+    with db.transaction(pg) as cur:
+        assert db.latest_model(cur, made.city.id).onnx == served
+        cur.execute("DELETE FROM models WHERE id = %s", (model.id,))  # the browser's graph goes with its model
+        cur.execute("SELECT count(*) FROM model_browser_graphs WHERE model_id = %s", (model.id,))
+        assert cur.fetchone()[0] == 0
 
 
 def test_the_page_worker_answers_as_the_python_detector(gateway: Gateway, pg: Settings, runtime: Path, clip,

@@ -27,7 +27,7 @@ SETTINGS = TrainerSettings(train=TrainConfig(epochs=10, device="cpu", threads=2)
 def city(small_city) -> tuple[Dataset, StoredModel]:
     """The city (3 sights x 22 photos with true boxes) and its live model, trained on the labeller's data."""
     ds = from_coco_folder(small_city)
-    _, onnx, metrics = train_dataset(ds, SETTINGS)
+    _, onnx, metrics, _ = train_dataset(ds, SETTINGS)
     print(f"\n[guard] live model: top1 {metrics['top1']:.3f}, recall {metrics['recall']:.3f}")
     return ds, StoredModel(1, 1, 1, onnx, ds.classes, SETTINGS.train.input_size, metrics)
 
@@ -43,7 +43,7 @@ def _corrected(ds: Dataset, every: int, wrong: bool) -> Dataset:
 
 def test_a_model_retrained_with_honest_corrections_replaces_the_live_one(city):
     ds, live = city
-    _, _, metrics = train_dataset(_corrected(ds, 3, wrong=False), SETTINGS, live=live)
+    _, _, metrics, _ = train_dataset(_corrected(ds, 3, wrong=False), SETTINGS, live=live)
     guard = metrics["guard"]
     print(f"[guard] honest corrections: {guard}")
     assert guard["checked"] and guard["accepted"] and metrics["corrections"]["boxes"] == 22

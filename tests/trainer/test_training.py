@@ -29,7 +29,7 @@ SETTINGS = TrainerSettings(train=TrainConfig(epochs=20, device="cpu", threads=2)
 
 def _train(ds: Dataset, label: str) -> tuple[bytes, dict]:
     started = time.monotonic()
-    _, onnx_bytes, metrics = train_dataset(ds, SETTINGS)
+    _, onnx_bytes, metrics, _ = train_dataset(ds, SETTINGS)
     shown = {k: metrics.get(k) for k in ("top1", "map50", "map", "labels", "train_seconds", "backbone")}
     print(f"\n[trainer] {label}: {time.monotonic() - started:.0f} s total, {shown}")
     return onnx_bytes, metrics
