@@ -51,17 +51,19 @@ def settled(value: str | None) -> bool:
 
 
 def served_graph(settings: Settings, city: str, version: int | None) -> dict[str, Any]:
-    """A stored model's (the latest if no version) size, input size and which graph the trainer served (int8 or
-    fp32, and why)."""
+    """A stored model's (the latest if no version) size, input size, which graph the trainer served (int8 or fp32,
+    and why) and the size of the graph pages get (the fp32 one kept beside a served int8 graph, else the same)."""
     from sightscan import db
 
     with db.transaction(settings) as cur:
-        cur.execute("SELECT length(m.onnx), m.input_size, m.metrics->'graph'->>'served', m.metrics->'graph'->>'reason'"
+        cur.execute("SELECT length(m.onnx), m.input_size, m.metrics->'graph'->>'served', m.metrics->'graph'->>'reason',"
+                    " length(COALESCE(g.onnx, m.onnx))"
                     " FROM models m JOIN cities c ON c.id = m.city_id"
+                    " LEFT JOIN model_browser_graphs g ON g.model_id = m.id"
                     " WHERE c.name = %s AND (%s::int IS NULL OR m.version = %s)"
                     " ORDER BY m.version DESC LIMIT 1", (city, version, version))
         row = cur.fetchone()
-    return dict(zip(("onnx_mb", "input_size", "graph", "why"), row, strict=True)) if row else {}
+    return dict(zip(("onnx_mb", "input_size", "graph", "why", "page_onnx_mb"), row, strict=True)) if row else {}
 
 
 def frames_received(gateway: str) -> float:
@@ -117,11 +119,11 @@ def main() -> None:
     # With --path device the same three conditions say the local path works; the done-when is the auto page's.
     met = state["path"] == "device" and after - before == 0 and len(named) == len(info.sights)
     ms = lambda key: [round(percentile(state[key], q), 1) for q in (50, 99)] if state[key] else None  # noqa: E731
+    sizes = {k: round((model.get(k) or 0) / 1e6, 1) for k in ("onnx_mb", "page_onnx_mb")}
     report("demo page on this device", {
         "machine": machine_note(), "city": f"{a.sights} sights x {a.per_sight} photos, seed {a.seed}",
         "page_url": url, "path": state["path"], "reason": state["reason"], "page_says": state["text"],
-        "model_version": state.get("model_version"), "model": {**model, "onnx_mb": round((model.get("onnx_mb") or 0)
-                                                                                      / 1e6, 1)},
+        "model_version": state.get("model_version"), "model": {**model, **sizes},
         "threads": state["threads"],
         "warm_up_ms": [round(v, 1) for v in state["warm_ms"]],
         "local_frames": state["local_frames"], "server_frames": state["server_frames"],
