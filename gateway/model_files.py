@@ -16,8 +16,8 @@ and its workers load nothing from another origin, so the policy costs them nothi
 
 The model is the one the gateway serves on /ws/detect (the registry's: a page and the websocket agree on the
 version), else the newest stored row when none is loadable here. Its graph is the fp32 one the trainer kept for pages
-when the server runs int8 (WebAssembly runs int8 slower; X-Model-Graph: fp32), else the served graph (served). The bytes of the last few models are kept in
-memory, so a page that asks again costs a lookup in the registry and a 304.
+when the server runs int8 (WebAssembly runs int8 slower; X-Model-Graph: fp32), else the served graph (served). The
+bytes of the last few models are kept in memory, so a page that asks again costs a lookup in the registry and a 304.
 """
 
 from __future__ import annotations
