@@ -39,12 +39,15 @@ def _model_file() -> dict[str, Any]:
         ("X-Model-Version", "the model's version"), ("X-Model-Id", "the model row's id"),
         ("X-Model-Input-Size", "S: the model's input is [N, 3, S, S]"),
         ("X-Model-Classes", "the class list, as JSON"))}
+    graph = {"X-Model-Graph": {"description": "fp32: the fp32 graph the trainer kept for pages because /ws/detect runs "
+                                              "int8 (WebAssembly runs int8 slower); served: the graph /ws/detect runs",
+                               "schema": {"type": "string", "enum": ["fp32", "served"]}}}
     return {
         "summary": "the city's live model (ONNX), the one /ws/detect serves: ETag by version, 304 when If-None-Match "
                    "names it; its headers describe it",
         "parameters": [_CITY, {"name": "If-None-Match", "in": "header", "required": False,
                                "schema": {"type": "string"}, "description": "an ETag this client holds"}],
-        "responses": {"200": {"description": "ONNX bytes", "headers": described,
+        "responses": {"200": {"description": "ONNX bytes", "headers": {**described, **graph},
                               "content": {"application/octet-stream": {}}},
                       "304": {"description": "the model named by If-None-Match is still the live one",
                               "headers": described},
