@@ -129,8 +129,7 @@ class ModelRegistry:
                 if self._models.get(city_id) is not model or self._listeners.get(city_id):
                     continue  # swapped or watched meanwhile
                 del self._models[city_id]
-                model.batcher.close()
-                self._spawn(self._release(model), "model-release")
+                self._retire(model)
                 unloaded.append(city_id)
                 self._metrics.models_unloaded.inc()
                 log.info("model unloaded: nobody watching", extra={"city_id": city_id, "version": model.version})
@@ -184,8 +183,7 @@ class ModelRegistry:
         else:
             self._install(model)
         if old is not None:
-            old.batcher.close()  # frames already queued on it still get their answers
-            self._spawn(self._release(old), "model-release")
+            self._retire(old)
         log.info("model swapped", extra={"city_id": city_id, "from_version": old.version if old else None,
                                          "to_version": model.version if model else None})
         for listener in list(self._listeners.get(city_id, ())):
@@ -193,6 +191,11 @@ class ModelRegistry:
                 await listener(model)
             except Exception:  # one broken connection must not stop the others hearing of the swap
                 log.exception("model listener failed", extra={"city_id": city_id})
+
+    def _retire(self, old: LoadedModel) -> None:
+        """A model no longer served: frames already queued on it still get their answers, then it is released."""
+        old.batcher.close()
+        self._spawn(self._release(old), "model-release")
 
     async def _release(self, old: LoadedModel) -> None:
         """Once nothing uses a swapped-out model, its ONNX Runtime session is freed: hand that memory back, or the
