@@ -368,8 +368,18 @@ def _city_state() -> dict[str, dict[str, Any]]:
                                                 "corrections present then (absent in a value stored by 0.3.0)]"), 5),
                 "waiting": {"type": "array", "items": ID,
                             "description": "images with no outcome and no labelling request yet"},
-                "waiting_since_ms": MS},
+                "waiting_since_ms": MS,
+                "stores": {"type": "integer", "minimum": 0,
+                           "description": "stores that changed records: the number of the last one's redo (absent "
+                                          "in a value stored by 0.3.0)"}},
+                required=["layout", "city", "sights", "models", "counts", "max_lsn", "pending", "cmd", "waiting",
+                          "waiting_since_ms"],
                 description="the summary of a city (key <city>)"),
+            _obj({"stores": {"type": "integer", "minimum": 1},
+                  "buckets": {"type": "object", "propertyNames": {"pattern": "^(images|labels)/[0-9]+$"},
+                              "additionalProperties": {"type": "object"}}},
+                 description="the redo of a store (key <city>/redo/<stores mod 2>): every bucket it wrote, read "
+                             "when the summary of that number got to the changelog and a bucket did not"),
             {"type": "object", "minProperties": 1, "patternProperties": {"^[0-9]+$": image},
              "additionalProperties": False, "description": "a bucket of image records by id"},
             {"type": "object", "minProperties": 1, "patternProperties": {"^[0-9]+$": label},
@@ -382,10 +392,10 @@ def _city_state() -> dict[str, dict[str, Any]]:
 
 
 CITY_STATE_KEY = {
-    "type": "string", "pattern": "^[1-9][0-9]*(/(i|l|images|labels)/[0-9]+)?$",
+    "type": "string", "pattern": "^[1-9][0-9]*(/(i|l|images|labels)/[0-9]+|/redo/[01])?$",
     "description": "<city>: the city's summary; <city>/images/<n> and <city>/labels/<n>: a bucket of records (ids "
-                   "n*256 .. n*256+255); <city>/i/<id> and <city>/l/<id>: one record (the previous layout, still "
-                   "read)"}
+                   "n*256 .. n*256+255); <city>/redo/0 and <city>/redo/1: the redo of a store, taken in turn; "
+                   "<city>/i/<id> and <city>/l/<id>: one record (the previous layout, still read)"}
 
 
 def _schemas() -> dict[str, dict[str, Any]]:

@@ -8,7 +8,9 @@ Layout: small records whose cost does not grow with the city. Keys start with th
   <city>/images/<n>   the records of the city's images with ids n*256 .. n*256+255, by id: each its LSN, whether
                       it exists, its sight, its labelling request, the sights its present labels name (the
                       image's "outcome") and the kind of each present label that is a user's correction;
-  <city>/labels/<n>   the same for labels: each its LSN, whether it exists, its image and sight.
+  <city>/labels/<n>   the same for labels: each its LSN, whether it exists, its image and sight;
+  <city>/redo/<0|1>   the redo of a store: every bucket it wrote, so that a store cut short by a kill is read
+                      whole (CityState.records).
 A batch stores the summary of each city it touched and the buckets it changed. A bucket holds at most 256
 records, so the work per event is the same in a city of 1,000 images and one of 100,000; and a crawl or a
 labelling batch, whose rows have neighbouring ids, changes a few buckets rather than a record per row (one
@@ -185,6 +187,7 @@ class Summary:
     cmd: CommandProgress = field(default_factory=CommandProgress)
     waiting: list[int] = field(default_factory=list)      # present images with no outcome and no request
     waiting_since_ms: int = 0                             # when the oldest of them started waiting
+    stores: int = 0                                       # stores that changed records: the redo's number
 
     def to_json(self) -> dict[str, Any]:
         c, n = self.city, self.counts
@@ -197,7 +200,7 @@ class Summary:
                 "max_lsn": self.max_lsn, "pending": [[kind, command] for kind, command in self.pending],
                 "cmd": [self.cmd.crawl, self.cmd.label_seq, self.cmd.train_seq, self.cmd.train_outstanding,
                         self.cmd.trained_on, self.cmd.corrections_on],
-                "waiting": list(self.waiting), "waiting_since_ms": self.waiting_since_ms}
+                "waiting": list(self.waiting), "waiting_since_ms": self.waiting_since_ms, "stores": self.stores}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Summary:
@@ -210,7 +213,8 @@ class Summary:
                    models={k: ModelRecord(*v) for k, v in raw["models"].items()},
                    counts=Counts(n[0], n[1], n[2], dict(n[3]), *corrections), max_lsn=raw["max_lsn"],
                    pending=[(kind, command) for kind, command in raw["pending"]], cmd=CommandProgress(*raw["cmd"]),
-                   waiting=list(raw["waiting"]), waiting_since_ms=raw["waiting_since_ms"])
+                   waiting=list(raw["waiting"]), waiting_since_ms=raw["waiting_since_ms"],
+                   stores=raw.get("stores", 0))
 
 
 def image_to_json(r: ImageRecord) -> list[Any]:
@@ -235,6 +239,12 @@ Lookup = Callable[[str], Any]  # a key within the city ("images/3") -> its store
 BUCKET_IDS = 256  # ids per bucket of image or label records
 
 
+def redo_key(stores: int) -> str:
+    """The key within the city of a store's redo (CityState.records). Two, taken in turn: a store cut short before
+    its summary got there must not overwrite the redo of the summary that is there (a second kill in a row)."""
+    return f"redo/{stores % 2}"
+
+
 def bucket_key(kind: str, row_id: int | str) -> str:
     """The key within the city of the bucket holding a record: kind "i" (image) or "l" (label)."""
     return f"{'images' if kind == 'i' else 'labels'}/{int(row_id) // BUCKET_IDS}"
@@ -252,6 +262,21 @@ class CityState:
         self._labels: dict[str, LabelRecord] = {}
         self._buckets: dict[str, dict[str, Any]] = {}  # bucket key -> its stored value, as read or last written
         self._changed: set[str] = set()                 # "i/<id>" and "l/<id>" of the records changed since
+        self._rewrite: set[str] = set()                 # buckets a store cut short left behind their redo
+
+    @classmethod
+    def load(cls, city_id: int, summary: Summary | None, lookup: Lookup) -> CityState:
+        """The city as stored: its summary and, through `lookup`, its buckets; the redo of the last store that
+        changed records, where its number is the summary's (see records()), applied over its buckets."""
+        state = cls(city_id, summary, lookup)
+        redo = lookup(redo_key(summary.stores)) if summary is not None and summary.stores else None
+        if redo is not None and redo["stores"] == summary.stores:
+            for key, bucket in redo["buckets"].items():
+                state._buckets[key] = bucket
+                stored = lookup(key)
+                if stored is not bucket and stored != bucket:  # cut short: the next store writes it again
+                    state._rewrite.add(key)
+        return state
 
     # Records ------------------------------------------------------------------------------------------------
 
@@ -284,9 +309,20 @@ class CityState:
         return self._labels[key]
 
     def records(self) -> list[tuple[str, Any]]:
-        """(key within the city, stored JSON) of the summary ("", always included) and of each bucket holding a
-        changed record. A bucket is written as a new dict: a value handed to the table is never changed later."""
-        changed: dict[str, dict[str, Any]] = {}
+        """(key within the city, stored JSON) to store, in the order to send them: the summary ("", always) and
+        each bucket holding a changed record, preceded by their redo when there are buckets. A bucket is written
+        as a new dict: a value handed to the table is never changed later.
+
+        The redo makes a store all or nothing. A worker killed while storing leaves Kafka a prefix of the records
+        it sent (one partition, an idempotent producer); the facts since its last complete store come again to
+        the next owner, and records that got there and records that did not would disagree: a summary counting
+        images whose records were lost counts them twice on the replay. The redo, one record sent first, holds
+        every bucket of the store and the summary's new `stores` number: if the summary got there, so did the
+        redo, and load() reads the buckets from it. If the summary did not, neither did a bucket, and the redo
+        (if it got there) has a number the stored summary does not, and is ignored. Buckets load() took from a
+        redo are written again by the next store, and are in its redo."""
+        changed: dict[str, dict[str, Any]] = {key: dict(self._bucket(key)) for key in self._rewrite}
+        self._rewrite.clear()
         for key in self._changed:
             kind, row_id = key.split("/", 1)
             bucket = bucket_key(kind, row_id)
@@ -296,7 +332,11 @@ class CityState:
                                        else label_to_json(self._labels[row_id]))
         self._changed.clear()
         self._buckets.update(changed)
-        return [("", self.summary.to_json()), *sorted(changed.items())]
+        if not changed:
+            return [("", self.summary.to_json())]
+        self.summary.stores += 1
+        redo = {"stores": self.summary.stores, "buckets": dict(changed)}
+        return [(redo_key(self.summary.stores), redo), ("", self.summary.to_json()), *sorted(changed.items())]
 
     def _change_image(self, image_id: int | str, change: Callable[[ImageRecord], None]) -> None:
         """Apply `change` to an image, keeping the counts and the waiting list in step with it."""

@@ -220,8 +220,8 @@ class StreamWorker:
             return None
         if "layout" not in stored:  # stored whole by an earlier version: converted, written anew by _store
             return CityState.from_legacy(stored)
-        return CityState(int(key), Summary.from_json(stored),
-                         lambda suffix, k=key: self.city_state.get(f"{k}/{suffix}".encode()))
+        return CityState.load(int(key), Summary.from_json(stored),
+                              lambda suffix, k=key: self.city_state.get(f"{k}/{suffix}".encode()))
 
     async def _apply(self, batch: list[dict[str, Any]]) -> tuple[dict[str, CityState], dict[str, CityState]]:
         """The batch's facts applied to the states of the cities they name: (every city seen, the cities whose

@@ -62,7 +62,7 @@ class PerEntity:
         return written
 
     def batch(self, facts: list[dict[str, Any]]) -> int:
-        state = CityState(1, Summary.from_json(self.table[b"1"]), lambda s: self.table.get(f"1/{s}".encode()))
+        state = CityState.load(1, Summary.from_json(self.table[b"1"]), lambda s: self.table.get(f"1/{s}".encode()))
         for fact in facts:
             state.apply(fact)
         state.summary.pending.extend(state.due_commands(LIMITS))

@@ -152,7 +152,8 @@ function onMessage(msg) {
     const sent = msg.local || state.frames.get(msg.frame);
     for (const n of state.frames.keys()) if (n <= msg.frame) state.frames.delete(n);
     state.shown = { frame: msg.frame, blob: sent ? sent.blob : null, width: msg.width, height: msg.height,
-                    model_version: msg.model_version, detections: msg.detections };
+                    model_version: msg.model_version, detections: msg.detections,
+                    path: msg.local ? "device" : "server" };
     $("pause").disabled = !(sent && sent.blob);
     state.detections = msg.detections;
     setText($("error"), "");

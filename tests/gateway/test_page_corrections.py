@@ -31,7 +31,7 @@ PAUSE_ON_A_SIGHT = """(() => {
   if (!pause || pause.disabled || !state.shown || state.shown.detections.length === 0) return null;
   pause.click();
   return JSON.stringify({frame: state.shown.frame, model_version: state.shown.model_version,
-                         detections: state.shown.detections});
+                         detections: state.shown.detections, path: state.shown.path});
 })()"""
 
 # What the page shows of the corrections it sent.
@@ -220,15 +220,19 @@ def test_page_sends_each_correction_of_a_paused_frame_and_undoes_it(gateway: Gat
     assert by_action["box"]["kind"] == "user-box" and by_action["box"]["sight"] == DECOY
     assert close_to(by_action["box"]["box"], expected, 0.01), (by_action["box"]["box"], expected)
     assert by_action["keep"]["kind"] is None  # the frame only
-    # The stored frame is the one the model answered: sent again, it gets the answer the page showed.
+    # The stored frame is the one the model answered: sent again, it gets the answer the page showed. On the
+    # server path the model saw exactly this JPEG; on this device ("auto" picks it when the device is fast enough)
+    # it saw the camera's pixels, and the JPEG was made from them after, so the answer is close, not identical.
     with db.transaction(pg) as cur:
         cur.execute("SELECT data FROM images WHERE id = %s", (frames.pop(),))
         stored = bytes(cur.fetchone()[0])
     assert hashlib.sha256(stored).hexdigest() == shown_sha
     again = asyncio.run(answer_to(gateway, city.name, stored))
     assert [d["sight"] for d in again["detections"]] == [d["sight"] for d in shown["detections"]]
+    assert shown["path"] in ("server", "device")
+    tol = 1e-3 if shown["path"] == "server" else 0.02
     for a, b in zip(again["detections"], shown["detections"], strict=True):
-        assert abs(a["score"] - b["score"]) < 1e-3 and close_to(a["box"], b["box"], 1e-3)
+        assert abs(a["score"] - b["score"]) < tol and close_to(a["box"], b["box"], tol), (shown["path"], a, b)
 
     asyncio.run(browser.screenshot(tmp_path / "corrections.png"))  # for a person to look at (pytest --basetemp)
     # Undo the box: its row and label go, the rest stay, and the page says it was undone.

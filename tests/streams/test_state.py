@@ -102,6 +102,33 @@ def test_counts_kept_fact_by_fact_equal_a_recount(history):
     assert nonzero(state.counts()) == recount(delivered)
 
 
+# A worker killed while it stores a batch: some of its changelog records reached Kafka (a prefix, in the order they
+# were sent) and the rest did not; the next owner loads what is there and gets every fact since the last complete
+# store again (their offsets were not committed). CI once saw a survivor count a killed worker's images twice.
+@hsettings(max_examples=300, deadline=None)
+@given(histories(), st.data())
+def test_a_store_cut_short_by_a_kill_and_the_replay_count_each_fact_once(history, data):
+    delivered, stores = history
+    table, state, since_stored = Table(), CityState(1), []
+    for fact, store in zip(delivered, stores, strict=True):
+        state.apply(fact)
+        since_stored.append(fact)
+        if not store:
+            continue
+        if data.draw(st.booleans(), label="killed while storing"):
+            table.store(state, crash_after=data.draw(st.integers(0, 4), label="records that reached Kafka"))
+            state = table.load()
+            for again in since_stored:
+                state.apply(again)
+        else:
+            table.store(state)
+            state = table.load()
+            since_stored = []
+    assert nonzero(state.counts()) == recount(delivered)
+    table.store(state)
+    assert nonzero(table.load().counts()) == recount(delivered)
+
+
 def test_redelivered_facts_change_nothing():
     state = CityState(1)
     facts = [city(), image(5, 2), label(9, 3, 5, 7), image(6, 4), image(6, 5, present=False)]
@@ -145,8 +172,9 @@ def test_a_batch_writes_only_what_it_changed():
     state.apply(image(1001, 5000))
     state.apply(label(1001, 5001, 1001, 8))
     written = dict(state.records())
-    assert set(written) == {"", "images/3", "labels/3"}  # 1001 // 256: one bucket of each kind
+    assert set(written) == {"redo/0", "", "images/3", "labels/3"}  # 1001 // 256: one bucket of each kind
     assert len(json.dumps(written[""])) < 600  # the summary does not grow with the city's images
+    assert written["redo/0"]["buckets"] == {"images/3": written["images/3"], "labels/3": written["labels/3"]}
     assert len(written["images/3"]) == 256 - (1024 - 1001) + 1  # ids 768..1001 of this city
     assert state.counts()["per_sight"] == {7: 1000, 8: 1}
 
@@ -230,7 +258,7 @@ def test_a_summary_and_an_image_stored_before_corrections_read_with_none():
     state = CityState(1)
     for f in [city(), image(5, 2), label(9, 3, 5, 7)]:
         state.apply(f)
-    summary = state.records()[0][1]
+    summary = dict(state.records())[""]
     summary["counts"], summary["cmd"] = summary["counts"][:4], summary["cmd"][:5]  # the previous version's
     table = Table()
     table.data = {"1": summary, "1/images/0": {"5": [2, True, 7, "", {"9": 7}]}, "1/labels/0": {"9": [3, True, 5, 7]}}

@@ -42,11 +42,13 @@ class Table:
     def __init__(self) -> None:
         self.data: dict[str, Any] = {}
 
-    def store(self, state: CityState) -> None:
-        for suffix, value in state.records():
+    def store(self, state: CityState, crash_after: int | None = None) -> None:
+        """The state's records, in the order the worker sends them; with `crash_after`, only that many of them (a
+        worker killed while its changelog records were on their way: Kafka keeps a prefix of one partition's)."""
+        for suffix, value in state.records()[:crash_after]:
             self.data[f"1/{suffix}" if suffix else "1"] = json.loads(json.dumps(value))
 
     def load(self) -> CityState:
         summary = self.data.get("1")
-        return CityState(1, None if summary is None else Summary.from_json(summary),
-                         lambda suffix: self.data.get(f"1/{suffix}"))
+        return CityState.load(1, None if summary is None else Summary.from_json(summary),
+                              lambda suffix: self.data.get(f"1/{suffix}"))
