@@ -376,10 +376,13 @@ def _city_state() -> dict[str, dict[str, Any]]:
                           "waiting_since_ms"],
                 description="the summary of a city (key <city>)"),
             _obj({"stores": {"type": "integer", "minimum": 1},
-                  "buckets": {"type": "object", "propertyNames": {"pattern": "^(images|labels)/[0-9]+$"},
-                              "additionalProperties": {"type": "object"}}},
-                 description="the redo of a store (key <city>/redo/<stores mod 2>): every bucket it wrote, read "
-                             "when the summary of that number got to the changelog and a bucket did not"),
+                  "records": {"type": "object", "propertyNames": {"pattern": "^(images|labels)/[0-9]+$"},
+                              "additionalProperties": {"type": "object", "minProperties": 1,
+                                                       "patternProperties": {"^[0-9]+$": {"anyOf": [image, label]}},
+                                                       "additionalProperties": False}}},
+                 description="the redo of a store (key <city>/redo/<stores mod 2>): every record it changed, by "
+                             "bucket, read when the summary of that number got to the changelog and a bucket did "
+                             "not"),
             {"type": "object", "minProperties": 1, "patternProperties": {"^[0-9]+$": image},
              "additionalProperties": False, "description": "a bucket of image records by id"},
             {"type": "object", "minProperties": 1, "patternProperties": {"^[0-9]+$": label},

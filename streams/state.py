@@ -9,7 +9,7 @@ Layout: small records whose cost does not grow with the city. Keys start with th
                       it exists, its sight, its labelling request, the sights its present labels name (the
                       image's "outcome") and the kind of each present label that is a user's correction;
   <city>/labels/<n>   the same for labels: each its LSN, whether it exists, its image and sight;
-  <city>/redo/<0|1>   the redo of a store: every bucket it wrote, so that a store cut short by a kill is read
+  <city>/redo/<0|1>   the redo of a store: every record it changed, so that a store cut short by a kill is read
                       whole (CityState.records).
 A batch stores the summary of each city it touched and the buckets it changed. A bucket holds at most 256
 records, so the work per event is the same in a city of 1,000 images and one of 100,000; and a crawl or a
@@ -271,10 +271,10 @@ class CityState:
         state = cls(city_id, summary, lookup)
         redo = lookup(redo_key(summary.stores)) if summary is not None and summary.stores else None
         if redo is not None and redo["stores"] == summary.stores:
-            for key, bucket in redo["buckets"].items():
-                state._buckets[key] = bucket
-                stored = lookup(key)
-                if stored is not bucket and stored != bucket:  # cut short: the next store writes it again
+            for key, rows in redo["records"].items():
+                stored = lookup(key) or {}
+                if any(stored.get(row_id) != record for row_id, record in rows.items()):
+                    state._buckets[key] = {**stored, **rows}  # cut short: the next store writes it again
                     state._rewrite.add(key)
         return state
 
@@ -311,31 +311,33 @@ class CityState:
     def records(self) -> list[tuple[str, Any]]:
         """(key within the city, stored JSON) to store, in the order to send them: the summary ("", always) and
         each bucket holding a changed record, preceded by their redo when there are buckets. A bucket is written
-        as a new dict: a value handed to the table is never changed later.
+        as a new dict: a value handed to the table is never changed later. Records are never removed from a bucket
+        (a deleted row's record says so).
 
         The redo makes a store all or nothing. A worker killed while storing leaves Kafka a prefix of the records
         it sent (one partition, an idempotent producer); the facts since its last complete store come again to
         the next owner, and records that got there and records that did not would disagree: a summary counting
         images whose records were lost counts them twice on the replay. The redo, one record sent first, holds
-        every bucket of the store and the summary's new `stores` number: if the summary got there, so did the
-        redo, and load() reads the buckets from it. If the summary did not, neither did a bucket, and the redo
+        every record the store changed and the summary's new `stores` number: if the summary got there, so did the
+        redo, and load() lays its records over the buckets. If the summary did not, neither did a bucket, and the redo
         (if it got there) has a number the stored summary does not, and is ignored. Buckets load() took from a
         redo are written again by the next store, and are in its redo."""
         changed: dict[str, dict[str, Any]] = {key: dict(self._bucket(key)) for key in self._rewrite}
+        rows = {key: dict(bucket) for key, bucket in changed.items()}  # a bucket load() repaired: all of it
         self._rewrite.clear()
         for key in self._changed:
             kind, row_id = key.split("/", 1)
             bucket = bucket_key(kind, row_id)
             if bucket not in changed:
                 changed[bucket] = dict(self._bucket(bucket))
-            changed[bucket][row_id] = (image_to_json(self._images[row_id]) if kind == "i"
-                                       else label_to_json(self._labels[row_id]))
+            record = (image_to_json(self._images[row_id]) if kind == "i" else label_to_json(self._labels[row_id]))
+            changed[bucket][row_id] = rows.setdefault(bucket, {})[row_id] = record
         self._changed.clear()
         self._buckets.update(changed)
         if not changed:
             return [("", self.summary.to_json())]
         self.summary.stores += 1
-        redo = {"stores": self.summary.stores, "buckets": dict(changed)}
+        redo = {"stores": self.summary.stores, "records": rows}
         return [(redo_key(self.summary.stores), redo), ("", self.summary.to_json()), *sorted(changed.items())]
 
     def _change_image(self, image_id: int | str, change: Callable[[ImageRecord], None]) -> None:

@@ -174,7 +174,8 @@ def test_a_batch_writes_only_what_it_changed():
     written = dict(state.records())
     assert set(written) == {"redo/0", "", "images/3", "labels/3"}  # 1001 // 256: one bucket of each kind
     assert len(json.dumps(written[""])) < 600  # the summary does not grow with the city's images
-    assert written["redo/0"]["buckets"] == {"images/3": written["images/3"], "labels/3": written["labels/3"]}
+    assert written["redo/0"]["records"] == {"images/3": {"1001": written["images/3"]["1001"]},
+                                            "labels/3": {"1001": written["labels/3"]["1001"]}}
     assert len(written["images/3"]) == 256 - (1024 - 1001) + 1  # ids 768..1001 of this city
     assert state.counts()["per_sight"] == {7: 1000, 8: 1}
 
