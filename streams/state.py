@@ -273,7 +273,8 @@ class CityState:
         if redo is not None and redo["stores"] == summary.stores:
             for key, rows in redo["records"].items():
                 stored = lookup(key) or {}
-                if any(stored.get(row_id) != record for row_id, record in rows.items()):
+                # In a running worker the stored records are the redo's own objects: `is` settles it.
+                if any((got := stored.get(row_id)) is not record and got != record for row_id, record in rows.items()):
                     state._buckets[key] = {**stored, **rows}  # cut short: the next store writes it again
                     state._rewrite.add(key)
         return state
